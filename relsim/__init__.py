@@ -1,3 +1,16 @@
-"""relsim: relational visual similarity as a drop-in metric."""
+"""relsim: relational visual similarity (Nguyen et al., arXiv 2512.07833) as a drop-in metric.
+
+Example:
+    >>> import relsim
+    >>> model = relsim.load()                                  # doctest: +SKIP
+    >>> model.score("peach.jpg", "earth.jpg")                  # doctest: +SKIP
+"""
 
 __version__ = "0.1.0"
+
+from .checkpoint import CheckpointError  # noqa: E402
+from .encoder import RelSimModel  # noqa: E402
+from .preprocess import ImageInputError  # noqa: E402
+from .pretrained import DEFAULT_MODEL, PRETRAINED, load  # noqa: E402
+
+__all__ = ["__version__", "load", "RelSimModel", "DEFAULT_MODEL", "PRETRAINED", "CheckpointError", "ImageInputError"]

@@ -1,0 +1,346 @@
+"""RelSimModel: the Qwen2.5-VL body, the ``<|query|>`` token and the projection head.
+
+An embedding is the last layer's hidden state (after the final RMSNorm) at the ``<|query|>`` position,
+projected to 384 dimensions and L2-normalised in float32 (DESIGN.md section 1). The prompt is cut right
+after ``<|query|>``: attention is causal, so later tokens cannot change the result.
+
+Example:
+    >>> model = relsim.load()                                      # doctest: +SKIP
+    >>> model.embed(["a.jpg", "b.jpg"]).shape                      # doctest: +SKIP
+    torch.Size([2, 384])
+    >>> model.score("a.jpg", "b.jpg")                              # doctest: +SKIP
+    0.61
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import preprocess
+from .preprocess import ImageInput, ImageInputError
+
+MERGE = preprocess.MERGE_SIZE
+PATCH = preprocess.PATCH_SIZE
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Token ids around the image: ``prefix + [image_pad] * n + suffix``; ``suffix`` ends with ``<|query|>``."""
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    image_token_id: int
+    query_token_id: int
+    pad_token_id: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, query_token: str, image_token_id: int) -> Prompt:
+        """Apply the chat template to one user message ``[image, "<|query|>"]`` and split at the image."""
+        query_token_id = tokenizer.convert_tokens_to_ids(query_token)
+        if query_token_id is None or query_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {query_token} token")
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query_token}]}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ids.count(image_token_id) != 1 or query_token_id not in ids:
+            raise ValueError(f"the chat template does not give one image placeholder and {query_token}: {text!r}")
+        cut = ids.index(image_token_id)
+        end = ids.index(query_token_id) + 1
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return cls(tuple(ids[:cut]), tuple(ids[cut + 1 : end]), image_token_id, query_token_id, pad)
+
+    def length(self, n_image_tokens: int) -> int:
+        return len(self.prefix) + n_image_tokens + len(self.suffix)
+
+
+def image_tokens(grid_thw: Sequence[int]) -> int:
+    """Visual tokens of one image after the 2x2 merge (256 for 448x448)."""
+    t, h, w = (int(x) for x in grid_thw)
+    return t * h * w // (MERGE * MERGE)
+
+
+def build_inputs(prompt: Prompt, grids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids (B, L), 3-D multimodal RoPE positions (3, B, L) and the query index (B,) for a batch.
+
+    Sequences are padded on the right; the query is each sequence's last real token, so with causal
+    attention the padding never reaches it and no attention mask is needed. Positions follow
+    transformers 4.57's ``get_rope_index`` for images: text tokens count up on all three axes; the image
+    grid (gh x gw merged tokens) gets ``t = s, h = s + row, w = s + col`` from its start ``s``; the text after
+    it resumes at ``s + max(gh, gw)``.
+    """
+    seqs, positions = [], []
+    p = len(prompt.prefix)
+    for t, h, w in grids.tolist():
+        gh, gw = h // MERGE, w // MERGE
+        n = t * gh * gw
+        rows = torch.arange(gh).repeat_interleave(gw).repeat(t)
+        cols = torch.arange(gw).repeat(gh * t)
+        image = torch.stack([torch.arange(t).repeat_interleave(gh * gw), rows, cols]) + p
+        after = p + max(t, gh, gw)
+        text_before = torch.arange(p).expand(3, -1)
+        text_after = (torch.arange(len(prompt.suffix)) + after).expand(3, -1)
+        positions.append(torch.cat([text_before, image, text_after], dim=1))
+        seqs.append(list(prompt.prefix) + [prompt.image_token_id] * n + list(prompt.suffix))
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), prompt.pad_token_id, dtype=torch.long)
+    pos = torch.zeros((3, len(seqs), length), dtype=torch.long)
+    query = torch.empty(len(seqs), dtype=torch.long)
+    for i, (seq, position) in enumerate(zip(seqs, positions, strict=False)):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        pos[:, i, : len(seq)] = position
+        pos[:, i, len(seq) :] = position[:, -1:] + 1 + torch.arange(length - len(seq))
+        query[i] = len(seq) - 1
+    return ids, pos, query
+
+
+class RelSimModel(nn.Module):
+    """Relational similarity model: images in, 384-d L2-normalised embeddings out.
+
+    Build it with :func:`relsim.load`. ``embed`` / ``score`` / ``pairwise`` take paths, PIL images,
+    numpy HWC uint8 arrays or torch tensors (CHW/NCHW, uint8 0-255 or float 0-1).
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        projection: nn.Linear,
+        prompt: Prompt,
+        *,
+        mode: str = "train",
+        fingerprint: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in preprocess.MODES:
+            raise ValueError(f"mode must be one of {preprocess.MODES}, got {mode!r}")
+        self.body = body
+        self.projection = projection
+        self.prompt = prompt
+        self.mode = mode
+        self.fingerprint = dict(fingerprint or {})
+        self.max_tokens_per_batch = 65536
+        self.eval()
+        self.requires_grad_(False)
+
+    # -- properties ---------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.projection.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.body.language_model.embed_tokens.weight.dtype
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.projection.out_features
+
+    def train(self, mode: bool = True) -> RelSimModel:
+        """The backbone has no training-time behaviour relsim uses: it stays in eval mode."""
+        return super().train(False)
+
+    # -- the model ----------------------------------------------------------------------------------
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, 384), float32, L2-normalised, from patchified pixels (see ``preprocess.patchify``)."""
+        ids, positions, query = build_inputs(self.prompt, grid_thw.cpu())
+        device = self.device
+        ids, positions, query = ids.to(device), positions.to(device), query.to(device)
+        visual = self.body.visual(pixel_values.to(device, self.body.visual.dtype), grid_thw=grid_thw.to(device))
+        image_embeds = getattr(visual, "pooler_output", visual)
+        text = self.body.language_model
+        embeds = text.embed_tokens(ids)
+        mask = (ids == self.prompt.image_token_id).unsqueeze(-1)
+        embeds = embeds.masked_scatter(mask, image_embeds.to(embeds.dtype))
+        hidden = text(inputs_embeds=embeds, position_ids=positions, use_cache=False).last_hidden_state
+        query_states = hidden[torch.arange(hidden.shape[0], device=device), query]
+        projected = F.linear(query_states.float(), self.projection.weight.float(), self.projection.bias.float())
+        return F.normalize(projected, dim=-1)
+
+    # -- public API -----------------------------------------------------------------------------------
+    def embed(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int = 32,
+        *,
+        num_workers: int | None = None,
+        progress: bool | None = None,
+        output_device: str | torch.device | None = "cpu",
+    ) -> torch.Tensor:
+        """Embed images: a (N, 384) float32 tensor of L2-normalised rows, on ``output_device`` (None: the model's).
+
+        Decoding runs in ``num_workers`` threads (default: up to 8, one per core). Gradients flow to float
+        tensor inputs that require grad (when autograd is on); everything else runs under
+        ``torch.inference_mode()``.
+
+        >>> model.embed(["a.jpg", "b.jpg"]).shape                  # doctest: +SKIP
+        torch.Size([2, 384])
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        items = preprocess.as_image_list(images)
+        needs_grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in items)
+        out: list[torch.Tensor | None] = [None] * len(items)
+        bar = _progress_bar(len(items), progress)
+        with contextlib.nullcontext() if needs_grad else torch.inference_mode():
+            for indices, pixels in self._batches(items, batch_size, num_workers):
+                embeddings = self._embed_batch(indices, pixels)
+                for i, e in zip(indices, embeddings, strict=False):
+                    out[i] = e
+                if bar is not None:
+                    bar.update(len(indices))
+        if bar is not None:
+            bar.close()
+        result = torch.stack(out)  # type: ignore[arg-type]
+        return result if output_device is None else result.to(output_device)
+
+    def score(self, a, b, *, batch_size: int = 32) -> float | torch.Tensor:
+        """Relational similarity (cosine, in [-1, 1]) of ``a`` and ``b``.
+
+        Two single images give a float; two equal-length lists (or batches) give a (N,) tensor of
+        pair-wise scores. Each distinct image is embedded once.
+
+        >>> model.score("peach.jpg", "earth.jpg")                  # doctest: +SKIP
+        0.72
+        """
+        single = _is_single(a) and _is_single(b)
+        list_a = preprocess.as_image_list(a, name="a")
+        list_b = preprocess.as_image_list(b, name="b")
+        if len(list_a) != len(list_b):
+            raise ValueError(f"score() needs as many images in a as in b, got {len(list_a)} and {len(list_b)}")
+        embeddings, index = self._embed_unique(list_a + list_b, batch_size)
+        n = len(list_a)
+        scores = (embeddings[index[:n]] * embeddings[index[n:]]).sum(-1).clamp(-1.0, 1.0)
+        return float(scores[0]) if single else scores
+
+    def pairwise(self, images_a, images_b=None, *, batch_size: int = 32) -> torch.Tensor:
+        """Cosine matrix (N, M) between ``images_a`` and ``images_b`` (default: ``images_a`` itself).
+
+        Each distinct image is embedded once, so this costs N + M forwards, not N x M.
+        """
+        list_a = preprocess.as_image_list(images_a, name="images_a")
+        list_b = list_a if images_b is None else preprocess.as_image_list(images_b, name="images_b")
+        embeddings, index = self._embed_unique(list_a + ([] if images_b is None else list_b), batch_size)
+        ea = embeddings[index[: len(list_a)]]
+        eb = ea if images_b is None else embeddings[index[len(list_a) :]]
+        return (ea @ eb.T).clamp(-1.0, 1.0)
+
+    # -- internals ------------------------------------------------------------------------------------
+    def _embed_unique(self, items: list, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        unique, index = deduplicate(items)
+        return self.embed(unique, batch_size=batch_size), index
+
+    def _batches(
+        self, items: list, batch_size: int, num_workers: int | None
+    ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+        """Decoded, resized pixel tensors in batches; the next batch is decoded while this one runs."""
+        workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        prepare = self._prepare
+        if workers <= 0 or len(items) == 1:
+            prepared = (prepare(i, x) for i, x in enumerate(items))
+            yield from self._group(prepared, batch_size)
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            window = max(2 * batch_size, workers)
+            futures = [pool.submit(prepare, i, x) for i, x in enumerate(items[:window])]
+
+            def stream():
+                submitted = len(futures)
+                for k in range(len(items)):
+                    if submitted < len(items):
+                        futures.append(pool.submit(prepare, submitted, items[submitted]))
+                        submitted += 1
+                    yield futures[k].result()
+                    futures[k] = None  # let the decoded image go
+
+            yield from self._group(stream(), batch_size)
+
+    def _prepare(self, index: int, item) -> tuple[int, torch.Tensor]:
+        return index, preprocess.prepare(item, index, self.mode)
+
+    def _group(self, prepared, batch_size: int) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+        """Batches of equal-length sequences where possible; a token cap bounds the memory of a batch."""
+        buckets: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+        for index, pixels in prepared:
+            key = tuple(pixels.shape[-2:])
+            bucket = buckets.setdefault(key, [])
+            bucket.append((index, pixels))
+            tokens = image_tokens((1, key[0] // PATCH, key[1] // PATCH))
+            cap = max(1, min(batch_size, self.max_tokens_per_batch // max(tokens, 1)))
+            if len(bucket) >= cap:
+                yield [i for i, _ in bucket], [p for _, p in bucket]
+                del buckets[key]
+        # Leftovers of different sizes: batch them together, sorted by length, padded on the right.
+        rest = sorted((x for b in buckets.values() for x in b), key=lambda x: x[1].shape[-2] * x[1].shape[-1])
+        while rest:
+            batch, total = [], 0
+            while rest and len(batch) < batch_size:
+                tokens = rest[0][1].shape[-2] * rest[0][1].shape[-1] // (PATCH * PATCH * MERGE * MERGE)
+                if batch and total + tokens > self.max_tokens_per_batch:
+                    break
+                batch.append(rest.pop(0))
+                total += tokens
+            yield [i for i, _ in batch], [p for _, p in batch]
+
+    def _embed_batch(self, indices: list[int], pixels: list[torch.Tensor]) -> torch.Tensor:
+        try:
+            pixel_values, grid_thw = preprocess.patchify(pixels, device=self.device, dtype=self.dtype)
+            embeddings = self(pixel_values, grid_thw)
+        except torch.cuda.OutOfMemoryError:
+            if len(pixels) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(pixels) // 2
+            return torch.cat(
+                [self._embed_batch(indices[:half], pixels[:half]), self._embed_batch(indices[half:], pixels[half:])]
+            )
+        bad = ~torch.isfinite(embeddings).all(dim=-1)
+        if bad.any():
+            which = [indices[i] for i in bad.nonzero().flatten().tolist()]
+            raise FloatingPointError(
+                f"the model produced non-finite embeddings for images at indices {which} in {self.dtype}; "
+                "Qwen2.5-VL overflows in float16: load with dtype=torch.bfloat16 or torch.float32"
+            )
+        return embeddings
+
+
+def deduplicate(items: list) -> tuple[list, torch.Tensor]:
+    """Distinct images (same path or same object) and the index of each item among them."""
+    keys: dict = {}
+    unique, index = [], []
+    for item in items:
+        key = ("path", os.fspath(item)) if isinstance(item, (str, os.PathLike)) else ("obj", id(item))
+        if key not in keys:
+            keys[key] = len(unique)
+            unique.append(item)
+        index.append(keys[key])
+    return unique, torch.tensor(index, dtype=torch.long)
+
+
+def _is_single(x) -> bool:
+    if isinstance(x, torch.Tensor):
+        return x.ndim == 3
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        return x.ndim in (2, 3)
+    return not isinstance(x, (list, tuple))
+
+
+def _progress_bar(total: int, progress: bool | None):
+    if progress is None:
+        progress = total >= 256
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="relsim embed")
+
+
+__all__ = ["RelSimModel", "Prompt", "build_inputs", "deduplicate", "image_tokens", "ImageInputError"]

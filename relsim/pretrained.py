@@ -1,0 +1,212 @@
+"""``relsim.load``: resolve, read and assemble a RelSimModel (the factory, open_clip-style).
+
+Example:
+    >>> model = relsim.load()                                       # doctest: +SKIP
+    >>> model = relsim.load("path/to/checkpoint", device="cpu")     # doctest: +SKIP
+    >>> model.fingerprint["revision"]                               # doctest: +SKIP
+    '<commit of thaoshibe/relsim-qwenvl25-lora>'
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .checkpoint import QUERY_TOKEN, CheckpointError, merge_lora, read_checkpoint
+from .encoder import Prompt, RelSimModel
+from .hub import ADAPTER_FILES, BASE_FILES, resolve
+from .preprocess import MODES
+
+DEFAULT_MODEL = "thaoshibe/relsim-qwenvl25-lora"
+DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+#: Known checkpoints and the revisions a default load pins. ``None`` follows the repo's main branch:
+#: we record no commit we could not verify; pass ``revision=`` (and ``base_revision=``) to pin one.
+PRETRAINED: dict[str, dict[str, str | None]] = {
+    DEFAULT_MODEL: {"revision": None, "base_model": DEFAULT_BASE_MODEL, "base_revision": None},
+}
+
+_CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return default_dtype(device)
+    if isinstance(dtype, str):
+        names = {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+            "half": torch.float16,
+        }
+        if dtype not in names:
+            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+        dtype = names[dtype]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    return dtype
+
+
+def _attn_implementation(device: torch.device, dtype: torch.dtype) -> str:
+    """flash-attention 2 when it is installed and usable, else PyTorch SDPA."""
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def load(
+    model: str | Path = DEFAULT_MODEL,
+    *,
+    base_model: str | Path | None = None,
+    revision: str | None = None,
+    base_revision: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    mode: str = "train",
+    cache_dir: str | Path | None = None,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
+) -> RelSimModel:
+    """Load a relsim model: a Hub repo id or local directory of a relsim adapter on its base model.
+
+    ``base_model=None`` takes the base named in the adapter's ``adapter_config.json``. ``device`` defaults
+    to CUDA when available; ``dtype`` to bfloat16 on CUDA and float32 elsewhere. ``mode`` is ``"train"``
+    (448x448 centre crop, what the model was trained on) or ``"native"`` (upstream inference resolution).
+    Loading the same model twice in one process returns the same instance.
+
+    >>> model = relsim.load()                                       # doctest: +SKIP
+    >>> model.score("a.jpg", "b.jpg")                               # doctest: +SKIP
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = _parse_dtype(dtype, device)
+    pinned = PRETRAINED.get(str(model), {})
+    revision = revision if revision is not None else pinned.get("revision")
+    hub = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+
+    adapter = resolve(model, revision=revision, allow_patterns=ADAPTER_FILES, **hub)
+    checkpoint = read_checkpoint(adapter.path)
+    base_name = base_model if base_model is not None else checkpoint.base_model or pinned.get("base_model")
+    if base_name is None:
+        raise CheckpointError(f"{adapter.name!r} names no base model; pass base_model=")
+    if base_revision is None and base_model is None:
+        base_revision = checkpoint.config.get("base_revision") or pinned.get("base_revision")
+    base = resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)
+
+    key = (adapter.path, base.path, mode, dtype, str(device))
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        fingerprint = {
+            "model": adapter.name,
+            "revision": adapter.revision,
+            "base_model": base.name,
+            "base_revision": base.revision,
+            "mode": mode,
+            "dtype": str(dtype).removeprefix("torch."),
+            "relsim_version": __version__,
+        }
+        instance = assemble(
+            adapter.path, base.path, checkpoint, device=device, dtype=dtype, mode=mode, fingerprint=fingerprint
+        )
+        _CACHE[key] = instance
+        return instance
+
+
+def _load_body(path: Path, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """The Qwen2.5-VL vision tower + language model, without the LM head (never read from disk)."""
+    from transformers import Qwen2_5_VLModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report lists lm_head as unexpected: that is the point
+    try:
+        body, info = Qwen2_5_VLModel.from_pretrained(
+            path,
+            dtype=dtype,
+            attn_implementation=_attn_implementation(device, dtype),
+            # straight onto the accelerator: never hold 16 GB of weights in host memory on the way
+            device_map=None if device.type == "cpu" else {"": device},
+            output_loading_info=True,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    unexpected = [k for k in info.get("unexpected_keys", ()) if not k.startswith("lm_head")]
+    if info.get("missing_keys") or unexpected or info.get("mismatched_keys"):
+        raise CheckpointError(
+            f"the base model in {str(path)!r} does not fit Qwen2.5-VL: missing {sorted(info['missing_keys'])[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}, mismatched {sorted(info.get('mismatched_keys', []))[:5]}"
+        )
+    return body.to(device)
+
+
+def assemble(
+    adapter_path: Path,
+    base_path: Path,
+    checkpoint,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    mode: str,
+    fingerprint: dict,
+) -> RelSimModel:
+    """Base body + merged LoRA + ``<|query|>`` row + projection -> RelSimModel."""
+    from transformers import AutoTokenizer
+
+    body = _load_body(base_path, device, dtype)
+    merge_lora(body, checkpoint.lora)
+    embed = body.language_model.embed_tokens
+    if checkpoint.query_token_id >= embed.num_embeddings:
+        raise CheckpointError(
+            f"<|query|> is token {checkpoint.query_token_id}, the base model has {embed.num_embeddings} embeddings"
+        )
+    table = checkpoint.embedding_table
+    if table is not None:
+        if table.shape[0] > embed.num_embeddings or table.shape[1] != embed.embedding_dim:
+            raise CheckpointError(
+                f"the adapter's embedding table is {tuple(table.shape)}, "
+                f"the base model's is {tuple(embed.weight.shape)}"
+            )
+        with torch.no_grad():
+            embed.weight[: table.shape[0]] = table.to(embed.weight)
+    hidden = body.config.text_config.hidden_size
+    weight = checkpoint.projection_weight
+    if weight.shape[1] != hidden:
+        raise CheckpointError(f"the projection takes {weight.shape[1]} inputs, the base model gives {hidden}")
+    projection = nn.Linear(hidden, weight.shape[0], device=device, dtype=torch.float32)
+    with torch.no_grad():
+        projection.weight.copy_(weight.float())
+        projection.bias.copy_(checkpoint.projection_bias.float())
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter_path)
+    if tokenizer.convert_tokens_to_ids(QUERY_TOKEN) != checkpoint.query_token_id:
+        raise CheckpointError(
+            f"the tokenizer in {str(adapter_path)!r} maps {QUERY_TOKEN} to "
+            f"{tokenizer.convert_tokens_to_ids(QUERY_TOKEN)}, the checkpoint says {checkpoint.query_token_id}"
+        )
+    prompt = Prompt.from_tokenizer(tokenizer, QUERY_TOKEN, body.config.image_token_id)
+    return RelSimModel(body, projection, prompt, mode=mode, fingerprint=fingerprint)

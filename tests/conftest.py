@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny random checkpoints built once per test session (see tests/tiny.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def fixture_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("relsim-fixtures")
+
+
+@pytest.fixture(scope="session")
+def base_dir(fixture_root) -> Path:
+    """A tiny random Qwen2.5-VL base model in the Hub layout."""
+    return tiny.build_base(fixture_root / "base")
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(fixture_root, base_dir) -> dict[str, Path]:
+    """One upstream-layout relsim adapter per key layout, all on ``base_dir``."""
+    return {
+        layout: tiny.build_adapter(fixture_root / f"adapter-{layout}", base_dir, layout=layout)
+        for layout in tiny.ADAPTER_LAYOUTS
+    }
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(adapter_dirs) -> Path:
+    """The layout the published checkpoint most likely has (transformers 4.57 + peft)."""
+    return adapter_dirs["v457"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(adapter_dir, base_dir):
+    """A loaded tiny RelSimModel on CPU, float32, train mode."""
+    import relsim
+
+    return relsim.load(adapter_dir, base_model=base_dir, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_native_model(adapter_dir, base_dir):
+    import relsim
+
+    return relsim.load(adapter_dir, base_model=base_dir, device="cpu", dtype=torch.float32, mode="native")
+
+
+@pytest.fixture(scope="session")
+def hf_cache(fixture_root, base_dir, adapter_dir) -> dict:
+    """A HF cache (``HF_HOME``) holding the tiny fixtures under the real repo ids, as ``hf download`` leaves them.
+
+    The adapter repo holds no config.json (like the real one). Returns the home dir and both commits.
+    """
+    home = fixture_root / "hf_home"
+    hub = home / "hub"
+    adapter_commit = tiny.populate_hf_cache(hub, tiny.ADAPTER_REPO, adapter_dir)
+    base_commit = tiny.populate_hf_cache(hub, tiny.BASE_REPO, base_dir)
+    return {"home": home, "adapter_commit": adapter_commit, "base_commit": base_commit}
+
+
+@pytest.fixture
+def offline_hub(hf_cache, monkeypatch):
+    """Point huggingface_hub at the populated cache and forbid network access."""
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setenv("HF_HOME", str(hf_cache["home"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HOME", str(hf_cache["home"]))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(hf_cache["home"] / "hub"))
+    return hf_cache
+
+
+def photo(height: int, width: int, seed: int = 0) -> Image.Image:
+    """A smooth, photo-like RGB test image (gradients plus noise), deterministic."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            127 + 100 * np.sin(x / (7 + seed) + y / 13),
+            127 + 100 * np.cos(y / (11 + seed)),
+            127 + 100 * np.sin((x + y) / 17),
+        ],
+        axis=-1,
+    )
+    noisy = base + rng.normal(0, 12, base.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def photos() -> list[Image.Image]:
+    """Four photo-like images of different sizes and aspect ratios."""
+    return [photo(448, 448, 0), photo(480, 640, 1), photo(300, 100, 2), photo(90, 200, 3)]
