@@ -57,7 +57,8 @@ class RelSimCheckpoint:
     lora: LoraWeights
     projection_weight: torch.Tensor
     projection_bias: torch.Tensor
-    query_token_id: int
+    query_token_id: int | None
+    """From ``relsim_config.json`` or the upstream pickle; ``None``: ask the tokenizer."""
     embedding_table: torch.Tensor | None
     """The input-embedding table when the adapter file carries one (transformers 4.57 + peft saved it
     because the vocabulary was resized); it replaces the base rows it covers, ``<|query|>`` included."""
@@ -113,7 +114,7 @@ def read_adapter_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def read_lora(path: Path, config: dict[str, Any], query_token_id: int) -> tuple[LoraWeights, torch.Tensor | None]:
+def read_lora(path: Path, config: dict[str, Any]) -> tuple[LoraWeights, torch.Tensor | None]:
     """Read the LoRA factors and, when the file carries one, the input-embedding table.
 
     ``lm_head`` (~1 GB in the published file) is never read.
@@ -135,11 +136,6 @@ def read_lora(path: Path, config: dict[str, Any], query_token_id: int) -> tuple[
             if key.endswith("embed_tokens.weight"):
                 if module_path(key.removesuffix(".weight")) != "language_model.embed_tokens":
                     raise CheckpointError(f"adapter key {key!r} in {str(file)!r} is not the text embedding table")
-                rows = f.get_slice(key).get_shape()[0]
-                if rows <= query_token_id:
-                    raise CheckpointError(
-                        f"{str(file)!r}: the embedding table {key!r} has {rows} rows, no row {query_token_id}"
-                    )
                 table = f.get_tensor(key)
                 continue
             match = _LORA_KEY.match(key)
@@ -179,7 +175,11 @@ def read_projection(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, A
     try:
         blob = torch.load(pickle_file, map_location="cpu", weights_only=True)
     except Exception as err:  # an unsafe or corrupt pickle: say which file, never fall back to full unpickling
-        raise CheckpointError(f"{str(pickle_file)!r} could not be read with weights_only=True: {err}") from err
+        reason = next((line for line in str(err).splitlines() if "GLOBAL" in line), str(err).splitlines()[0])
+        raise CheckpointError(
+            f"{str(pickle_file)!r} could not be read safely (torch.load weights_only=True); relsim never unpickles "
+            f"arbitrary objects: {reason}"
+        ) from err
     projection = blob.get("projection") if isinstance(blob, dict) else None
     if not isinstance(projection, dict) or not {"weight", "bias"} <= set(projection):
         raise CheckpointError(f"{str(pickle_file)!r} has no projection weight and bias")
@@ -195,10 +195,9 @@ def read_checkpoint(path: str | Path) -> RelSimCheckpoint:
     weight, bias, extras = read_projection(path)
     if weight.ndim != 2 or bias.shape != (weight.shape[0],):
         raise CheckpointError(f"{str(path)!r}: projection weight {tuple(weight.shape)} and bias {tuple(bias.shape)}")
-    query_token_id = int(relsim_config.get("query_token_id", extras.get("query_token_id", -1)))
-    if query_token_id < 0:
-        raise CheckpointError(f"{str(path)!r} does not say which token id is {QUERY_TOKEN}")
-    lora, embedding_table = read_lora(path, adapter_config, query_token_id)
+    query_token_id = relsim_config.get("query_token_id", extras.get("query_token_id"))
+    query_token_id = None if query_token_id is None else int(query_token_id)
+    lora, embedding_table = read_lora(path, adapter_config)
     base_model = relsim_config.get("base_model") or adapter_config.get("base_model_name_or_path")
     return RelSimCheckpoint(
         path=path,

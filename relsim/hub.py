@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import snapshot_download
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -30,6 +31,10 @@ ADAPTER_FILES = [
 ]
 #: Files a base model repo needs: config, weights, tokenizer.
 BASE_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt"]
+
+
+class ModelNotFoundError(OSError):
+    """A Hub repo or revision could not be found online or in the local cache."""
 
 
 @dataclass(frozen=True)
@@ -71,15 +76,27 @@ def resolve(
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"{name!r} is neither a model directory nor a Hub repo id ('owner/name')")
     kwargs = {} if local_files_only is None else {"local_files_only": local_files_only}
-    snapshot = Path(
-        snapshot_download(
-            name,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            allow_patterns=allow_patterns,
-            **kwargs,
+    try:
+        snapshot = Path(
+            snapshot_download(
+                name,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                allow_patterns=allow_patterns,
+                **kwargs,
+            )
         )
-    )
+    except (LocalEntryNotFoundError, HfHubHTTPError, ValueError) as err:
+        offline = constants.HF_HUB_OFFLINE or local_files_only
+        hint = (
+            " Offline mode is on (HF_HUB_OFFLINE / local_files_only): fetch it once online with "
+            "`relsim download` or pass a local directory."
+            if offline
+            else ""
+        )
+        where = f"{name!r} at revision {revision!r}" if revision else repr(name)
+        message = f"could not get {where} from the Hugging Face Hub or its cache.{hint} ({err})"
+        raise ModelNotFoundError(message) from err
     commit = snapshot.name if _COMMIT.match(snapshot.name) else None
     return ResolvedRepo(name, snapshot, commit)
