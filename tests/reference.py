@@ -72,9 +72,21 @@ def upstream_train_image(image: Image.Image, size: int = 448) -> Image.Image:
     return image.resize((size, size), Image.LANCZOS)
 
 
+def _processor_module():
+    """transformers >= 5.x: the PIL backend (no torchvision); older releases: the numpy "slow" processor."""
+    try:
+        from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as module
+
+        return module, module.Qwen2VLImageProcessorPil
+    except ImportError:
+        from transformers.models.qwen2_vl import image_processing_qwen2_vl as module
+
+        return module, module.Qwen2VLImageProcessor
+
+
 def upstream_native_image(image: Image.Image) -> Image.Image:
     """qwen-vl-utils ``fetch_image``: ``smart_resize`` to multiples of 28, bicubic."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    smart_resize = _processor_module()[0].smart_resize
 
     image = image.convert("RGB")
     h, w = smart_resize(image.height, image.width, factor=28, min_pixels=3136, max_pixels=12845056)
@@ -82,9 +94,7 @@ def upstream_native_image(image: Image.Image) -> Image.Image:
 
 
 def _image_processor():
-    from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as pil
-
-    return pil.Qwen2VLImageProcessorPil(
+    return _processor_module()[1](
         min_pixels=3136,
         max_pixels=12845056,
         patch_size=14,

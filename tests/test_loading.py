@@ -185,7 +185,7 @@ def _break_target(t):
         (_break_half_pair, "lora_A but not both"),
         (_break_shape, "63x64"),
         (_break_rank, "expected rank 16"),
-        (_break_target, "Qwen2_5_VLRMSNorm"),
+        (_break_target, "RMSNorm in the base model, not a Linear"),
     ],
 )
 def test_adapter_keys_that_cannot_be_placed_are_errors(adapter_dirs, base_dir, tmp_path, edit, message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from conftest import photo
@@ -46,32 +48,43 @@ def test_parity_is_sensitive_to_the_adapter(adapter_dirs, base_dir, images):
 
 
 def test_positions_are_3d_multimodal_rope(tiny_model):
-    """Our positions equal transformers 4.57's get_rope_index and transformers 5's (with mm_token_type_ids)."""
+    """Our positions equal transformers 4.57's get_rope_index and the installed one's (with mm_token_type_ids)."""
     grids = torch.tensor([[1, 32, 32], [1, 12, 20], [1, 6, 4]])
     for grid in grids:
         ids, positions, query = build_inputs(tiny_model.prompt, grid[None])
         config = tiny_model.body.config
         assert torch.equal(positions, rope_index_457(ids, grid[None], config))
-        token_types = (ids == config.image_token_id).int()
-        v5, _ = tiny_model.body.get_rope_index(ids, mm_token_type_ids=token_types, image_grid_thw=grid[None])
-        assert torch.equal(positions, v5)
+        kwargs = {"image_grid_thw": grid[None]}
+        if "mm_token_type_ids" in inspect.signature(tiny_model.body.get_rope_index).parameters:  # transformers >= 5.x
+            kwargs["mm_token_type_ids"] = (ids == config.image_token_id).int()
+        installed, _ = tiny_model.body.get_rope_index(ids, **kwargs)
+        assert torch.equal(positions, installed)
         n = int(grid.prod()) // 4
         assert ids[0, query[0]] == tiny_model.prompt.query_token_id and query[0] == n + 16
 
 
 def test_1d_positions_would_be_wrong(tiny_model, images):
-    """transformers 5 silently falls back to 1-D positions without mm_token_type_ids; that changes the result."""
+    """Positions matter: 1-D positions (what transformers 5.x silently uses when ``mm_token_type_ids`` is not
+    passed) change the embedding, so a wrong position scheme cannot pass the parity tests."""
     from relsim import preprocess
 
-    pixels = [preprocess.prepare(images[0], 0, "train")]
-    pixel_values, grid = preprocess.patchify(pixels)
+    pixel_values, grid = preprocess.patchify([preprocess.prepare(images[0], 0, "train")])
+    ids, _, query = build_inputs(tiny_model.prompt, grid)
+    text = tiny_model.body.language_model
     with torch.inference_mode():
         right = tiny_model(pixel_values, grid)
-        ids, _, query = build_inputs(tiny_model.prompt, grid)
-        out = tiny_model.body(input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid, use_cache=False)
-        hidden = out.last_hidden_state[0, query[0]]
+        visual = tiny_model.body.visual(pixel_values, grid_thw=grid)
+        image = getattr(visual, "pooler_output", visual)
+        embeds = text.embed_tokens(ids).masked_scatter((ids == tiny_model.prompt.image_token_id)[..., None], image)
+        flat = torch.arange(ids.shape[1])[None].expand(3, 1, -1)
+        hidden = text(inputs_embeds=embeds, position_ids=flat, use_cache=False).last_hidden_state[0, query[0]]
         wrong = torch.nn.functional.normalize(tiny_model.projection(hidden), dim=-1)
-    assert (right[0] - wrong).abs().max() > 1e-3
+        assert (right[0] - wrong).abs().max() > 1e-3
+        if "mm_token_type_ids" in inspect.signature(tiny_model.body.forward).parameters:
+            # the trap itself: the stock forward without mm_token_type_ids gives the 1-D result
+            out = tiny_model.body(input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid, use_cache=False)
+            stock = torch.nn.functional.normalize(tiny_model.projection(out.last_hidden_state[0, query[0]]), dim=-1)
+            assert (stock - wrong).abs().max() < 1e-5
 
 
 def test_prompt_token_ids_match_design(tiny_model):
