@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import weakref
 from pathlib import Path
@@ -74,6 +75,14 @@ def _attn_implementation(device: torch.device, dtype: torch.dtype) -> str:
         except ImportError:
             pass
     return "sdpa"
+
+
+def _device_map(device: torch.device) -> dict | None:
+    """Load straight onto an accelerator when transformers can (it needs ``accelerate`` for that);
+    otherwise the weights pass through host memory once and are then moved."""
+    if device.type == "cpu" or importlib.util.find_spec("accelerate") is None:
+        return None
+    return {"": device}
 
 
 def load(
@@ -149,8 +158,7 @@ def _load_body(path: Path, device: torch.device, dtype: torch.dtype) -> nn.Modul
             path,
             dtype=dtype,
             attn_implementation=_attn_implementation(device, dtype),
-            # straight onto the accelerator: never hold 16 GB of weights in host memory on the way
-            device_map=None if device.type == "cpu" else {"": device},
+            device_map=_device_map(device),
             output_loading_info=True,
         )
     finally:
