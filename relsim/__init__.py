@@ -13,4 +13,28 @@ from .encoder import RelSimModel  # noqa: E402
 from .preprocess import ImageInputError  # noqa: E402
 from .pretrained import DEFAULT_MODEL, PRETRAINED, load  # noqa: E402
 
-__all__ = ["__version__", "load", "RelSimModel", "DEFAULT_MODEL", "PRETRAINED", "CheckpointError", "ImageInputError"]
+
+def __getattr__(name: str):
+    # The metric pulls in torchmetrics (~1 s): import it when first asked for, not with `import relsim`.
+    if name == "RelationalSimilarity":
+        from .metric import RelationalSimilarity
+
+        return RelationalSimilarity
+    if name == "functional":
+        from . import functional
+
+        return functional
+    raise AttributeError(f"module 'relsim' has no attribute {name!r}")
+
+
+__all__ = [
+    "__version__",
+    "load",
+    "RelSimModel",
+    "RelationalSimilarity",
+    "functional",
+    "DEFAULT_MODEL",
+    "PRETRAINED",
+    "CheckpointError",
+    "ImageInputError",
+]

@@ -42,7 +42,7 @@ class ResolvedRepo:
     """A model directory on disk and where it came from."""
 
     name: str
-    """What the user passed: a Hub repo id or a local directory."""
+    """A Hub repo id, or the absolute path of a local directory."""
     path: Path
     """The directory holding the files."""
     revision: str | None
@@ -71,7 +71,7 @@ def resolve(
     if path.is_dir():
         if revision is not None:
             raise ValueError(f"revision={revision!r} was given for the local directory {str(path)!r}")
-        return ResolvedRepo(str(name_or_path), path.resolve(), None)
+        return ResolvedRepo(str(path.resolve()), path.resolve(), None)
     name = str(name_or_path)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"{name!r} is neither a model directory nor a Hub repo id ('owner/name')")

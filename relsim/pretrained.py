@@ -40,6 +40,14 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def canonical_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> the default; ``"cuda"`` -> ``cuda:<current>`` so equal devices compare equal."""
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
@@ -110,7 +118,7 @@ def load(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    device = torch.device(device) if device is not None else default_device()
+    device = canonical_device(device)
     dtype = _parse_dtype(dtype, device)
     pinned = PRETRAINED.get(str(model), {})
     revision = revision if revision is not None else pinned.get("revision")
@@ -128,7 +136,8 @@ def load(
     key = (adapter.path, base.path, mode, dtype, str(device))
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
-        if cached is not None:
+        # a shared instance that someone moved elsewhere (e.g. a metric's .to()) is not what was asked for
+        if cached is not None and cached.device == device:
             return cached
         fingerprint = {
             "model": adapter.name,
