@@ -85,6 +85,12 @@ def _attn_implementation(device: torch.device, dtype: torch.dtype) -> str:
     return "sdpa"
 
 
+def _stamp(path: Path) -> tuple:
+    """A directory and the sizes and times of its files: rewriting a checkpoint in place is a new model."""
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
+    return (str(path), tuple(files))
+
+
 def _device_map(device: torch.device) -> dict | None:
     """Load straight onto an accelerator when transformers can (it needs ``accelerate`` for that);
     otherwise the weights pass through host memory once and are then moved."""
@@ -133,7 +139,7 @@ def load(
         base_revision = checkpoint.config.get("base_revision") or pinned.get("base_revision")
     base = resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)
 
-    key = (adapter.path, base.path, mode, dtype, str(device))
+    key = (_stamp(adapter.path), _stamp(base.path), mode, dtype, str(device))
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         # a shared instance that someone moved elsewhere (e.g. a metric's .to()) is not what was asked for
@@ -155,7 +161,7 @@ def load(
         return instance
 
 
-def _load_body(path: Path, device: torch.device, dtype: torch.dtype) -> nn.Module:
+def load_body(path: Path, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """The Qwen2.5-VL vision tower + language model, without the LM head (never read from disk)."""
     from transformers import Qwen2_5_VLModel
     from transformers.utils import logging as hf_logging
@@ -194,7 +200,7 @@ def assemble(
     """Base body + merged LoRA + ``<|query|>`` row + projection -> RelSimModel."""
     from transformers import AutoTokenizer
 
-    body = _load_body(base_path, device, dtype)
+    body = load_body(base_path, device, dtype)
     merge_lora(body, checkpoint.lora)
     embed = body.language_model.embed_tokens
     if checkpoint.query_token_id >= embed.num_embeddings:

@@ -1,0 +1,28 @@
+"""relsim.train: a minimal, correct reproduction of the paper's fine-tuning (``pip install "relsim[train]"``).
+
+Recipe and commands: docs/training.md. Checkpoints load with ``relsim.load(directory)``.
+
+Example:
+    >>> from relsim.train import TrainConfig, train
+    >>> config = TrainConfig(train_jsonl="captions.jsonl", image_dir="images", output_dir="run")
+    >>> result = train(config)                                # doctest: +SKIP
+    >>> model = relsim.load(result.final)                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from .loop import TrainResult
+
+__all__ = ["TrainConfig", "train"]
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run training; see :func:`relsim.train.loop.train`."""
+    from .loop import train as _train
+
+    return _train(config)

@@ -1,0 +1,160 @@
+"""The model being trained: Qwen2.5-VL body + peft LoRA on q_proj/v_proj + ``<|query|>`` + projection head.
+
+Its forward is the inference forward of :class:`relsim.RelSimModel` (same token ids and 3-D RoPE
+positions from :func:`relsim.encoder.build_inputs`, same last-layer ``<|query|>`` state, same float32
+projection and L2 norm), with LoRA as separate factors instead of merged and dropout active in
+``train()`` mode. A checkpoint loaded by ``relsim.load`` reproduces ``eval()`` embeddings of this model.
+
+The ``<|query|>`` token: the base embedding matrix has 152064 rows and id 151665 is already one of its
+(untrained) padding rows. We keep the full matrix and that row frozen, as upstream effectively did
+(its ``resize_token_embeddings(151666)`` shrank the matrix and kept the row), and never save embedding
+tables in the adapter.
+
+Example:
+    >>> model = build_model("Qwen/Qwen2.5-VL-7B-Instruct", device="cuda", dtype=torch.bfloat16)  # doctest: +SKIP
+    >>> pixel_values, grid_thw = patchify(images, device="cuda")                                 # doctest: +SKIP
+    >>> model(pixel_values, grid_thw).shape                                                      # doctest: +SKIP
+    torch.Size([64, 384])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import QUERY_TOKEN
+from ..encoder import Prompt, build_inputs
+
+
+class HubNames(nn.Module):
+    """Holds the body as ``.model`` so peft names the LoRA keys as upstream's
+    ``Qwen2_5_VLForConditionalGeneration`` did (``base_model.model.model.language_model.layers...``),
+    without loading the 1 GB LM head."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.model = body
+
+
+def load_tokenizer(path: str | Path):
+    """The base tokenizer plus ``<|query|>`` (id 151665 on the real vocabulary)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if QUERY_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [QUERY_TOKEN]})
+    return tokenizer
+
+
+class TrainModel(nn.Module):
+    """Trainable relsim model. ``forward(pixel_values, grid_thw)`` -> (B, dim) L2-normalised float32."""
+
+    def __init__(self, peft_model: nn.Module, projection: nn.Linear, prompt: Prompt, autocast: torch.dtype | None):
+        super().__init__()
+        self.peft = peft_model
+        self.projection = projection
+        self.prompt = prompt
+        self.autocast = autocast
+
+    @property
+    def body(self) -> nn.Module:
+        """The ``Qwen2_5_VLModel`` (with LoRA layers injected in place)."""
+        return self.peft.base_model.model.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.projection.weight.device
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        return self.body.language_model.embed_tokens.weight.dtype
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        device = self.device
+        if grid_thw.shape[0] == 0:
+            # A process whose micro-batch was all unreadable images still joins the step (DDP needs every
+            # trainable parameter in the graph): zero rows, zero gradients.
+            anchor = sum(p.sum() for p in self.trainable().values()) * 0.0
+            return torch.zeros(0, self.projection.out_features, device=device) + anchor
+        body = self.body
+        ids, positions, query = build_inputs(self.prompt, grid_thw.cpu())
+        ids, positions, query = ids.to(device), positions.to(device), query.to(device)
+        with torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            # Nothing before the first LoRA layer is trained: the vision tower and the embedding lookup
+            # run without building a graph (same values, less memory).
+            with torch.no_grad():
+                visual = body.visual(pixel_values.to(device, body.visual.dtype), grid_thw=grid_thw.to(device))
+                image_embeds = getattr(visual, "pooler_output", visual)
+                text = body.language_model
+                embeds = text.embed_tokens(ids)
+                mask = (ids == self.prompt.image_token_id).unsqueeze(-1)
+                embeds = embeds.masked_scatter(mask, image_embeds.to(embeds.dtype))
+            hidden = text(inputs_embeds=embeds, position_ids=positions, use_cache=False).last_hidden_state
+            query_states = hidden[torch.arange(hidden.shape[0], device=device), query]
+        with torch.autocast(device.type, enabled=False):
+            projected = F.linear(query_states.float(), self.projection.weight, self.projection.bias)
+        return F.normalize(projected, dim=-1)
+
+
+def build_model(
+    base_path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    autocast: torch.dtype | None = None,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    target_modules: list[str] | None = None,
+    projection_dim: int = 384,
+    seed: int = 0,
+    gradient_checkpointing: bool = False,
+) -> tuple[TrainModel, object]:
+    """Load the base body from a local directory, add LoRA and a fresh head. Returns (model, tokenizer).
+
+    ``dtype`` is the frozen base weights' dtype; LoRA and the head are float32 (master weights).
+    Initialisation is a function of ``seed`` only (made on the CPU, then moved).
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError('training needs peft: pip install "relsim[train]"') from err
+
+    from ..pretrained import load_body
+
+    device = torch.device(device)
+    body = load_body(Path(base_path), device, dtype)
+    body.requires_grad_(False)
+    tokenizer = load_tokenizer(base_path)
+    query_id = tokenizer.convert_tokens_to_ids(QUERY_TOKEN)
+    rows = body.language_model.embed_tokens.num_embeddings
+    if query_id >= rows:
+        raise ValueError(f"{QUERY_TOKEN} is token {query_id} but the base model has {rows} embedding rows")
+    prompt = Prompt.from_tokenizer(tokenizer, QUERY_TOKEN, body.config.image_token_id)
+
+    targets = list(target_modules or ["q_proj", "v_proj"])
+    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets, bias="none")
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        projection = nn.Linear(body.config.text_config.hidden_size, projection_dim)
+    peft_model = get_peft_model(HubNames(body), config)
+    wrapped = [n for n, m in body.named_modules() if hasattr(m, "lora_A")]
+    outside = [n for n in wrapped if not n.startswith("language_model.")]
+    if not wrapped or outside:
+        raise ValueError(f"LoRA target_modules {targets} must match language-model layers only; got {outside[:3]}")
+    model = TrainModel(peft_model, projection.to(device), prompt, autocast)
+    if gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(body, "activation_checkpointing_enable"):  # the name since transformers 5.x
+            body.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            body.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    for p in model.trainable().values():
+        p.data = p.data.float()
+    return model, tokenizer
