@@ -231,6 +231,18 @@ class RelSimModel(nn.Module):
         eb = ea if images_b is None else embeddings[index[len(list_a) :]]
         return (ea @ eb.T).clamp(-1.0, 1.0)
 
+    def embed_text(self, texts: str | Sequence[str], **kwargs) -> torch.Tensor:
+        """Embed texts with all-MiniLM-L6-v2, the space relsim's image embeddings were trained into.
+
+        A relational description ("{Animal} peeking out from behind a {Object}") then scores against image
+        embeddings directly. ``kwargs`` go to :func:`relsim.text.embed_text` (``model``, ``revision``, ...).
+
+        >>> model.embed_text(["{Fruit} cut open to show its layers"]) @ model.embed(["earth.jpg"]).T  # doctest: +SKIP
+        """
+        from .text import embed_text
+
+        return embed_text(texts, **kwargs)
+
     # -- internals ------------------------------------------------------------------------------------
     def _embed_unique(self, items: list, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         unique, index = deduplicate(items)
