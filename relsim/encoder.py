@@ -101,6 +101,26 @@ def build_inputs(prompt: Prompt, grids: torch.Tensor) -> tuple[torch.Tensor, tor
     return ids, pos, query
 
 
+def multimodal_inputs(
+    body: nn.Module, prompt: Prompt, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input embeddings (B, L, H) with the vision tower's tokens in place of ``<|image_pad|>``, the 3-D
+    positions (3, B, L) and the query index (B,), on the body's device. Shared by inference and training."""
+    device = body.language_model.embed_tokens.weight.device
+    ids, positions, query = (t.to(device) for t in build_inputs(prompt, grid_thw.cpu()))
+    visual = body.visual(pixel_values.to(device, body.visual.dtype), grid_thw=grid_thw.to(device))
+    image_embeds = getattr(visual, "pooler_output", visual)  # transformers >= 5 returns a model output
+    embeds = body.language_model.embed_tokens(ids)
+    mask = (ids == prompt.image_token_id).unsqueeze(-1)
+    return embeds.masked_scatter(mask, image_embeds.to(embeds.dtype)), positions, query
+
+
+def query_states(body: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """The last layer's hidden state after the final norm at each sequence's ``<|query|>`` (B, H)."""
+    hidden = body.language_model(inputs_embeds=embeds, position_ids=positions, use_cache=False).last_hidden_state
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), query]
+
+
 class RelSimModel(nn.Module):
     """Relational similarity model: images in, 384-d L2-normalised embeddings out.
 
@@ -149,18 +169,9 @@ class RelSimModel(nn.Module):
     # -- the model ----------------------------------------------------------------------------------
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Embeddings (B, 384), float32, L2-normalised, from patchified pixels (see ``preprocess.patchify``)."""
-        ids, positions, query = build_inputs(self.prompt, grid_thw.cpu())
-        device = self.device
-        ids, positions, query = ids.to(device), positions.to(device), query.to(device)
-        visual = self.body.visual(pixel_values.to(device, self.body.visual.dtype), grid_thw=grid_thw.to(device))
-        image_embeds = getattr(visual, "pooler_output", visual)
-        text = self.body.language_model
-        embeds = text.embed_tokens(ids)
-        mask = (ids == self.prompt.image_token_id).unsqueeze(-1)
-        embeds = embeds.masked_scatter(mask, image_embeds.to(embeds.dtype))
-        hidden = text(inputs_embeds=embeds, position_ids=positions, use_cache=False).last_hidden_state
-        query_states = hidden[torch.arange(hidden.shape[0], device=device), query]
-        projected = F.linear(query_states.float(), self.projection.weight.float(), self.projection.bias.float())
+        embeds, positions, query = multimodal_inputs(self.body, self.prompt, pixel_values, grid_thw)
+        states = query_states(self.body, embeds, positions, query)
+        projected = F.linear(states.float(), self.projection.weight.float(), self.projection.bias.float())
         return F.normalize(projected, dim=-1)
 
     # -- public API -----------------------------------------------------------------------------------
@@ -355,4 +366,13 @@ def _progress_bar(total: int, progress: bool | None):
     return tqdm(total=total, unit="img", desc="relsim embed")
 
 
-__all__ = ["RelSimModel", "Prompt", "build_inputs", "deduplicate", "image_tokens", "ImageInputError"]
+__all__ = [
+    "RelSimModel",
+    "Prompt",
+    "build_inputs",
+    "multimodal_inputs",
+    "query_states",
+    "deduplicate",
+    "image_tokens",
+    "ImageInputError",
+]

@@ -214,7 +214,7 @@ def test_invalid_arguments(model):
 
 
 def test_gradient_reaches_the_input_pixels(tiny_model):
-    model = tiny_model  # train mode: crop + interpolate + patchify, all torch ops
+    model = tiny_model  # train mode: crop + Pillow-filter resize + patchify, all torch ops
     generated = torch.rand(2, 3, 56, 56, requires_grad=True)
     metric = RelationalSimilarity(model=model)
     value = metric(generated, _uint8_batch(2, seed=11))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import QUERY_TOKEN
-from ..encoder import Prompt, build_inputs
+from ..encoder import Prompt, multimodal_inputs, query_states
 
 
 class HubNames(nn.Module):
@@ -82,23 +82,14 @@ class TrainModel(nn.Module):
             # trainable parameter in the graph): zero rows, zero gradients.
             anchor = sum(p.sum() for p in self.trainable().values()) * 0.0
             return torch.zeros(0, self.projection.out_features, device=device) + anchor
-        body = self.body
-        ids, positions, query = build_inputs(self.prompt, grid_thw.cpu())
-        ids, positions, query = ids.to(device), positions.to(device), query.to(device)
         with torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             # Nothing before the first LoRA layer is trained: the vision tower and the embedding lookup
             # run without building a graph (same values, less memory).
             with torch.no_grad():
-                visual = body.visual(pixel_values.to(device, body.visual.dtype), grid_thw=grid_thw.to(device))
-                image_embeds = getattr(visual, "pooler_output", visual)
-                text = body.language_model
-                embeds = text.embed_tokens(ids)
-                mask = (ids == self.prompt.image_token_id).unsqueeze(-1)
-                embeds = embeds.masked_scatter(mask, image_embeds.to(embeds.dtype))
-            hidden = text(inputs_embeds=embeds, position_ids=positions, use_cache=False).last_hidden_state
-            query_states = hidden[torch.arange(hidden.shape[0], device=device), query]
+                embeds, positions, query = multimodal_inputs(self.body, self.prompt, pixel_values, grid_thw)
+            states = query_states(self.body, embeds, positions, query)
         with torch.autocast(device.type, enabled=False):
-            projected = F.linear(query_states.float(), self.projection.weight, self.projection.bias)
+            projected = F.linear(states.float(), self.projection.weight, self.projection.bias)
         return F.normalize(projected, dim=-1)
 
 
