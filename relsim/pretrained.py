@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, fastpath
 from .checkpoint import QUERY_TOKEN, CheckpointError, merge_lora, read_checkpoint
 from .encoder import Prompt, RelSimModel
 from .hub import ADAPTER_FILES, BASE_FILES, resolve
@@ -111,13 +111,16 @@ def load(
     cache_dir: str | Path | None = None,
     local_files_only: bool | None = None,
     token: str | bool | None = None,
+    compile: bool = False,
 ) -> RelSimModel:
     """Load a relsim model: a Hub repo id or local directory of a relsim adapter on its base model.
 
     ``base_model=None`` takes the base named in the adapter's ``adapter_config.json``. ``device`` defaults
     to CUDA when available; ``dtype`` to bfloat16 on CUDA and float32 elsewhere. ``mode`` is ``"train"``
     (448x448 centre crop, what the model was trained on) or ``"native"`` (upstream inference resolution).
-    Loading the same model twice in one process returns the same instance.
+    ``compile=True`` wraps the vision blocks and decoder layers in ``torch.compile`` (worth it for the fixed
+    shapes of ``train`` mode on a GPU; the first batch pays the compilation). Loading the same model twice in
+    one process returns the same instance.
 
     >>> model = relsim.load()                                       # doctest: +SKIP
     >>> model.score("a.jpg", "b.jpg")                               # doctest: +SKIP
@@ -139,7 +142,7 @@ def load(
         base_revision = checkpoint.config.get("base_revision") or pinned.get("base_revision")
     base = resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)
 
-    key = (_stamp(adapter.path), _stamp(base.path), mode, dtype, str(device))
+    key = (_stamp(adapter.path), _stamp(base.path), mode, dtype, str(device), compile)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         # a shared instance that someone moved elsewhere (e.g. a metric's .to()) is not what was asked for
@@ -157,6 +160,8 @@ def load(
         instance = assemble(
             adapter.path, base.path, checkpoint, device=device, dtype=dtype, mode=mode, fingerprint=fingerprint
         )
+        if compile:
+            fastpath.compile_body(instance.body)
         _CACHE[key] = instance
         return instance
 
@@ -202,6 +207,7 @@ def assemble(
 
     body = load_body(base_path, device, dtype)
     merge_lora(body, checkpoint.lora)
+    fastpath.optimize(body)  # one batched SDPA call per vision layer instead of one per window (exact)
     embed = body.language_model.embed_tokens
     if checkpoint.query_token_id >= embed.num_embeddings:
         raise CheckpointError(
