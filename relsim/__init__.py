@@ -20,6 +20,10 @@ def __getattr__(name: str):
         from .metric import RelationalSimilarity
 
         return RelationalSimilarity
+    if name == "search":
+        from .retrieval import search
+
+        return search
     if name == "functional":
         from . import functional
 
@@ -33,32 +37,9 @@ __all__ = [
     "RelSimModel",
     "RelationalSimilarity",
     "functional",
+    "search",
     "DEFAULT_MODEL",
     "PRETRAINED",
     "CheckpointError",
     "ImageInputError",
 ]
-
-
-# `relsim.search(store, image=..., text=..., k=...)` searches a store (relsim.retrieval.search), while
-# `relsim.search` stays the module of low-level functions (`from relsim.search import search_store`,
-# `import relsim.search as s` keep working): the module is made callable. Setting a module's __class__ to a
-# ModuleType subclass is documented Python ("Customizing module attribute access", data model reference).
-def _make_search_callable() -> None:
-    import functools
-    import inspect
-    import types
-
-    from . import retrieval, search
-
-    class _CallableSearchModule(types.ModuleType):
-        @functools.wraps(retrieval.search)
-        def __call__(self, *args, **kwargs):
-            return retrieval.search(*args, **kwargs)
-
-    search.__class__ = _CallableSearchModule
-    search.__signature__ = inspect.signature(retrieval.search)  # what help() and IDEs show for relsim.search(
-
-
-_make_search_callable()
-__all__.append("search")

@@ -172,7 +172,9 @@ def load_body(path: Path, device: torch.device, dtype: torch.dtype) -> nn.Module
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the load report lists lm_head as unexpected: that is the point
+    hf_logging.disable_progress_bar()  # a bar per load over weights already on disk is noise
     try:
         body, info = Qwen2_5_VLModel.from_pretrained(
             path,
@@ -183,6 +185,8 @@ def load_body(path: Path, device: torch.device, dtype: torch.dtype) -> nn.Module
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     unexpected = [k for k in info.get("unexpected_keys", ()) if not k.startswith("lm_head")]
     if info.get("missing_keys") or unexpected or info.get("mismatched_keys"):
         raise CheckpointError(

@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_TEXT_MODEL", "TextEncoder", "embed_text", "clear_text_cache"
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 # Files needed to run the encoder; the Hub repo also holds ONNX/OpenVINO/pytorch_model.bin copies we skip.
-_HUB_FILES = [
+HUB_FILES = [
     "config.json",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -71,7 +71,7 @@ def _resolve_model_dir(
         cache_dir=cache_dir,
         local_files_only=bool(local_files_only),
         token=token,
-        allow_patterns=_HUB_FILES,
+        allow_patterns=HUB_FILES,
     )
     # The snapshot folder is named after the resolved commit hash: .../snapshots/<sha>.
     return Path(snapshot), Path(snapshot).name

@@ -1,4 +1,4 @@
-"""relsim.search: chunked exact top-k against brute force, exclusions, FAISS, store search with dedup."""
+"""relsim.topk: chunked exact top-k against brute force, exclusions, FAISS, store search with dedup."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from relsim.search import dedup_by_hash, search, search_store
 from relsim.store import EmbeddingStore, FileRecord, StoreMismatchError
+from relsim.topk import dedup_by_hash, search, search_store
 
 DIM = 32
 FP = {"model": "m", "revision": "r", "base_model": "b", "base_revision": "br", "mode": "train"}

