@@ -1,0 +1,74 @@
+"""Decode + preprocess throughput of one worker (one thread), the CPU work per image before the model.
+
+    python benchmarks/bench_preprocess.py            # 640x480 and 1920x1080 JPEGs, train and native mode
+
+Prints a table and writes benchmarks/results/preprocess.json. Target (issue 4): >= 300 images/s per worker
+at 640x480 JPEG in train mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from conftest import photo  # noqa: E402
+
+from relsim import preprocess  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def time_per_image(fn, paths: list[Path], repeats: int) -> float:
+    """Best of ``repeats`` passes over ``paths``: seconds per image."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i, path in enumerate(paths):
+            fn(path, i)
+        best = min(best, (time.perf_counter() - start) / len(paths))
+    return best
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=40, help="distinct JPEGs per size")
+    parser.add_argument("--repeats", type=int, default=5, help="passes; the best is kept")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for width, height in ((640, 480), (1920, 1080)):
+            paths = []
+            for i in range(args.images):
+                paths.append(Path(tmp) / f"{width}x{height}-{i}.jpg")
+                photo(height, width, seed=i).save(paths[-1], quality=90)
+
+            def decode_only(path: Path, i: int) -> None:
+                with Image.open(path) as image:
+                    image.load()
+
+            stages = {"decode": decode_only}
+            for mode in preprocess.MODES:
+                stages[f"prepare-{mode}"] = lambda path, i, mode=mode: preprocess.prepare(path, i, mode)
+            for stage, fn in stages.items():
+                seconds = time_per_image(fn, paths, args.repeats)
+                rows.append({"size": f"{width}x{height}", "stage": stage, "images_per_s": 1 / seconds})
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "preprocess.json").write_text(json.dumps(rows, indent=2))
+    print(f"{'size':<10} {'stage':<16} {'images/s (1 thread)':>20}")
+    for row in rows:
+        print(f"{row['size']:<10} {row['stage']:<16} {row['images_per_s']:>20.0f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
