@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageOps
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
+from reference import _processor_module
+from tiny import PROCESSOR_FIXTURE
 
 from relsim import preprocess as P
 from relsim.preprocess import ImageInputError
 
-PROCESSOR_CONFIG = Path("/work/shared/fixtures/qwen2_5_vl_processor/preprocessor_config.json")
+# transformers' Qwen2-VL image processor without torchvision (the PIL backend, or the numpy one before 5.x)
+hf_processor_module, ImageProcessor = _processor_module()
+hf_smart_resize = hf_processor_module.smart_resize
+PROCESSOR_CONFIG = PROCESSOR_FIXTURE / "preprocessor_config.json"
 DEFAULT_CONFIG = {
     "min_pixels": 3136,
     "max_pixels": 12845056,
@@ -40,9 +42,9 @@ TENSOR_SIZES = [(57, 91), (1000, 300), (640, 480), (1500, 2000), (300, 200)]  # 
 
 
 @pytest.fixture(scope="module")
-def processor() -> Qwen2VLImageProcessorPil:
+def processor():
     cfg = json.loads(PROCESSOR_CONFIG.read_text()) if PROCESSOR_CONFIG.exists() else DEFAULT_CONFIG
-    return Qwen2VLImageProcessorPil(
+    return ImageProcessor(
         min_pixels=cfg["min_pixels"],
         max_pixels=cfg["max_pixels"],
         image_mean=cfg["image_mean"],
