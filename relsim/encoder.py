@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -349,8 +350,6 @@ def deduplicate(items: list) -> tuple[list, torch.Tensor]:
 def _is_single(x) -> bool:
     if isinstance(x, torch.Tensor):
         return x.ndim == 3
-    import numpy as np
-
     if isinstance(x, np.ndarray):
         return x.ndim in (2, 3)
     return not isinstance(x, (list, tuple))
