@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -147,6 +148,9 @@ class RelSimModel(nn.Module):
         self.mode = mode
         self.fingerprint = dict(fingerprint or {})
         self.max_tokens_per_batch = 65536
+        # None: resize on the model's device when that is not the CPU (workers then only decode); on a CPU,
+        # Pillow in the worker threads is faster. Both give the same pixels.
+        self.resize_on_device: bool | None = None
         self.eval()
         self.requires_grad_(False)
 
@@ -265,7 +269,7 @@ class RelSimModel(nn.Module):
     ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
         """Decoded, resized pixel tensors in batches; the next batch is decoded while this one runs."""
         workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-        prepare = self._prepare
+        prepare = functools.partial(self._prepare, resize=not self._resizes_on_device())
         if workers <= 0 or len(items) == 1:
             prepared = (prepare(i, x) for i, x in enumerate(items))
             yield from self._group(prepared, batch_size)
@@ -285,14 +289,17 @@ class RelSimModel(nn.Module):
 
             yield from self._group(stream(), batch_size)
 
-    def _prepare(self, index: int, item) -> tuple[int, torch.Tensor]:
-        return index, preprocess.prepare(item, index, self.mode)
+    def _prepare(self, index: int, item, *, resize: bool) -> tuple[int, torch.Tensor]:
+        return index, preprocess.prepare(item, index, self.mode, resize=resize)
+
+    def _resizes_on_device(self) -> bool:
+        return self.device.type != "cpu" if self.resize_on_device is None else self.resize_on_device
 
     def _group(self, prepared, batch_size: int) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
         """Batches of equal-length sequences where possible; a token cap bounds the memory of a batch."""
         buckets: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
         for index, pixels in prepared:
-            key = tuple(pixels.shape[-2:])
+            key = preprocess.target_size(*pixels.shape[-2:], self.mode)
             bucket = buckets.setdefault(key, [])
             bucket.append((index, pixels))
             tokens = image_tokens((1, key[0] // PATCH, key[1] // PATCH))
@@ -301,19 +308,22 @@ class RelSimModel(nn.Module):
                 yield [i for i, _ in bucket], [p for _, p in bucket]
                 del buckets[key]
         # Leftovers of different sizes: batch them together, sorted by length, padded on the right.
-        rest = sorted((x for b in buckets.values() for x in b), key=lambda x: x[1].shape[-2] * x[1].shape[-1])
+        rest = sorted(((key, x) for key, b in buckets.items() for x in b), key=lambda kx: kx[0][0] * kx[0][1])
         while rest:
             batch, total = [], 0
             while rest and len(batch) < batch_size:
-                tokens = rest[0][1].shape[-2] * rest[0][1].shape[-1] // (PATCH * PATCH * MERGE * MERGE)
+                height, width = rest[0][0]
+                tokens = height * width // (PATCH * PATCH * MERGE * MERGE)
                 if batch and total + tokens > self.max_tokens_per_batch:
                     break
-                batch.append(rest.pop(0))
+                batch.append(rest.pop(0)[1])
                 total += tokens
             yield [i for i, _ in batch], [p for _, p in batch]
 
     def _embed_batch(self, indices: list[int], pixels: list[torch.Tensor]) -> torch.Tensor:
         try:
+            if self._resizes_on_device():
+                pixels = [preprocess.resize_for_mode(p.to(self.device), self.mode) for p in pixels]
             pixel_values, grid_thw = preprocess.patchify(pixels, device=self.device, dtype=self.dtype)
             embeddings = self(pixel_values, grid_thw)
         except torch.cuda.OutOfMemoryError:

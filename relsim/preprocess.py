@@ -8,6 +8,9 @@ and for a batch, on the target device::
 
     pixel_values, image_grid_thw = patchify(tensors, device=device)
 
+With the model on a GPU the resize moves to the device too: workers run ``prepare(..., resize=False)``
+(decoding only) and ``resize_for_mode`` resizes the uint8 tensor there, pixel for pixel as Pillow does.
+
 Two modes (see docs/inputs.md): ``"train"`` centre-crops to a square and resizes to 448x448 with Lanczos,
 as the model saw in training; ``"native"`` keeps the aspect ratio and resizes to the Qwen2-VL
 ``smart_resize`` size with bicubic, as upstream inference does. The patch layout is exactly the one of
@@ -16,16 +19,16 @@ transformers' Qwen2-VL image processor.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import PIL
 import torch
 from PIL import Image, ImageOps
+
+from .resample import resize_float, resize_uint8
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
@@ -318,12 +321,23 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
+def target_size(height: int, width: int, mode: str) -> tuple[int, int]:
+    """(height, width) the model sees for an image of this size in ``mode``.
+
+    >>> target_size(480, 640, "train"), target_size(480, 640, "native")
+    ((448, 448), (476, 644))
+    """
+    _check_mode(mode)
+    return (TRAIN_SIZE, TRAIN_SIZE) if mode == "train" else smart_resize(height, width)
+
+
 def resize_for_mode(image: Image.Image | torch.Tensor, mode: str) -> Image.Image | torch.Tensor:
     """Bring a decoded image to the size the model sees in ``mode``.
 
     "train": centre square crop, then 448x448 Lanczos. "native": ``smart_resize`` size, bicubic.
-    Tensors (the differentiable path) are resized with the same Pillow filters, computed as matmuls in
-    float (no 8-bit rounding; the remaining gap is measured in docs/inputs.md).
+    Tensors are resized with the same Pillow filters on their own device: uint8 (3, H, W) exactly as
+    Pillow does (``resample.resize_uint8``), float (the differentiable path) without 8-bit rounding
+    (``resample.resize_float``; the remaining gap is measured in docs/inputs.md).
 
     >>> resize_for_mode(Image.new("RGB", (640, 480)), "train").size
     (448, 448)
@@ -333,15 +347,16 @@ def resize_for_mode(image: Image.Image | torch.Tensor, mode: str) -> Image.Image
         height, width = image.shape[-2:]
     else:
         width, height = image.size
+    target = target_size(height, width, mode)
     if mode == "train":
         image = _center_square(image, height, width)
-        target = (TRAIN_SIZE, TRAIN_SIZE)
         resample, kernel = Image.LANCZOS, "lanczos"
     else:
-        target = smart_resize(height, width)
         resample, kernel = Image.BICUBIC, "bicubic"
     if isinstance(image, torch.Tensor):
-        return _resize_tensor(image, target, kernel)
+        if image.dtype == torch.uint8:
+            return resize_uint8(image, target, kernel)
+        return resize_float(image, target, kernel)
     if image.size != (target[1], target[0]):
         image = image.resize((target[1], target[0]), resample=resample)
     return image
@@ -355,108 +370,6 @@ def _center_square(image: Image.Image | torch.Tensor, height: int, width: int) -
     if isinstance(image, torch.Tensor):
         return image[..., top : top + side, left : left + side]
     return image.crop((left, top, left + side, top + side))
-
-
-def _resize_tensor(image: torch.Tensor, size: tuple[int, int], kernel: str) -> torch.Tensor:
-    """Resize (C, H, W) to ``size`` = (height, width) with Pillow's separable filter, as matmuls.
-
-    One pass per axis whose size changes, in Pillow's order (``_vertical_first``). Values are clamped to
-    [0, 1] after each pass, where Pillow clips to 8 bits (it also rounds there; we do not).
-    """
-    height, width = size
-    passes = [(-1, width), (-2, height)]
-    if _vertical_first(image.shape[-2], image.shape[-1], height, width):
-        passes.reverse()
-    for axis, out_size in passes:
-        if image.shape[axis] != out_size:
-            image = _resample_axis(image, axis, out_size, kernel).clamp(0, 1)
-    return image
-
-
-def _vertical_first(in_height: int, in_width: int, out_height: int, out_width: int) -> bool:
-    """Whether Pillow runs the vertical pass first (it matters: Pillow rounds to 8 bits between passes).
-
-    Horizontal first, except from Pillow 13 (python-pillow/Pillow#9549) when the height shrinks by more
-    than twice as many pixels as the width does. The rule was fitted to Pillow 13.0 and is checked against
-    it in tests/test_preprocess.py.
-    """
-    if _PILLOW_MAJOR < 13 or out_height >= in_height:
-        return False
-    return in_height - out_height > 2 * (in_width - out_width)
-
-
-def _resample_axis(x: torch.Tensor, axis: int, out_size: int, kernel: str) -> torch.Tensor:
-    """Resample ``x`` along ``axis`` (-1: width, -2: height) to ``out_size`` with Pillow's weights."""
-    if axis == -2:
-        return _resample_axis(x.transpose(-1, -2), -1, out_size, kernel).transpose(-1, -2)
-    index, weights = _resample_blocks(x.shape[-1], out_size, kernel)
-    windows = x[..., index]  # (..., blocks, span): each block of outputs reads one window of inputs
-    out = torch.einsum("...bs,bos->...bo", windows, weights.to(x.device, x.dtype))
-    return out.flatten(-2)[..., :out_size]
-
-
-def _bicubic(x: np.ndarray) -> np.ndarray:
-    """Pillow's bicubic kernel (a = -0.5, support 2)."""
-    a, x = -0.5, np.abs(x)
-    near = ((a + 2) * x - (a + 3)) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * a
-    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
-
-
-def _lanczos(x: np.ndarray) -> np.ndarray:
-    """Pillow's Lanczos kernel: sinc(x) * sinc(x / 3) on [-3, 3)."""
-    return np.where((x >= -3) & (x < 3), np.sinc(x) * np.sinc(x / 3), 0.0)
-
-
-_PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
-_KERNELS = {"bicubic": (_bicubic, 2.0), "lanczos": (_lanczos, 3.0)}
-_BLOCK = 128  # outputs per block of the banded weight matrix
-
-
-def _resample_weights(in_size: int, out_size: int, kernel: str) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's ``precompute_coeffs`` (libImaging/Resample.c): per output, first input index and weights.
-
-    Returns ``starts`` (out,) and ``weights`` (out, taps), float64, zero past each output's last input.
-    """
-    filter_fn, filter_support = _KERNELS[kernel]
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = filter_support * filterscale
-    taps = math.ceil(support) * 2 + 1
-    center = (np.arange(out_size) + 0.5) * scale
-    # Pillow's (int) casts truncate toward zero; the max(.., 0) makes that equal to floor here.
-    starts = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
-    stops = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size)
-    index = starts[:, None] + np.arange(taps)[None, :]
-    weights = filter_fn((index - center[:, None] + 0.5) / filterscale)
-    weights = np.where(index < stops[:, None], weights, 0.0)
-    total = weights.sum(axis=1, keepdims=True)
-    return starts, np.divide(weights, total, out=weights, where=total != 0)
-
-
-@functools.lru_cache(maxsize=64)
-def _resample_blocks(in_size: int, out_size: int, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (out, in) weight matrix of one axis in banded form, on CPU: ``index`` (blocks, span) int64 and
-    ``weights`` (blocks, _BLOCK, span) float64.
-
-    Block b holds outputs [b * _BLOCK, (b + 1) * _BLOCK) (zero rows past ``out_size``) and reads the inputs
-    ``index[b]``, so ``x[..., index]`` contracted with ``weights`` over ``span`` is the full matmul without its
-    zeros: a dense matrix would cost O(in * out) per image row, too much for large native-mode images.
-    """
-    starts, row_weights = _resample_weights(in_size, out_size, kernel)
-    n_blocks = -(-out_size // _BLOCK)
-    pad = n_blocks * _BLOCK - out_size
-    starts = np.pad(starts, (0, pad), mode="edge")
-    row_weights = np.pad(row_weights, ((0, pad), (0, 0)))
-    block_start = starts[::_BLOCK]  # starts never decrease, so a block's first row reads its first input
-    offsets = starts - np.repeat(block_start, _BLOCK)
-    taps = row_weights.shape[1]
-    span = int(offsets.max()) + taps
-    dense = np.zeros((n_blocks * _BLOCK, span))
-    np.put_along_axis(dense, offsets[:, None] + np.arange(taps), row_weights, axis=1)
-    # Window positions past the last input carry zero weight; clipping keeps the gather in bounds.
-    index = np.minimum(block_start[:, None] + np.arange(span), in_size - 1)
-    return torch.from_numpy(index), torch.from_numpy(dense.reshape(n_blocks, _BLOCK, span))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -476,16 +389,25 @@ def to_pixel_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
 
-def prepare(item: ImageInput, index: int, mode: str) -> torch.Tensor:
+def prepare(item: ImageInput, index: int, mode: str, *, resize: bool = True) -> torch.Tensor:
     """decode -> resize_for_mode -> to_pixel_tensor: the per-image CPU work of a DataLoader worker.
+
+    ``resize=False`` stops after decoding (the size is still checked), for a caller that resizes on
+    the model's device with :func:`resize_for_mode`, which gives the same pixels.
 
     >>> prepare(np.zeros((30, 40, 3), np.uint8), 0, "train").shape
     torch.Size([3, 448, 448])
+    >>> prepare(np.zeros((30, 40, 3), np.uint8), 0, "train", resize=False).shape
+    torch.Size([3, 30, 40])
     """
     _check_mode(mode)
     image = decode(item, index)
     try:
-        image = resize_for_mode(image, mode)
+        if resize:
+            image = resize_for_mode(image, mode)
+        else:
+            height, width = image.shape[-2:] if isinstance(image, torch.Tensor) else image.size[::-1]
+            target_size(height, width, mode)
     except ImageInputError:
         raise
     except ValueError as err:  # smart_resize refuses aspect ratios over 200

@@ -140,3 +140,42 @@ def test_gradients_reach_float_tensor_inputs(tiny_model):
     assert not tiny_model.embed(torch.rand(3, 448, 448)).requires_grad
     with torch.no_grad():
         assert not tiny_model.embed(pixels).requires_grad
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_native_model"])
+def test_resize_on_device_gives_the_same_embeddings(request, fixture, photos, tmp_path, monkeypatch):
+    from relsim import preprocess
+
+    model = request.getfixturevalue(fixture)
+    paths = []
+    for i, image in enumerate(photos):
+        paths.append(tmp_path / f"{i}.jpg")
+        image.save(paths[-1], quality=90)
+    items = [*paths, np.asarray(photos[1]), photos[2], torch.rand(3, 120, 90)]
+    assert model.resize_on_device is None and not model._resizes_on_device()  # auto: off on the CPU
+    expected = model.embed(items, batch_size=3)
+
+    resized = []
+    original = preprocess.resize_for_mode
+
+    def spy(image, mode):
+        resized.append(tuple(image.shape) if isinstance(image, torch.Tensor) else image.size)
+        return original(image, mode)
+
+    monkeypatch.setattr(preprocess, "resize_for_mode", spy)
+    monkeypatch.setattr(model, "resize_on_device", True)
+    got = model.embed(items, batch_size=3, num_workers=2)
+    assert torch.equal(got, expected)
+    # the workers handed over full-size tensors; every resize ran on the model's side, on tensors
+    expected_shapes = [(3, image.height, image.width) for image in [*photos, photos[1], photos[2]]] + [(3, 120, 90)]
+    assert sorted(resized) == sorted(expected_shapes)
+
+
+def test_resize_on_device_keeps_gradients(tiny_model, monkeypatch):
+    pixels = torch.rand(2, 3, 240, 320, requires_grad=True)
+    expected = tiny_model.embed(pixels, output_device=None)
+    monkeypatch.setattr(tiny_model, "resize_on_device", True)
+    got = tiny_model.embed(pixels, output_device=None)
+    assert torch.equal(got, expected) and got.requires_grad
+    (1 - (got[0] * got[1]).sum()).backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 import numpy as np
@@ -519,47 +518,6 @@ def test_tensor_resize_matches_pil(kind, mode):
         diff = (got - exact).abs()
         assert diff.max().item() <= TENSOR_MAX_DIFF, (size, diff.max().item() * 255)
         assert diff.mean().item() <= TENSOR_MEAN_DIFF, (size, diff.mean().item())
-
-
-@pytest.mark.parametrize("kernel", ["bicubic", "lanczos"])
-@pytest.mark.parametrize(
-    ("size", "out"), [((57, 91), (56, 84)), ((640, 480), (448, 448)), ((5, 3), (60, 40)), ((3000, 7), (13, 2))]
-)
-def test_resample_weights_equal_pillow_float_resize(kernel, size, out):
-    # Pillow's mode F resize uses the same coefficients in float, without 8-bit rounding or clipping.
-    resample = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}[kernel]
-    values = np.random.default_rng(0).random(size[::-1]).astype(np.float32)
-    expected = np.asarray(Image.fromarray(values, "F").resize(out, resample))
-    x = torch.from_numpy(values).double()[None]
-    got = P._resample_axis(P._resample_axis(x, -1, out[0], kernel), -2, out[1], kernel)[0]
-    assert got.dtype == torch.float64
-    assert np.abs(got.numpy() - expected).max() <= 1e-6
-
-
-@pytest.mark.parametrize(
-    ("size", "out"),
-    [((640, 480), (644, 476)), ((91, 57), (84, 56)), ((57, 91), (56, 84)), ((300, 300), (290, 310))]
-    + [((3000, 310), (300, 30)), ((310, 3000), (30, 300)), ((200, 200), (150, 99)), ((200, 200), (150, 101))],
-)
-def test_pass_order_matches_pillow(size, out):
-    # Pillow rounds between passes, so the order shows: compare against both orders done in two steps.
-    image = noise_image(*size, seed=9)
-    (width, height), (out_width, out_height) = size, out
-    expected = pixels(image.resize(out, Image.BICUBIC))
-    vertical_first = image.resize((width, out_height), Image.BICUBIC).resize(out, Image.BICUBIC)
-    horizontal_first = image.resize((out_width, height), Image.BICUBIC).resize(out, Image.BICUBIC)
-    assert not np.array_equal(pixels(vertical_first), pixels(horizontal_first))
-    pil_vertical_first = np.array_equal(pixels(vertical_first), expected)
-    assert pil_vertical_first or np.array_equal(pixels(horizontal_first), expected)
-    assert P._vertical_first(height, width, out_height, out_width) == pil_vertical_first
-
-
-def test_tensor_resize_gradients_are_exact():
-    # Values away from 0 and 1 keep the clamps inactive, so the resize is linear and gradcheck applies.
-    x = (0.3 + 0.4 * torch.rand(2, 6, 7, dtype=torch.float64)).requires_grad_()
-    for size, kernel in [((3, 4), "lanczos"), ((10, 9), "bicubic"), ((6, 3), "bicubic")]:
-        resize = functools.partial(P._resize_tensor, size=size, kernel=kernel)
-        assert torch.autograd.gradcheck(resize, (x,), fast_mode=True)
 
 
 def test_to_pixel_tensor():
