@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import constants, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -75,6 +75,10 @@ def resolve(
     name = str(name_or_path)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"{name!r} is neither a model directory nor a Hub repo id ('owner/name')")
+    if local_files_only is None and constants.HF_HUB_OFFLINE:
+        # huggingface_hub 1.3x lists the repo tree online for a commit-hash revision even when offline,
+        # unless told to stay local.
+        local_files_only = True
     kwargs = {} if local_files_only is None else {"local_files_only": local_files_only}
     try:
         snapshot = Path(
@@ -87,7 +91,7 @@ def resolve(
                 **kwargs,
             )
         )
-    except (LocalEntryNotFoundError, HfHubHTTPError, ValueError) as err:
+    except (LocalEntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, ValueError) as err:
         offline = constants.HF_HUB_OFFLINE or local_files_only
         hint = (
             " Offline mode is on (HF_HUB_OFFLINE / local_files_only): fetch it once online with "

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .hub import resolve
+
 __all__ = ["DEFAULT_TEXT_MODEL", "TextEncoder", "embed_text", "clear_text_cache"]
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -55,26 +57,15 @@ def _resolve_model_dir(
     token: str | bool | None,
 ) -> tuple[Path, str | None]:
     """Return (local directory, resolved commit hash or None for a local directory)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if revision is not None:
-            raise ValueError(f"revision={revision!r} given for the local directory {str(path)!r}")
-        return path.resolve(), None
-    name = str(name_or_path)
-    if name.count("/") > 1 or name.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"text model directory not found: {name!r}")
-    from huggingface_hub import snapshot_download
-
-    snapshot = snapshot_download(
-        name,
+    repo = resolve(
+        name_or_path,
         revision=revision,
         cache_dir=cache_dir,
-        local_files_only=bool(local_files_only),
+        local_files_only=local_files_only,
         token=token,
         allow_patterns=HUB_FILES,
     )
-    # The snapshot folder is named after the resolved commit hash: .../snapshots/<sha>.
-    return Path(snapshot), Path(snapshot).name
+    return repo.path, repo.revision
 
 
 def _max_seq_length(model_dir: Path, tokenizer: Any, config: Any) -> int:
