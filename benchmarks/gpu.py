@@ -371,11 +371,52 @@ def run(args: argparse.Namespace) -> dict:
                             mean_flops(config, files, mode),
                         )
 
+            # the resize on the device (the default on a GPU) against Pillow in the workers: same pixels? speed?
+            data["device_resize"] = device_resize_check(photos, device, preprocess)
+            train = models["train"]
+            batch = 32 if 32 in args.batch_sizes else max(args.batch_sizes)
+            if not meter.over_budget():
+                files = repeat(photos["mix"], max(2 * batch, 8) if not args.tiny else max(batch, 2))
+                train.resize_on_device = False
+                row = meter.measure(lambda f=files, b=batch: train.embed(f, batch_size=b), len(files))
+                train.resize_on_device = None
+                record(
+                    {"pipeline": "train-worker-resize", "part": "embed", "images_set": "mix", "batch": batch, **row},
+                    mean_flops(config, files, "train"),
+                )
+
             # 3. upstream, on the same weights
             data["parity"] = upstream_rows(args, body, models, tokenizer, photos, meter, record, config, dtype)
     data["seconds"] = time.perf_counter() - meter.started + data["build_seconds"]
     add_ratios(data)
     return data
+
+
+def device_resize_check(photos: dict[str, list[Path]], device: torch.device, preprocess) -> dict:
+    """Resize every photo on ``device`` (``resample.resize_uint8``) and compare with Pillow, bit for bit."""
+    mismatches, checked, seconds = [], 0, 0.0
+    for mode in preprocess.MODES:
+        for name, paths in photos.items():
+            if name == "mix":
+                continue
+            for i, path in enumerate(paths):
+                expected = preprocess.prepare(path, i, mode)
+                decoded = preprocess.prepare(path, i, mode, resize=False).to(device)
+                preprocess.resize_for_mode(decoded, mode)  # warm the weight tables
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                got = preprocess.resize_for_mode(decoded, mode)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds += time.perf_counter() - start
+                checked += 1
+                if not torch.equal(got.cpu(), expected):
+                    mismatches.append(f"{mode}:{path.name}")
+    result = {"checked": checked, "mismatches": mismatches, "ms_per_image": 1000 * seconds / max(checked, 1)}
+    print(f"device resize vs Pillow: {checked} images, {len(mismatches)} differ, "
+          f"{result['ms_per_image']:.2f} ms/image on {device}", flush=True)
+    return result
 
 
 def compile_row(args, train, pixels, device, dtype, meter, record, flops, fastpath, preprocess) -> None:
@@ -468,6 +509,7 @@ def report(data: dict, args: argparse.Namespace) -> None:
     rows = [{**r, "mfu": None if r["mfu"] is None else round(100 * r["mfu"], 1)} for r in data["rows"]]
     print(common.markdown_table(rows, columns).replace("| MFU |", "| MFU % |"))
     print(f"parity relsim-native vs upstream: {data.get('parity')}")
+    print(f"device resize vs Pillow: {data.get('device_resize')}")
     stem = "gpu-tiny" if args.tiny else "gpu"
     out = common.write_json(data, args.out / f"{stem}.json")
     png = plot(data, args.out / f"{stem}.png")

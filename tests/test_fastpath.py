@@ -160,6 +160,8 @@ def test_gpu_benchmark_tiny_smoke_run(tmp_path):
     assert all(row["images_per_s"] > 0 for row in data["rows"])
     assert data["parity"]["max_abs_diff_native_vs_upstream"] < 1e-4
     assert "MFU" in result.stdout
+    assert data["device_resize"]["checked"] > 0 and data["device_resize"]["mismatches"] == []
+    assert "train-worker-resize" in pipelines
 
 
 def test_load_with_compile_gives_the_same_embeddings(adapter_dir, base_dir, tiny_model):
