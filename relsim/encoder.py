@@ -320,10 +320,22 @@ class RelSimModel(nn.Module):
                 total += tokens
             yield [i for i, _ in batch], [p for _, p in batch]
 
+    def _resize_on_device(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Crop + resize decoded images on the model's device; equal-sized ones travel and resize as one stack."""
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(pixels):
+            groups.setdefault((p.dtype, tuple(p.shape)), []).append(i)
+        out: list[torch.Tensor] = list(pixels)
+        for members in groups.values():
+            stack = torch.stack([pixels[i] for i in members]).to(self.device)
+            for i, resized in zip(members, preprocess.resize_for_mode(stack, self.mode), strict=True):
+                out[i] = resized
+        return out
+
     def _embed_batch(self, indices: list[int], pixels: list[torch.Tensor]) -> torch.Tensor:
         try:
             if self._resizes_on_device():
-                pixels = [preprocess.resize_for_mode(p.to(self.device), self.mode) for p in pixels]
+                pixels = self._resize_on_device(pixels)
             pixel_values, grid_thw = preprocess.patchify(pixels, device=self.device, dtype=self.dtype)
             embeddings = self(pixel_values, grid_thw)
         except torch.cuda.OutOfMemoryError:

@@ -159,14 +159,15 @@ def test_resize_on_device_gives_the_same_embeddings(request, fixture, photos, tm
     original = preprocess.resize_for_mode
 
     def spy(image, mode):
-        resized.append(tuple(image.shape) if isinstance(image, torch.Tensor) else image.size)
+        assert isinstance(image, torch.Tensor) and image.ndim == 4  # a stack of equal-sized images
+        resized.extend([tuple(image.shape[1:])] * len(image))
         return original(image, mode)
 
     monkeypatch.setattr(preprocess, "resize_for_mode", spy)
     monkeypatch.setattr(model, "resize_on_device", True)
     got = model.embed(items, batch_size=3, num_workers=2)
     assert torch.equal(got, expected)
-    # the workers handed over full-size tensors; every resize ran on the model's side, on tensors
+    # the workers handed over full-size tensors; every resize ran on the model's side, equal sizes stacked
     expected_shapes = [(3, image.height, image.width) for image in [*photos, photos[1], photos[2]]] + [(3, 120, 90)]
     assert sorted(resized) == sorted(expected_shapes)
 
