@@ -168,9 +168,9 @@ class _Loaded:
     error: str | None = None
 
 
-def _read(path: str, index: int, mode: str) -> _Loaded:
-    """Hash, decode and resize one file. The model's own preprocessing then finds the image at its size
-    already (``resize_for_mode`` is idempotent), so all per-image CPU work happens here, ahead of time."""
+def _read(path: str, index: int, mode: str, resize: bool) -> _Loaded:
+    """Hash, decode and (unless the model resizes on its device) resize one file, ahead of time. The model's
+    own preprocessing then finds the image at its size already (``resize_for_mode`` is idempotent)."""
     from . import preprocess
 
     try:
@@ -178,7 +178,11 @@ def _read(path: str, index: int, mode: str) -> _Loaded:
     except OSError as err:
         return _Loaded(path, error=f"cannot read file ({err.strerror or err})")
     try:
-        image = preprocess.resize_for_mode(preprocess.decode(path, index), mode)
+        image = preprocess.decode(path, index)
+        if resize:
+            image = preprocess.resize_for_mode(image, mode)
+        else:
+            preprocess.target_size(image.height, image.width, mode)  # refuse what the model would refuse
     except (ImageInputError, ValueError) as err:  # ValueError: native mode refuses aspect ratios over 200
         return _Loaded(path, error=_reason(err, index, path))
     return _Loaded(path, record=record, image=image)
@@ -189,7 +193,9 @@ def _reason(err: Exception, index: int, path: str) -> str:
     return str(err).removeprefix(f"image {index} (path '{path}'): ")
 
 
-def _read_ahead(paths: Sequence[str], batch_size: int, workers: int, mode: str) -> Iterator[list[_Loaded]]:
+def _read_ahead(
+    paths: Sequence[str], batch_size: int, workers: int, mode: str, resize: bool
+) -> Iterator[list[_Loaded]]:
     """Batches of read files; the next two batches are read in threads while the caller embeds this one."""
     pool = ThreadPoolExecutor(max(1, workers))
     pending: deque = deque()
@@ -197,7 +203,7 @@ def _read_ahead(paths: Sequence[str], batch_size: int, workers: int, mode: str) 
 
     def top_up() -> None:
         while len(pending) < 2 * batch_size and (nxt := next(feed, None)) is not None:
-            pending.append(pool.submit(_read, nxt[1], nxt[0], mode))
+            pending.append(pool.submit(_read, nxt[1], nxt[0], mode, resize))
 
     try:
         top_up()
@@ -271,7 +277,7 @@ def embed_files(
 
     bar = _progress_bar(len(todo), progress)
     start = time.perf_counter()
-    batches = _read_ahead(todo, batch_size, workers, model.mode)
+    batches = _read_ahead(todo, batch_size, workers, model.mode, resize=not model._resizes_on_device())
     try:
         for batch in batches:
             good = [it for it in batch if it.error is None]

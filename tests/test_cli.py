@@ -207,26 +207,33 @@ def test_embeddings_equal_the_model(store, collection, tiny_model) -> None:
     torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)  # the store keeps float16
 
 
+@pytest.mark.parametrize("on_device", [False, True])
 @pytest.mark.parametrize("native", [False, True])
-def test_embed_files_is_exactly_model_embed(native, tiny_model, tiny_native_model, tmp_path) -> None:
-    """embed_files resizes in its reader threads; the model must then see exactly what it would have made."""
+def test_embed_files_is_exactly_model_embed(native, on_device, tiny_model, tiny_native_model, tmp_path, monkeypatch):
+    """embed_files resizes in its reader threads (or leaves it to the model's device); the model must then see
+    exactly what it would have made."""
     model = tiny_native_model if native else tiny_model
-    files = [str(p) for p in make_images(tmp_path / "imgs", 3, seed=30)]
-    photo(300, 97, 31).save(files[1])  # not a multiple of 28, not square
+    expected_files = [str(p) for p in make_images(tmp_path / "imgs", 3, seed=30)]
+    photo(300, 97, 31).save(expected_files[1])  # not a multiple of 28, not square
+    expected = model.embed(expected_files, batch_size=4)
+    monkeypatch.setattr(model, "resize_on_device", on_device)
     s = EmbeddingStore.create(tmp_path / "s", model.fingerprint, dtype="float32")
-    report = retrieval.embed_files(model, s, files, batch_size=4)
+    report = retrieval.embed_files(model, s, expected_files, batch_size=4)
     assert report.embedded == 3 and report.up_to_date == 0 and not report.skipped
-    assert torch.equal(s.embeddings(), model.embed(files, batch_size=4))
+    assert torch.equal(s.embeddings(), expected)
 
 
 def test_images_the_model_refuses_are_skipped_alone(tiny_model, tiny_native_model, tmp_path, monkeypatch) -> None:
     files = [str(p) for p in make_images(tmp_path / "imgs", 3, seed=50)]
     thin = tmp_path / "imgs" / "thin.png"
     Image.new("RGB", (600, 2), "white").save(thin)  # aspect ratio 300: native mode refuses it
-    s = EmbeddingStore.create(tmp_path / "native", tiny_native_model.fingerprint)
-    report = retrieval.embed_files(tiny_native_model, s, [*files, str(thin)])
-    assert report.embedded == 3 and [p for p, _ in report.skipped] == [str(thin)]
-    assert "aspect ratio" in report.skipped[0][1]
+    for on_device in (False, True):  # the reader threads refuse it whether they resize or not
+        monkeypatch.setattr(tiny_native_model, "resize_on_device", on_device)
+        s = EmbeddingStore.create(tmp_path / f"native-{on_device}", tiny_native_model.fingerprint)
+        report = retrieval.embed_files(tiny_native_model, s, [*files, str(thin)])
+        assert report.embedded == 3 and [p for p, _ in report.skipped] == [str(thin)]
+        assert "aspect ratio" in report.skipped[0][1]
+    monkeypatch.setattr(tiny_native_model, "resize_on_device", None)
 
     original = relsim.RelSimModel.embed
 
@@ -237,8 +244,8 @@ def test_images_the_model_refuses_are_skipped_alone(tiny_model, tiny_native_mode
 
     real_read = retrieval._read
 
-    def read(path, index, mode):
-        loaded = real_read(path, index, mode)
+    def read(path, index, mode, resize):
+        loaded = real_read(path, index, mode, resize)
         if path == files[1]:
             loaded.image.info["marked"] = True
         return loaded
