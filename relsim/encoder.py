@@ -327,9 +327,13 @@ class RelSimModel(nn.Module):
             groups.setdefault((p.dtype, tuple(p.shape)), []).append(i)
         out: list[torch.Tensor] = list(pixels)
         for members in groups.values():
-            stack = torch.stack([pixels[i] for i in members]).to(self.device)
-            for i, resized in zip(members, preprocess.resize_for_mode(stack, self.mode), strict=True):
-                out[i] = resized
+            # The resize works in int32: cap a stack at 64 Mpx (1 GiB as int32) so 12 MP photos stay cheap.
+            per_stack = max(1, _RESIZE_STACK_PIXELS // pixels[members[0]].numel())
+            for start in range(0, len(members), per_stack):
+                chunk = members[start : start + per_stack]
+                stack = torch.stack([pixels[i] for i in chunk]).to(self.device)
+                for i, resized in zip(chunk, preprocess.resize_for_mode(stack, self.mode), strict=True):
+                    out[i] = resized
         return out
 
     def _embed_batch(self, indices: list[int], pixels: list[torch.Tensor]) -> torch.Tensor:
@@ -354,6 +358,9 @@ class RelSimModel(nn.Module):
                 "Qwen2.5-VL overflows in float16: load with dtype=torch.bfloat16 or torch.float32"
             )
         return embeddings
+
+
+_RESIZE_STACK_PIXELS = 1 << 26
 
 
 def deduplicate(items: list) -> tuple[list, torch.Tensor]:

@@ -144,23 +144,24 @@ def test_gradients_reach_float_tensor_inputs(tiny_model):
 
 @pytest.mark.parametrize("fixture", ["tiny_model", "tiny_native_model"])
 def test_resize_on_device_gives_the_same_embeddings(request, fixture, photos, tmp_path, monkeypatch):
-    from relsim import preprocess
+    from relsim import encoder, preprocess
 
     model = request.getfixturevalue(fixture)
     paths = []
     for i, image in enumerate(photos):
         paths.append(tmp_path / f"{i}.jpg")
         image.save(paths[-1], quality=90)
-    items = [*paths, np.asarray(photos[1]), photos[2], torch.rand(3, 120, 90)]
+    items = [*paths[:2], np.asarray(photos[1]), *paths[2:], photos[2], torch.rand(3, 120, 90)]
     assert model.resize_on_device is None and not model._resizes_on_device()  # auto: off on the CPU
     expected = model.embed(items, batch_size=3)
 
-    resized = []
+    resized, stacks = [], []
     original = preprocess.resize_for_mode
 
     def spy(image, mode):
         assert isinstance(image, torch.Tensor) and image.ndim == 4  # a stack of equal-sized images
         resized.extend([tuple(image.shape[1:])] * len(image))
+        stacks.append(len(image))
         return original(image, mode)
 
     monkeypatch.setattr(preprocess, "resize_for_mode", spy)
@@ -170,6 +171,13 @@ def test_resize_on_device_gives_the_same_embeddings(request, fixture, photos, tm
     # the workers handed over full-size tensors; every resize ran on the model's side, equal sizes stacked
     expected_shapes = [(3, image.height, image.width) for image in [*photos, photos[1], photos[2]]] + [(3, 120, 90)]
     assert sorted(resized) == sorted(expected_shapes)
+    assert max(stacks) > 1  # the JPEG and the array of photos[1] share a batch and a stack
+
+    # stacks are capped by pixel count (int32 memory); one image per stack gives the same result
+    stacks.clear()
+    monkeypatch.setattr(encoder, "_RESIZE_STACK_PIXELS", 1)
+    assert torch.equal(model.embed(items, batch_size=3, num_workers=2), expected)
+    assert set(stacks) == {1}
 
 
 def test_resize_on_device_keeps_gradients(tiny_model, monkeypatch):
