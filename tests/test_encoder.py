@@ -153,7 +153,7 @@ def test_resize_on_device_gives_the_same_embeddings(request, fixture, photos, tm
         image.save(paths[-1], quality=90)
     items = [*paths[:2], np.asarray(photos[1]), *paths[2:], photos[2], torch.rand(3, 120, 90)]
     assert model.resize_on_device is None and not model._resizes_on_device()  # auto: off on the CPU
-    expected = model.embed(items, batch_size=3)
+    expected = model.embed(items, batch_size=8)
 
     resized, stacks = [], []
     original = preprocess.resize_for_mode
@@ -166,17 +166,17 @@ def test_resize_on_device_gives_the_same_embeddings(request, fixture, photos, tm
 
     monkeypatch.setattr(preprocess, "resize_for_mode", spy)
     monkeypatch.setattr(model, "resize_on_device", True)
-    got = model.embed(items, batch_size=3, num_workers=2)
+    got = model.embed(items, batch_size=8, num_workers=2)
     assert torch.equal(got, expected)
     # the workers handed over full-size tensors; every resize ran on the model's side, equal sizes stacked
     expected_shapes = [(3, image.height, image.width) for image in [*photos, photos[1], photos[2]]] + [(3, 120, 90)]
     assert sorted(resized) == sorted(expected_shapes)
-    assert max(stacks) > 1  # the JPEG and the array of photos[1] share a batch and a stack
+    assert max(stacks) > 1  # one batch: the JPEG and the array of photos[1] share a stack
 
     # stacks are capped by pixel count (int32 memory); one image per stack gives the same result
     stacks.clear()
     monkeypatch.setattr(encoder, "_RESIZE_STACK_PIXELS", 1)
-    assert torch.equal(model.embed(items, batch_size=3, num_workers=2), expected)
+    assert torch.equal(model.embed(items, batch_size=8, num_workers=2), expected)
     assert set(stacks) == {1}
 
 
