@@ -50,11 +50,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=40, help="distinct JPEGs per size")
     parser.add_argument("--repeats", type=int, default=5, help="passes; the best is kept")
+    parser.add_argument("--sizes", default="640x480,1920x1080", help="comma-separated WxH JPEG sizes")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for width, height in ((640, 480), (1920, 1080)):
+        for width, height in (tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")):
             paths = []
             for i in range(args.images):
                 paths.append(Path(tmp) / f"{width}x{height}-{i}.jpg")
@@ -75,8 +77,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for stage, fn in stages.items():
                 seconds = time_per_image(fn, paths, args.repeats)
                 rows.append({"size": f"{width}x{height}", "stage": stage, "images_per_s": 1 / seconds})
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "preprocess.json").write_text(json.dumps(rows, indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "preprocess.json").write_text(json.dumps(rows, indent=2))
     print(f"{'size':<10} {'stage':<22} {'images/s (1 thread)':>20}")
     for row in rows:
         print(f"{row['size']:<10} {row['stage']:<22} {row['images_per_s']:>20.0f}")

@@ -1,0 +1,54 @@
+"""The CPU benchmark scripts run from a checkout and write sane JSON (smoke runs; no timing is asserted).
+
+``benchmarks/gpu.py --tiny`` is exercised in tests/test_fastpath.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, f"benchmarks/{name}", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_bench_embed_quick(tmp_path):
+    args = ["--quick", "--models", "tiny", "--images", "2", "--upstream-images", "1", "--repeats", "1"]
+    run_script("bench_embed.py", *args, "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench_embed-quick.json").read_text())
+    pipelines = {row["pipeline"] for row in data["rows"]}
+    assert pipelines == {"upstream", "relsim-native", "relsim-train"}
+    assert all(row["images_per_s"] > 0 and row["ratio_vs_upstream"] > 0 for row in data["rows"])
+    assert data["parity"] and all(p["max_abs_diff_native_vs_upstream"] < 1e-5 for p in data["parity"])
+    assert (tmp_path / "bench_embed-quick.png").stat().st_size > 0
+
+
+def test_bench_fastpath_counts_attention_calls(tmp_path):
+    run_script("bench_fastpath.py", "--model", "tiny", "--batch-sizes", "2", "--repeats", "1", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "bench_fastpath-tiny.json").read_text())["rows"]
+    assert {(row["mode"], row["part"]) for row in rows} >= {("train", "vision"), ("native", "forward")}
+    for row in rows:
+        assert row["fastpath_sdpa_calls"] < row["plain_sdpa_calls"]
+        assert row["max_abs_diff"] <= 1e-5
+
+
+def test_bench_preprocess_stages(tmp_path):
+    args = ["--images", "2", "--repeats", "1", "--sizes", "320x240"]
+    result = run_script("bench_preprocess.py", *args, "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "preprocess.json").read_text())
+    stages = {row["stage"] for row in rows}
+    per_mode = ("prepare", "worker", "tensor-resize")
+    assert stages == {"decode"} | {f"{stage}-{mode}" for stage in per_mode for mode in ("train", "native")}
+    assert all(row["size"] == "320x240" and row["images_per_s"] > 0 for row in rows)
+    assert "worker-train" in result.stdout
