@@ -113,13 +113,18 @@ def resize_uint8(image: torch.Tensor, size: tuple[int, int], kernel: str) -> tor
     """
     if image.dtype != torch.uint8:
         raise TypeError(f"resize_uint8 expects a uint8 tensor, got {image.dtype}")
+    return _two_passes(image, size, kernel, _fixed_point_pass)
+
+
+def _two_passes(image: torch.Tensor, size: tuple[int, int], kernel: str, one_pass) -> torch.Tensor:
+    """Run ``one_pass(image, axis, out_size, kernel)`` for each axis whose size changes, in Pillow's order."""
     height, width = size
     passes = [(-1, width), (-2, height)]
     if vertical_first(image.shape[-2], image.shape[-1], height, width):
         passes.reverse()
     for axis, out_size in passes:
         if image.shape[axis] != out_size:
-            image = _fixed_point_pass(image, axis, out_size, kernel)
+            image = one_pass(image, axis, out_size, kernel)
     return image
 
 
@@ -169,14 +174,7 @@ def resize_float(image: torch.Tensor, size: tuple[int, int], kernel: str) -> tor
     >>> resize_float(torch.rand(3, 30, 40), (28, 28), "lanczos").shape
     torch.Size([3, 28, 28])
     """
-    height, width = size
-    passes = [(-1, width), (-2, height)]
-    if vertical_first(image.shape[-2], image.shape[-1], height, width):
-        passes.reverse()
-    for axis, out_size in passes:
-        if image.shape[axis] != out_size:
-            image = resample_axis(image, axis, out_size, kernel).clamp(0, 1)
-    return image
+    return _two_passes(image, size, kernel, lambda x, *args: resample_axis(x, *args).clamp(0, 1))
 
 
 def resample_axis(x: torch.Tensor, axis: int, out_size: int, kernel: str) -> torch.Tensor:
