@@ -13,7 +13,7 @@ and reports images/s, the ratio to upstream, peak RSS of each timed run, and the
 with upstream (max abs difference of the embeddings, float32). JSON and a PNG plot go to
 benchmarks/results/.
 
-    python benchmarks/bench_embed.py            # about 10 minutes on 2 cores
+    python benchmarks/bench_embed.py            # 3-10 minutes on 2 cores
     python benchmarks/bench_embed.py --quick    # under a minute: tiny model, two sizes
 """
 
