@@ -324,7 +324,7 @@ class RelSimModel(nn.Module):
         """Crop + resize decoded images on the model's device; equal-sized ones travel and resize as one stack."""
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(pixels):
-            groups.setdefault((p.dtype, tuple(p.shape)), []).append(i)
+            groups.setdefault((p.dtype, p.device, tuple(p.shape)), []).append(i)
         out: list[torch.Tensor] = list(pixels)
         for members in groups.values():
             # The resize works in int32: cap a stack at 64 Mpx (1 GiB as int32) so 12 MP photos stay cheap.

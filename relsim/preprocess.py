@@ -243,29 +243,34 @@ def _uint8_hwc_to_pil(arr: np.ndarray, where: str) -> Image.Image:
     return _pil_to_rgb(Image.fromarray(np.ascontiguousarray(arr)), where)
 
 
-def _decode_tensor(t: torch.Tensor, index: int) -> Image.Image | torch.Tensor:
+def _decode_tensor(t: torch.Tensor, index: int, *, keep_tensor: bool = False) -> Image.Image | torch.Tensor:
+    """Validate a CHW tensor. Returns an RGB PIL image, the float tensor when gradients must flow, or with
+    ``keep_tensor`` (1 or 3 channels) a uint8 (3, H, W) tensor on the input's device: the same pixels as the
+    PIL image, without the trip through host memory."""
     where = _describe(t, index)
     if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
         raise ImageInputError(f"{where}: expected a C x H x W tensor with C in (1, 3, 4)")
     if t.numel() == 0:
         raise ImageInputError(f"{where}: tensor is empty (zero-size)")
     if t.dtype == torch.uint8:
-        return _uint8_hwc_to_pil(t.detach().cpu().permute(1, 2, 0).numpy(), where)
-    if not t.is_floating_point():
+        as_uint8 = t.detach()
+    elif not t.is_floating_point():
         raise ImageInputError(f"{where}: expected dtype uint8 (0-255) or a floating dtype (0-1)")
-    _check_tensor_unit_range(t, where)
-    if t.requires_grad and torch.is_grad_enabled():
-        return _differentiable_rgb(t)
-    # Quantise exactly like numpy float input so both take the PIL path (rounding in float64 in both).
-    as_uint8 = (t.detach().cpu().double() * 255).round().clamp(0, 255).to(torch.uint8)
-    return _uint8_hwc_to_pil(as_uint8.permute(1, 2, 0).numpy(), where)
+    else:
+        _check_tensor_unit_range(t, where)
+        if t.requires_grad and torch.is_grad_enabled():
+            return _differentiable_rgb(t)
+        # Quantise exactly like numpy float input: in float64, round half to even.
+        as_uint8 = (t.detach().double() * 255).round().clamp(0, 255).to(torch.uint8)
+    if keep_tensor and t.shape[0] != 4:  # alpha goes through PIL's compositing below
+        return as_uint8.expand(3, -1, -1) if t.shape[0] == 1 else as_uint8
+    return _uint8_hwc_to_pil(as_uint8.cpu().permute(1, 2, 0).numpy(), where)
 
 
 def _check_tensor_unit_range(t: torch.Tensor, where: str) -> None:
-    values = t.detach()
-    if not bool(torch.isfinite(values).all()):
+    lo, hi = torch.stack(t.detach().aminmax()).tolist()  # one device sync; NaN propagates, inf shows
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ImageInputError(f"{where}: contains NaN or inf")
-    lo, hi = float(values.min()), float(values.max())
     if lo < 0 or hi > 1:
         raise ImageInputError(f"{where}: float values must be in [0, 1], got range [{lo:g}, {hi:g}]")
 
@@ -393,7 +398,8 @@ def prepare(item: ImageInput, index: int, mode: str, *, resize: bool = True) -> 
     """decode -> resize_for_mode -> to_pixel_tensor: the per-image CPU work of a DataLoader worker.
 
     ``resize=False`` stops after decoding (the size is still checked), for a caller that resizes on
-    the model's device with :func:`resize_for_mode`, which gives the same pixels.
+    the model's device with :func:`resize_for_mode`, which gives the same pixels. Tensors then stay on their
+    device as uint8 (3, H, W) (except 4-channel ones, composited on white by PIL).
 
     >>> prepare(np.zeros((30, 40, 3), np.uint8), 0, "train").shape
     torch.Size([3, 448, 448])
@@ -401,7 +407,10 @@ def prepare(item: ImageInput, index: int, mode: str, *, resize: bool = True) -> 
     torch.Size([3, 30, 40])
     """
     _check_mode(mode)
-    image = decode(item, index)
+    if not resize and isinstance(item, torch.Tensor):
+        image = _decode_tensor(item, index, keep_tensor=True)
+    else:
+        image = decode(item, index)
     try:
         if resize:
             image = resize_for_mode(image, mode)

@@ -104,6 +104,11 @@ def test_resize_uint8_on_cuda_equals_pillow():
         image = noise_image(*size)
         got = resample.resize_uint8(as_tensor(image).cuda(), out[::-1], "lanczos").cpu()
         np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), pixels(image.resize(out, Image.LANCZOS)))
+    for tensor in tensor_inputs().values():  # CUDA tensors are quantised and resized without leaving the GPU
+        kept = preprocess.prepare(tensor.cuda(), 0, "train", resize=False)
+        assert kept.device.type == "cuda" or tensor.shape[0] == 4
+        resized = preprocess.resize_for_mode(kept.cuda(), "train").cpu()
+        assert torch.equal(resized, preprocess.prepare(tensor, 0, "train"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -155,3 +160,51 @@ def test_prepare_without_resize_still_checks_the_size():
         preprocess.prepare(np.zeros((1, 300, 3), np.uint8), 5, "native", resize=False)
     # train mode crops to a square first, so any aspect ratio is fine
     assert preprocess.prepare(np.zeros((1, 300, 3), np.uint8), 5, "train", resize=False).shape == (3, 1, 300)
+
+
+def tensor_inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8, generator=g)
+    unit = torch.rand(3, 50, 70, generator=g)
+    return {
+        "uint8 rgb": rgb,
+        "uint8 gray": rgb[:1],
+        "uint8 rgba": torch.cat([rgb, rgb[:1]]),
+        "float32 rgb": unit,
+        "float32 gray": unit[1:2],
+        "float64 rgb": unit.double(),
+        "float16 rgb": unit.half(),
+        "float32 on the 0.5/255 ties": torch.full((3, 28, 28), 0.5 / 255),
+    }
+
+
+@pytest.mark.parametrize("name", list(tensor_inputs()))
+@pytest.mark.parametrize("mode", preprocess.MODES)
+def test_tensors_stay_tensors_without_resize_and_give_the_same_pixels(name, mode, monkeypatch):
+    tensor = tensor_inputs()[name]
+    through_pil = preprocess.to_pixel_tensor(preprocess.decode(tensor, 0))
+    to_pil = []
+    original = preprocess._uint8_hwc_to_pil
+    monkeypatch.setattr(preprocess, "_uint8_hwc_to_pil", lambda *args: to_pil.append(1) or original(*args))
+    kept = preprocess.prepare(tensor, 0, mode, resize=False)
+    assert kept.dtype == torch.uint8 and kept.device == tensor.device
+    assert torch.equal(kept, through_pil)
+    # 4 channels are composited on white by PIL; the others never leave the tensor's device
+    assert len(to_pil) == (1 if tensor.shape[0] == 4 else 0)
+    assert torch.equal(preprocess.resize_for_mode(kept, mode), preprocess.prepare(tensor, 0, mode))
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        (torch.full((3, 8, 8), float("nan")), "NaN or inf"),
+        (torch.full((3, 8, 8), float("inf")), "NaN or inf"),
+        (torch.full((3, 8, 8), 1.5), r"range \[1.5, 1.5\]"),
+        (torch.zeros(3, 8, 8, dtype=torch.int64), "expected dtype uint8"),
+        (torch.zeros(2, 8, 8), "C in"),
+        (torch.zeros(3, 0, 8), "zero-size"),
+    ],
+)
+def test_bad_tensors_without_resize_name_the_item(tensor, message):
+    with pytest.raises(preprocess.ImageInputError, match=rf"image 4 \(tensor.*{message}"):
+        preprocess.prepare(tensor, 4, "train", resize=False)
