@@ -26,9 +26,12 @@ QUERY_TOKEN_ID = 151665
 VOCAB_SIZE = 152064
 BASE_REPO = "Qwen/Qwen2.5-VL-7B-Instruct"
 ADAPTER_REPO = "thaoshibe/relsim-qwenvl25-lora"
-PROCESSOR_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "qwen2_5_vl_processor"
-if not PROCESSOR_FIXTURE.is_dir():  # CI clones elsewhere, with shared/ beside the clone
-    PROCESSOR_FIXTURE = Path(os.environ.get("RELSIM_SHARED", "../shared")) / "fixtures" / "qwen2_5_vl_processor"
+#: Test data kept in the repository (only the repository reaches CI, the GPU machine and users).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: The real Qwen2.5-VL tokenizer and processor files (no weights).
+PROCESSOR_FIXTURE = FIXTURES / "qwen2_5_vl_processor"
+if not PROCESSOR_FIXTURE.is_dir():
+    raise FileNotFoundError(f"the processor fixture {PROCESSOR_FIXTURE} is missing from the repository")
 
 #: Key layouts of the published adapter: (LoRA module prefix, embed_tokens key or None, with lm_head table).
 ADAPTER_LAYOUTS = {
