@@ -121,9 +121,9 @@ def build_body(config, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """A ``Qwen2_5_VLModel`` allocated directly on ``device`` in ``dtype``, filled with random weights."""
     from transformers import Qwen2_5_VLModel
 
-    from relsim.pretrained import _attn_implementation
+    from relsim.pretrained import attn_implementation
 
-    config._attn_implementation = _attn_implementation(device, dtype)
+    config._attn_implementation = attn_implementation(device, dtype)
     with torch.device(device), _default_dtype(dtype), _no_init():
         body = Qwen2_5_VLModel(config)
     random_init(body)
@@ -414,8 +414,11 @@ def device_resize_check(photos: dict[str, list[Path]], device: torch.device, pre
                 if not torch.equal(got.cpu(), expected):
                     mismatches.append(f"{mode}:{path.name}")
     result = {"checked": checked, "mismatches": mismatches, "ms_per_image": 1000 * seconds / max(checked, 1)}
-    print(f"device resize vs Pillow: {checked} images, {len(mismatches)} differ, "
-          f"{result['ms_per_image']:.2f} ms/image on {device}", flush=True)
+    print(
+        f"device resize vs Pillow: {checked} images, {len(mismatches)} differ, "
+        f"{result['ms_per_image']:.2f} ms/image on {device}",
+        flush=True,
+    )
     return result
 
 

@@ -1,34 +1,63 @@
 """relsim: relational visual similarity (Nguyen et al., arXiv 2512.07833) as a drop-in metric.
 
+The public API is what ``__all__`` lists. ``import relsim`` is cheap: torch, transformers and torchmetrics are
+imported when a name that needs them is first used (the table ``_LAZY`` says where each name lives).
+
 Example:
     >>> import relsim
     >>> model = relsim.load()                                  # doctest: +SKIP
     >>> model.score("peach.jpg", "earth.jpg")                  # doctest: +SKIP
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .checkpoint import CheckpointError  # noqa: E402
-from .encoder import RelSimModel  # noqa: E402
-from .preprocess import ImageInputError  # noqa: E402
-from .pretrained import DEFAULT_MODEL, PRETRAINED, load  # noqa: E402
+from .errors import (  # noqa: E402  (light: no third-party imports)
+    CheckpointError,
+    CollectionError,
+    CollectionMismatchError,
+    ImageInputError,
+    ModelNotFoundError,
+    RelSimError,
+)
+from .registry import DEFAULT_MODEL, PRETRAINED  # noqa: E402
+
+#: Public name -> (module, attribute); attribute ``None`` is the module itself.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "load": ("relsim.pretrained", "load"),
+    "RelSimModel": ("relsim.encoder", "RelSimModel"),
+    "RelationalSimilarity": ("relsim.metric", "RelationalSimilarity"),
+    "functional": ("relsim.functional", None),
+    "search": ("relsim.retrieval", "search"),
+}
+
+if TYPE_CHECKING:
+    from . import functional
+    from .encoder import RelSimModel
+    from .metric import RelationalSimilarity
+    from .pretrained import load
+    from .retrieval import search
 
 
-def __getattr__(name: str):
-    # The metric pulls in torchmetrics (~1 s): import it when first asked for, not with `import relsim`.
-    if name == "RelationalSimilarity":
-        from .metric import RelationalSimilarity
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'relsim' has no attribute {name!r}") from None
+    # import_module, not `from . import x`: the latter looks the name up on this package first and would
+    # re-enter this function.
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-        return RelationalSimilarity
-    if name == "search":
-        from .retrieval import search
 
-        return search
-    if name == "functional":
-        from . import functional
-
-        return functional
-    raise AttributeError(f"module 'relsim' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -40,6 +69,10 @@ __all__ = [
     "search",
     "DEFAULT_MODEL",
     "PRETRAINED",
+    "RelSimError",
+    "ModelNotFoundError",
     "CheckpointError",
     "ImageInputError",
+    "CollectionError",
+    "CollectionMismatchError",
 ]

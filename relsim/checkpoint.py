@@ -1,8 +1,16 @@
-"""Read (and write) relsim checkpoints: LoRA adapter, projection head, query token, relsim_config.
+"""The relsim checkpoint format: read, write and convert (LoRA adapter, projection head, query token, config).
 
 The upstream layout (``thaoshibe/relsim-qwenvl25-lora``) is a PEFT LoRA adapter plus a pickled
 ``projection_and_config.pt``. The pickle is only ever read with ``torch.load(weights_only=True)``;
-what relsim writes is safetensors (``projection.safetensors``) and a small ``relsim_config.json``.
+what relsim writes is the same layout (so upstream tools read it) plus safetensors
+(``projection.safetensors``) and a small ``relsim_config.json``::
+
+    adapter_config.json, adapter_model.safetensors   LoRA only (safetensors; no embedding tables)
+    projection.safetensors                           the head, float32 (what relsim reads)
+    projection_and_config.pt                         the head for upstream tools (plain tensors and ints)
+    tokenizer files with <|query|>, preprocessor_config.json, chat_template.jinja
+    relsim_config.json                               base id + revision, query token, dims, recipe, version
+    trainer_state/                                   only in training's checkpoint-* dirs (relsim.train)
 
 LoRA is merged into the base weights here, without peft: ``W' = W + (alpha / r) * B @ A``. Every adapter
 key must land on a module of the base model: a key we cannot place is an error, never a warning.
@@ -16,14 +24,17 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from .errors import CheckpointError
 
 QUERY_TOKEN = "<|query|>"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -31,12 +42,12 @@ ADAPTER_CONFIG = "adapter_config.json"
 PROJECTION_SAFETENSORS = "projection.safetensors"
 PROJECTION_PICKLE = "projection_and_config.pt"
 RELSIM_CONFIG = "relsim_config.json"
+#: What training adds to a ``checkpoint-*`` directory to resume; never uploaded, never read for inference.
+TRAINER_STATE_DIR = "trainer_state"
+#: Processor files copied from the base model next to the tokenizer, so upstream's processor loads.
+PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja")
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
-
-
-class CheckpointError(ValueError):
-    """A relsim checkpoint is missing a file or holds something we cannot place."""
 
 
 @dataclass
@@ -87,18 +98,45 @@ def module_path(key: str) -> str:
     raise CheckpointError(f"adapter key {key!r} does not name a module of Qwen2.5-VL")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint file; a missing, unreadable or non-object file is a CheckpointError."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path.name} is missing from {str(path.parent)!r}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{str(path)!r} cannot be read: {err}") from None
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{str(path)!r} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def open_safetensors(file: Path):
+    """``safe_open`` with a clear error: a truncated or garbage file names itself (the header check is cheap)."""
+    try:
+        return safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{str(file)!r} is not a readable safetensors file ({err})") from None
+
+
+def check_finite(tensor: torch.Tensor, what: str, file: Path) -> torch.Tensor:
+    """Refuse NaN or infinite weights at load time, naming the tensor (they would surface much later as a
+    confusing overflow in the forward pass)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(f"{what} in {str(file)!r} holds NaN or infinite values: the checkpoint is corrupt")
+    return tensor
 
 
 def read_adapter_config(path: Path) -> dict[str, Any]:
     """``adapter_config.json``, checked for the LoRA features we merge correctly."""
-    config = _read_json(path / ADAPTER_CONFIG)
+    config = read_json(path / ADAPTER_CONFIG)
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG}: r must be a positive integer, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise CheckpointError(f"{path / ADAPTER_CONFIG}: lora_alpha must be a number, got {alpha!r}")
     if config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{path / ADAPTER_CONFIG}: peft_type {config['peft_type']!r} is not LORA")
     unsupported = {
@@ -129,19 +167,20 @@ def read_lora(path: Path, config: dict[str, Any]) -> tuple[LoraWeights, torch.Te
         raise CheckpointError(f"{ADAPTER_WEIGHTS} is missing from {str(path)!r}")
     halves: dict[str, dict[str, torch.Tensor]] = {}
     table = None
-    with safe_open(str(file), framework="pt") as f:
+    with open_safetensors(file) as f:
         for key in f.keys():
             if key.endswith("lm_head.weight"):
                 continue
             if key.endswith("embed_tokens.weight"):
                 if module_path(key.removesuffix(".weight")) != "language_model.embed_tokens":
                     raise CheckpointError(f"adapter key {key!r} in {str(file)!r} is not the text embedding table")
-                table = f.get_tensor(key)
+                table = check_finite(f.get_tensor(key), f"the embedding table {key!r}", file)
                 continue
             match = _LORA_KEY.match(key)
             if match is None:
                 raise CheckpointError(f"adapter key {key!r} in {str(file)!r} is neither a LoRA factor nor a table")
-            halves.setdefault(module_path(match["module"]), {})[match["part"]] = f.get_tensor(key)
+            tensor = check_finite(f.get_tensor(key), f"the LoRA factor {key!r}", file)
+            halves.setdefault(module_path(match["module"]), {})[match["part"]] = tensor
     rank = int(config["r"])
     alpha = float(config["lora_alpha"])
     scale = alpha / rank**0.5 if config.get("use_rslora") else alpha / rank
@@ -164,11 +203,16 @@ def read_projection(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, A
     """The projection head: ``projection.safetensors`` when present, else the upstream pickle (safely)."""
     safetensors_file = path / PROJECTION_SAFETENSORS
     if safetensors_file.is_file():
-        with safe_open(str(safetensors_file), framework="pt") as f:
+        with open_safetensors(safetensors_file) as f:
             missing = {"weight", "bias"} - set(f.keys())
             if missing:
                 raise CheckpointError(f"{str(safetensors_file)!r} lacks {sorted(missing)}")
-            return f.get_tensor("weight"), f.get_tensor("bias"), {}
+            weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
+        return (
+            check_finite(weight, "the projection weight", safetensors_file),
+            check_finite(bias, "the projection bias", safetensors_file),
+            {},
+        )
     pickle_file = path / PROJECTION_PICKLE
     if not pickle_file.is_file():
         raise CheckpointError(f"neither {PROJECTION_SAFETENSORS} nor {PROJECTION_PICKLE} is in {str(path)!r}")
@@ -184,19 +228,27 @@ def read_projection(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, A
     if not isinstance(projection, dict) or not {"weight", "bias"} <= set(projection):
         raise CheckpointError(f"{str(pickle_file)!r} has no projection weight and bias")
     extras = {k: v for k, v in blob.items() if k != "projection"}
-    return projection["weight"], projection["bias"], extras
+    weight, bias = projection["weight"], projection["bias"]
+    if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor):
+        raise CheckpointError(f"{str(pickle_file)!r}: the projection weight and bias are not tensors")
+    return (
+        check_finite(weight, "the projection weight", pickle_file),
+        check_finite(bias, "the projection bias", pickle_file),
+        extras,
+    )
 
 
 def read_checkpoint(path: str | Path) -> RelSimCheckpoint:
     """Read a relsim adapter directory (upstream layout, or what relsim writes)."""
     path = Path(path)
     adapter_config = read_adapter_config(path)
-    relsim_config = _read_json(path / RELSIM_CONFIG) if (path / RELSIM_CONFIG).is_file() else {}
+    relsim_config = read_json(path / RELSIM_CONFIG) if (path / RELSIM_CONFIG).is_file() else {}
     weight, bias, extras = read_projection(path)
     if weight.ndim != 2 or bias.shape != (weight.shape[0],):
         raise CheckpointError(f"{str(path)!r}: projection weight {tuple(weight.shape)} and bias {tuple(bias.shape)}")
     query_token_id = relsim_config.get("query_token_id", extras.get("query_token_id"))
-    query_token_id = None if query_token_id is None else int(query_token_id)
+    if query_token_id is not None and (isinstance(query_token_id, bool) or not isinstance(query_token_id, int)):
+        raise CheckpointError(f"{str(path)!r}: query_token_id must be an integer, got {query_token_id!r}")
     lora, embedding_table = read_lora(path, adapter_config)
     base_model = relsim_config.get("base_model") or adapter_config.get("base_model_name_or_path")
     return RelSimCheckpoint(
@@ -245,4 +297,144 @@ def write_relsim_config(path: str | Path, config: dict[str, Any]) -> Path:
     """Write ``relsim_config.json`` (base model id and revision, query token, dims, preprocessing, version)."""
     out = Path(path) / RELSIM_CONFIG
     out.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def write_upstream_projection(path: str | Path, weight: torch.Tensor, bias: torch.Tensor, query_token_id: int) -> Path:
+    """Write ``projection_and_config.pt`` as upstream reads it: plain tensors and ints (``weights_only``-safe)."""
+    out = Path(path) / PROJECTION_PICKLE
+    blob = {
+        "projection": {"weight": weight.detach().cpu().contiguous(), "bias": bias.detach().cpu().contiguous()},
+        "query_token_id": int(query_token_id),
+        "hidden_size": int(weight.shape[1]),
+        "projection_dim": int(weight.shape[0]),
+    }
+    torch.save(blob, out)
+    return out
+
+
+def write_adapter(path: str | Path, peft_model, *, base_model: str, base_revision: str | None) -> Path:
+    """Write a peft LoRA adapter as upstream's checkpoints hold it (safetensors, no embedding tables) with
+    ``adapter_config.json`` naming ``base_model``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(path), safe_serialization=True, save_embedding_layers=False)
+    config_path = path / ADAPTER_CONFIG
+    adapter_config = json.loads(config_path.read_text())
+    # As upstream's adapter_config.json: the base repo id and a causal-LM task, no custom-class mapping.
+    adapter_config.update(
+        base_model_name_or_path=base_model, revision=base_revision, task_type="CAUSAL_LM", auto_mapping=None
+    )
+    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+    (path / "README.md").unlink(missing_ok=True)  # peft's empty template; relsim.hub.write_model_card writes ours
+    return path
+
+
+def copy_processor_files(base_path: str | Path, path: str | Path) -> None:
+    """Copy the base model's processor files (:data:`PROCESSOR_FILES`) that ``path`` does not have yet."""
+    for name in PROCESSOR_FILES:
+        source, target = Path(base_path) / name, Path(path) / name
+        if source.is_file() and not target.exists():
+            shutil.copy(source, target)
+
+
+def write_checkpoint(
+    path: str | Path,
+    *,
+    peft_model,
+    projection: nn.Linear,
+    query_token_id: int,
+    tokenizer,
+    base,
+    recipe: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete relsim checkpoint (the layout above) that ``relsim.load(path)`` and upstream both read.
+
+    ``base`` is the :class:`relsim.hub.ResolvedRepo` of the base model.
+
+    >>> write_checkpoint("run/final", peft_model=m.peft, projection=m.projection,           # doctest: +SKIP
+    ...                  query_token_id=151665, tokenizer=tok, base=base, recipe=cfg.to_dict())
+    """
+    from . import __version__
+
+    path = Path(path)
+    base_name = str(base.path) if base.is_local else base.name
+    # upstream's peft code reads `revision` as a Hub revision: a local base's content hash stays out of it
+    write_adapter(path, peft_model, base_model=base_name, base_revision=None if base.is_local else base.revision)
+    weight = projection.weight.detach().float().cpu().contiguous()
+    bias = projection.bias.detach().float().cpu().contiguous()
+    write_projection(path, weight, bias)
+    write_upstream_projection(path, weight, bias, query_token_id)
+    tokenizer.save_pretrained(str(path))
+    copy_processor_files(base.path, path)
+    write_relsim_config(
+        path,
+        {
+            "base_model": base_name,
+            "base_revision": base.revision,
+            "query_token_id": int(query_token_id),
+            "hidden_size": int(weight.shape[1]),
+            "projection_dim": int(weight.shape[0]),
+            "mode": "train",
+            "recipe": recipe,
+            "relsim_version": __version__,
+            **(extra or {}),
+        },
+    )
+    return path
+
+
+def convert(
+    source: str | Path,
+    destination: str | Path | None = None,
+    *,
+    revision: str | None = None,
+    base_model: str | None = None,
+    base_revision: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the relsim layout of an upstream checkpoint (a local directory or Hub repo id) to ``destination``.
+
+    Adds ``projection.safetensors`` (the head, read from the pickle with ``weights_only=True``, same dtype)
+    and ``relsim_config.json`` (base id and revision, query token, dims, version); everything else is copied
+    unchanged, so upstream tools still read the result. The checkpoint is validated first (every adapter key
+    must land on a Qwen2.5-VL module). Without ``destination`` a local ``source`` is converted in place.
+
+    >>> convert("thaoshibe/relsim-qwenvl25-lora", "relsim-converted")      # doctest: +SKIP
+    """
+    from . import __version__
+    from .hub import ADAPTER_FILES, resolve
+
+    repo = resolve(source, revision=revision, allow_patterns=ADAPTER_FILES)
+    if destination is None:
+        if not repo.is_local:
+            raise ValueError("a Hub checkpoint needs a destination directory")
+        out = repo.path
+    else:
+        out = Path(destination)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+    checkpoint = read_checkpoint(repo.path)
+    if out != repo.path:
+        out.mkdir(parents=True, exist_ok=True)
+        for file in repo.path.iterdir():
+            if file.is_file():
+                shutil.copy(file, out / file.name)
+    write_projection(out, checkpoint.projection_weight, checkpoint.projection_bias)
+    previous = checkpoint.config
+    write_relsim_config(
+        out,
+        {
+            **previous,
+            "base_model": base_model or checkpoint.base_model,
+            "base_revision": base_revision if base_model or base_revision else previous.get("base_revision"),
+            "query_token_id": checkpoint.query_token_id,
+            "hidden_size": int(checkpoint.projection_weight.shape[1]),
+            "projection_dim": int(checkpoint.projection_weight.shape[0]),
+            "mode": "train",
+            "converted_from": {"source": str(source), "revision": repo.revision},
+            "relsim_version": __version__,
+        },
+    )
     return out

@@ -1,4 +1,5 @@
-"""The ``relsim`` command. Each subcommand lives in its own module with a ``register(subparsers)``.
+"""The ``relsim`` command. Each command group lives in a module of :mod:`relsim.commands` with a
+``register(subparsers)``; they share one error and exit-code convention (``relsim.commands._common``).
 
 Example:
     $ relsim score a.jpg b.jpg
@@ -13,10 +14,12 @@ import sys
 
 from . import __version__
 
-#: Modules that add subcommands; each defines ``register(subparsers)`` and sets ``func`` on its parser.
+#: Modules that add subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
-    "relsim.commands.inference",  # score, embed, search, info, download
-    "relsim.train.cli",  # train, data, convert, push-to-hub
+    "relsim.commands.score",  # score
+    "relsim.commands.collection",  # embed, search, info
+    "relsim.commands.hub",  # download, push-to-hub
+    "relsim.commands.train",  # train, data, convert
 ]
 
 
@@ -25,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"relsim {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name and err.name.startswith("relsim"):
-                continue  # a command group not written yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

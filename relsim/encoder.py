@@ -1,7 +1,7 @@
 """RelSimModel: the Qwen2.5-VL body, the ``<|query|>`` token and the projection head.
 
 An embedding is the last layer's hidden state (after the final RMSNorm) at the ``<|query|>`` position,
-projected to 384 dimensions and L2-normalised in float32 (DESIGN.md section 1). The prompt is cut right
+projected to 384 dimensions and L2-normalised in float32 (docs/architecture.md, §1). The prompt is cut right
 after ``<|query|>``: attention is causal, so later tokens cannot change the result.
 
 Example:
@@ -269,7 +269,7 @@ class RelSimModel(nn.Module):
     ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
         """Decoded, resized pixel tensors in batches; the next batch is decoded while this one runs."""
         workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-        prepare = functools.partial(self._prepare, resize=not self._resizes_on_device())
+        prepare = functools.partial(self._prepare, resize=not self.uses_device_resize)
         if workers <= 0 or len(items) == 1:
             prepared = (prepare(i, x) for i, x in enumerate(items))
             yield from self._group(prepared, batch_size)
@@ -292,7 +292,9 @@ class RelSimModel(nn.Module):
     def _prepare(self, index: int, item, *, resize: bool) -> tuple[int, torch.Tensor]:
         return index, preprocess.prepare(item, index, self.mode, resize=resize)
 
-    def _resizes_on_device(self) -> bool:
+    @property
+    def uses_device_resize(self) -> bool:
+        """Whether crop + resize run on the model's device (workers then only decode); see ``resize_on_device``."""
         return self.device.type != "cpu" if self.resize_on_device is None else self.resize_on_device
 
     def _group(self, prepared, batch_size: int) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
@@ -338,7 +340,7 @@ class RelSimModel(nn.Module):
 
     def _embed_batch(self, indices: list[int], pixels: list[torch.Tensor]) -> torch.Tensor:
         try:
-            if self._resizes_on_device():
+            if self.uses_device_resize:
                 pixels = self._resize_on_device(pixels)
             pixel_values, grid_thw = preprocess.patchify(pixels, device=self.device, dtype=self.dtype)
             embeddings = self(pixel_values, grid_thw)

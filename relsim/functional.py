@@ -22,8 +22,8 @@ from PIL import Image
 from torch import Tensor
 
 from .encoder import RelSimModel
-from .preprocess import ImageInput, ImageInputError
-from .pretrained import DEFAULT_MODEL, _parse_dtype, load
+from .preprocess import ImageInput, ImageInputError, check_pixel_values
+from .pretrained import DEFAULT_MODEL, load, parse_dtype
 
 #: What one side of an update may be: an (N, C, H, W) tensor, an (N, H, W, C) numpy array or a list of images.
 ImageBatch = Tensor | np.ndarray | Sequence[ImageInput]
@@ -46,39 +46,9 @@ _LAST_LOADED: list[RelSimModel] = []
 # Validation
 
 
-def _check_reduction(reduction: str) -> None:
+def check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"Expected argument `reduction` to be one of {REDUCTIONS}, got {reduction!r}")
-
-
-def _check_pixels(x: Tensor | np.ndarray, name: str) -> None:
-    """uint8 (0-255) or finite floats in [0, 1]; anything else names the dtype or the range found."""
-    if isinstance(x, Tensor):
-        if x.dtype == torch.uint8:
-            return
-        if not x.is_floating_point():
-            raise ImageInputError(f"Expected `{name}` to be uint8 (0-255) or floating (0-1), got dtype {x.dtype}")
-        values = x.detach()
-        finite = bool(torch.isfinite(values).all())
-    else:
-        if x.dtype == np.uint8:
-            return
-        if not np.issubdtype(x.dtype, np.floating):
-            raise ImageInputError(f"Expected `{name}` to be uint8 (0-255) or floating (0-1), got dtype {x.dtype}")
-        values = x
-        finite = bool(np.isfinite(values).all())
-    if not finite:
-        raise ImageInputError(f"Expected `{name}` to hold finite values, found NaN or inf")
-    if (values.size if isinstance(values, np.ndarray) else values.numel()) == 0:
-        return
-    lo, hi = float(values.min()), float(values.max())
-    if lo < 0 or hi > 1:
-        hint = ""
-        if lo < 0:
-            hint = " (images in [-1, 1]? pass (img + 1) / 2)"
-        elif hi > 2:
-            hint = " (images in 0-255? pass them as uint8)"
-        raise ImageInputError(f"Expected float values of `{name}` in [0, 1], got range [{lo:g}, {hi:g}]{hint}")
 
 
 def _check_images(images: ImageBatch, name: str) -> list[ImageInput]:
@@ -93,12 +63,12 @@ def _check_images(images: ImageBatch, name: str) -> list[ImageInput]:
             raise ImageInputError(
                 f"Expected `{name}` to be {_CONVENTION}; got a tensor of shape {tuple(images.shape)}{hint}"
             )
-        _check_pixels(images, name)
+        check_pixel_values(images, f"`{name}`")
         return list(images.unbind(0))
     if isinstance(images, np.ndarray):
         if images.ndim != 4 or images.shape[-1] not in _CHANNELS:
             raise ImageInputError(f"Expected `{name}` to be {_CONVENTION}; got a numpy array of shape {images.shape}")
-        _check_pixels(images, name)
+        check_pixel_values(images, f"`{name}`")
         return list(images)
     if isinstance(images, (list, tuple)):
         for i, item in enumerate(images):
@@ -109,14 +79,14 @@ def _check_images(images: ImageBatch, name: str) -> list[ImageInput]:
                         f"Expected `{where}` to be a (C, H, W) tensor with C in {_CHANNELS}, "
                         f"got shape {tuple(item.shape)}"
                     )
-                _check_pixels(item, where)
+                check_pixel_values(item, f"`{where}`")
             elif isinstance(item, np.ndarray):
                 if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[-1] not in _CHANNELS):
                     raise ImageInputError(
                         f"Expected `{where}` to be an (H, W) or (H, W, C) array with C in {_CHANNELS}, "
                         f"got shape {item.shape}"
                     )
-                _check_pixels(item, where)
+                check_pixel_values(item, f"`{where}`")
             elif not isinstance(item, (str, os.PathLike, Image.Image)):
                 raise ImageInputError(
                     f"Expected `{where}` to be a path, a PIL image, a numpy HWC array or a CHW tensor, "
@@ -137,7 +107,7 @@ def _check_same_length(a: list, b: list) -> None:
 # Model
 
 
-def _resolve_model(
+def resolve_model(
     model: ModelArg,
     *,
     revision: str | None = None,
@@ -174,7 +144,7 @@ def _check_model_matches(
     mode: str | None,
 ) -> None:
     """A loaded model may be shared: never convert it behind its other users' backs, refuse a mismatch instead."""
-    if dtype is not None and _parse_dtype(dtype, model.device) != model.dtype:
+    if dtype is not None and parse_dtype(dtype, model.device) != model.dtype:
         raise ValueError(
             f"the model was loaded in {model.dtype} but dtype={dtype!r} was given; load it with that dtype "
             "(relsim.load(..., dtype=...)) or pass the model id instead"
@@ -195,7 +165,7 @@ def _check_model_matches(
 # Update / compute
 
 
-def _relational_similarity_update(
+def relational_similarity_update(
     img1: ImageBatch,
     img2: ImageBatch,
     model: RelSimModel,
@@ -215,7 +185,7 @@ def _relational_similarity_update(
     return model.score(a, b, batch_size=batch_size)
 
 
-def _relational_similarity_compute(score_sum: Tensor, total: Tensor, reduction: Reduction) -> Tensor:
+def relational_similarity_compute(score_sum: Tensor, total: Tensor, reduction: Reduction) -> Tensor:
     """``"sum"``: the sum of the scores; ``"mean"``: sum / count (NaN when no pair was seen)."""
     return score_sum if reduction == "sum" else score_sum / total
 
@@ -225,7 +195,7 @@ def _reduce_scores(scores: Tensor, reduction: Reduction) -> Tensor:
     if reduction == "none":
         return scores
     total = torch.tensor(scores.numel(), device=scores.device)
-    return _relational_similarity_compute(torch.zeros((), device=scores.device) + scores.sum(), total, reduction)
+    return relational_similarity_compute(torch.zeros((), device=scores.device) + scores.sum(), total, reduction)
 
 
 def relational_similarity(
@@ -264,11 +234,11 @@ def relational_similarity(
         >>> relational_similarity(img1, img2, model=model)                     # doctest: +SKIP
         tensor(0.5871)
     """
-    _check_reduction(reduction)
-    resolved = _resolve_model(model, revision=revision, dtype=dtype, device=device, mode=mode, load_kwargs=load_kwargs)
+    check_reduction(reduction)
+    resolved = resolve_model(model, revision=revision, dtype=dtype, device=device, mode=mode, load_kwargs=load_kwargs)
     if not isinstance(model, RelSimModel):
         _LAST_LOADED[:] = [resolved]
-    scores = _relational_similarity_update(img1, img2, resolved, batch_size=batch_size)
+    scores = relational_similarity_update(img1, img2, resolved, batch_size=batch_size)
     if isinstance(img1, Tensor):
         scores = scores.to(img1.device)
     return _reduce_scores(scores, reduction)

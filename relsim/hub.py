@@ -1,21 +1,37 @@
-"""Resolve a Hub repo id or a local directory to files on disk, with the exact revision used.
+"""Everything Hub: resolve a repo id or local directory to files on disk (with the exact revision used),
+and publish a checkpoint with a generated model card.
 
-Everything goes through ``huggingface_hub``: its cache, ``HF_HUB_OFFLINE``, tokens and progress bars.
+Everything goes through ``huggingface_hub``: its cache, ``HF_HUB_OFFLINE``, tokens and progress bars; every
+call identifies itself as ``library_name="relsim"`` with relsim's version.
 
 Example:
     >>> repo = resolve("thaoshibe/relsim-qwenvl25-lora")          # doctest: +SKIP
     >>> repo.path, repo.revision                                     # doctest: +SKIP
     (PosixPath('~/.cache/huggingface/hub/models--thaoshibe--.../snapshots/<sha>'), '<sha>')
+    >>> push_to_hub("run/final", "me/relsim-my-run")                 # doctest: +SKIP
+    'https://huggingface.co/me/relsim-my-run/commit/...'
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
-from huggingface_hub import constants, snapshot_download
+from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+from . import __version__
+from .checkpoint import RELSIM_CONFIG, TRAINER_STATE_DIR
+from .errors import ModelNotFoundError
+
+#: How relsim identifies itself to the Hub (as open_clip and timm do).
+LIBRARY = {"library_name": "relsim", "library_version": __version__}
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -33,10 +49,6 @@ ADAPTER_FILES = [
 BASE_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt"]
 
 
-class ModelNotFoundError(OSError):
-    """A Hub repo or revision could not be found online or in the local cache."""
-
-
 @dataclass(frozen=True)
 class ResolvedRepo:
     """A model directory on disk and where it came from."""
@@ -46,11 +58,85 @@ class ResolvedRepo:
     path: Path
     """The directory holding the files."""
     revision: str | None
-    """The commit hash of a Hub snapshot, ``None`` for a local directory."""
+    """The commit hash of a Hub snapshot; for a local directory its content hash (``sha256:...``, see
+    :func:`content_revision`), so a checkpoint rewritten in place is a new revision."""
+    is_local: bool = False
+    """A local directory rather than a Hub snapshot."""
 
-    @property
-    def is_local(self) -> bool:
-        return self.revision is None
+
+#: Files larger than this are identified by size and their first and last MiB rather than hashed whole
+#: (a 16 GB base shard would take a minute); every relsim adapter file is far smaller.
+_FULL_HASH_LIMIT = 1 << 30
+_SAMPLE = 1 << 20
+
+
+def _file_digest(path: Path, size: int) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= _FULL_HASH_LIMIT:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            digest.update(f.read(_SAMPLE))
+            f.seek(size - _SAMPLE)
+            digest.update(f.read(_SAMPLE))
+    return digest.digest()
+
+
+def _hash_cache_file() -> Path:
+    root = os.environ.get("RELSIM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "relsim"
+    )
+    return Path(root) / "content-revisions.json"
+
+
+def _read_hash_cache() -> dict:
+    try:
+        cache = json.loads(_hash_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_hash_cache(key: str, entry: dict) -> None:
+    """Best effort (a read-only home only costs a re-hash next time); atomic, last writer wins."""
+    file = _hash_cache_file()
+    try:
+        cache = _read_hash_cache()
+        cache[key] = entry
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, sort_keys=True))
+        os.replace(tmp, file)
+    except OSError:
+        pass
+
+
+def content_revision(path: str | Path, patterns: list[str] | None = None) -> str:
+    """``sha256:<40 hex>`` over the names and contents of the files of ``path`` that match ``patterns``.
+
+    The revision of a local checkpoint: retraining into the same folder changes it, so embeddings computed
+    before and after are never mixed. Cached by (name, size, mtime) of each file, so a reload costs nothing.
+
+    >>> content_revision("run/final", ADAPTER_FILES)                 # doctest: +SKIP
+    'sha256:6f1c...'
+    """
+    path = Path(path).resolve()
+    files = sorted(
+        f for f in path.iterdir() if f.is_file() and (patterns is None or any(fnmatch(f.name, p) for p in patterns))
+    )
+    stamp = [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files]
+    key = f"{path}|{','.join(patterns or ['*'])}"
+    cached = _read_hash_cache().get(key)
+    if isinstance(cached, dict) and cached.get("stamp") == stamp:
+        return str(cached["revision"])
+    digest = hashlib.sha256()
+    for f, (name, size, _) in zip(files, stamp, strict=True):
+        digest.update(f"{name}\0{size}\0".encode())
+        digest.update(_file_digest(f, size))
+    revision = "sha256:" + digest.hexdigest()[:40]
+    _write_hash_cache(key, {"stamp": stamp, "revision": revision})
+    return revision
 
 
 def resolve(
@@ -64,14 +150,22 @@ def resolve(
 ) -> ResolvedRepo:
     """Find ``name_or_path`` locally or download it (once, into the HF cache) and report its commit.
 
-    A path that exists is used as it is. Anything else is a Hub repo id: ``revision`` is a branch, tag or
-    commit hash; ``local_files_only=None`` follows ``HF_HUB_OFFLINE``.
+    A path that exists is used as it is; its revision is its content hash (:func:`content_revision` over
+    the files ``allow_patterns`` selects), and a ``revision`` given for it must be that hash. Anything else
+    is a Hub repo id: ``revision`` is a branch, tag or commit hash; ``local_files_only=None`` follows
+    ``HF_HUB_OFFLINE``.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if revision is not None:
+        if revision is not None and not revision.startswith("sha256:"):
             raise ValueError(f"revision={revision!r} was given for the local directory {str(path)!r}")
-        return ResolvedRepo(str(path.resolve()), path.resolve(), None)
+        found = content_revision(path, allow_patterns)
+        if revision is not None and revision != found:
+            raise ModelNotFoundError(
+                f"{str(path.resolve())!r} has changed: its content is {found}, not {revision} "
+                "(the checkpoint was rewritten in place)"
+            )
+        return ResolvedRepo(str(path.resolve()), path.resolve(), found, is_local=True)
     name = str(name_or_path)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"{name!r} is neither a model directory nor a Hub repo id ('owner/name')")
@@ -88,6 +182,7 @@ def resolve(
                 cache_dir=cache_dir,
                 token=token,
                 allow_patterns=allow_patterns,
+                **LIBRARY,
                 **kwargs,
             )
         )
@@ -104,3 +199,140 @@ def resolve(
         raise ModelNotFoundError(message) from err
     commit = snapshot.name if _COMMIT.match(snapshot.name) else None
     return ResolvedRepo(name, snapshot, commit)
+
+
+# ------------------------------------------------------------------------------------------- publishing
+
+TAGS = ["relsim", "relational-similarity", "image-similarity", "image-feature-extraction", "qwen2.5-vl", "lora", "peft"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: Recipe keys shown in the card's training table, in this order.
+CARD_KEYS = [
+    "base_model",
+    "base_revision",
+    "text_model",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "projection_dim",
+    "temperature",
+    "batch_size",
+    "micro_batch_size",
+    "epochs",
+    "max_steps",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip",
+    "precision",
+    "seed",
+]
+
+
+def _yaml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def model_card(config: dict[str, Any], *, repo_id: str | None = None, license: str = "apache-2.0") -> str:
+    """The README.md of a relsim checkpoint, from its ``relsim_config.json``."""
+    base = str(config.get("base_model") or "")
+    recipe = config.get("recipe") or {}
+    front = ["---", "library_name: relsim"]
+    if _REPO_ID.match(base):  # the Hub rejects a base_model that is not a repo id (e.g. a local path)
+        front.append(f"base_model: {_yaml_str(base)}")
+    front.append(f"license: {_yaml_str(license)}")
+    front.append("pipeline_tag: image-feature-extraction")
+    front += ["tags:"] + [f"- {t}" for t in TAGS] + ["---", ""]
+    name = repo_id or "path/to/this/checkpoint"
+    body = [
+        f"# {repo_id.split('/')[-1] if repo_id else 'relsim checkpoint'}",
+        "",
+        "A relsim relational visual similarity model (Nguyen et al., arXiv 2512.07833): "
+        f"{base or 'Qwen2.5-VL'} with LoRA on the language model's q_proj/v_proj and a "
+        f"{config.get('projection_dim', 384)}-d projection of the `<|query|>` token's last hidden state, trained "
+        "so that an image's embedding matches the all-MiniLM-L6-v2 embedding of its anonymous caption.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import relsim",
+        "",
+        f'model = relsim.load("{name}")',
+        'score = model.score("a.jpg", "b.jpg")        # cosine in [-1, 1], higher = more similar',
+        'embeddings = model.embed(["a.jpg", "b.jpg"])  # (2, 384), L2-normalised',
+        "```",
+        "",
+        "## Training",
+        "",
+        "| option | value |",
+        "| --- | --- |",
+    ]
+    rows = {**recipe, "base_model": base, "base_revision": config.get("base_revision")}
+    for key in CARD_KEYS:
+        if key in rows and rows[key] is not None:
+            body.append(f"| {key} | `{rows[key]}` |")
+    for key in ("step", "train_images", "relsim_version"):
+        if config.get(key) is not None:
+            body.append(f"| {key} | `{config[key]}` |")
+    metrics = config.get("eval") or {}
+    body += ["", "## Evaluation", ""]
+    if metrics:
+        body += [
+            "Image -> caption retrieval among the held-out captions "
+            f"({int(metrics.get('images', 0))} held-out images):",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+        ]
+        names = sorted((k for k in metrics if k.startswith("recall@")), key=lambda k: int(k.split("@")[1]))
+        names += sorted(k for k in metrics if not k.startswith("recall@") and k not in ("images", "skipped"))
+        body += [f"| {k} | {metrics[k]:.4f} |" for k in names]
+    else:
+        body.append("No held-out evaluation was recorded.")
+    body += [
+        "",
+        "## Training configuration",
+        "",
+        "```json",
+        json.dumps(recipe, indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
+    return "\n".join(front + body)
+
+
+def write_model_card(directory: str | Path, *, repo_id: str | None = None, license: str = "apache-2.0") -> Path:
+    directory = Path(directory)
+    config = json.loads((directory / RELSIM_CONFIG).read_text())
+    out = directory / "README.md"
+    out.write_text(model_card(config, repo_id=repo_id, license=license))
+    return out
+
+
+def push_to_hub(
+    directory: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    license: str = "apache-2.0",
+    commit_message: str = "Upload relsim checkpoint",
+    api: HfApi | None = None,
+) -> str:
+    """Create ``repo_id`` if needed, write README.md into ``directory`` and upload the checkpoint."""
+    directory = Path(directory)
+    if not (directory / RELSIM_CONFIG).is_file():
+        raise FileNotFoundError(f"{directory} has no {RELSIM_CONFIG}: not a relsim checkpoint (see `relsim convert`)")
+    api = api or HfApi(token=token, **LIBRARY)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    write_model_card(directory, repo_id=repo_id, license=license)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(directory),
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message,
+        ignore_patterns=[f"{TRAINER_STATE_DIR}/*", f"{TRAINER_STATE_DIR}/**", ".*"],
+    )
+    return str(getattr(info, "commit_url", info))

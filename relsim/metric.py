@@ -31,10 +31,10 @@ from .functional import (
     ImageBatch,
     ModelArg,
     Reduction,
-    _check_reduction,
-    _relational_similarity_compute,
-    _relational_similarity_update,
-    _resolve_model,
+    check_reduction,
+    relational_similarity_compute,
+    relational_similarity_update,
+    resolve_model,
 )
 from .pretrained import load
 
@@ -111,13 +111,13 @@ class RelationalSimilarity(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check_reduction(reduction)
+        check_reduction(reduction)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Expected argument `batch_size` to be a positive integer, got {batch_size!r}")
         self.reduction = reduction
         self.batch_size = batch_size
         self.move_model = move_model
-        self.model = _resolve_model(
+        self.model = resolve_model(
             model, revision=revision, dtype=dtype, device=device, mode=mode, load_kwargs=load_kwargs
         )
         if reduction == "none":
@@ -232,7 +232,7 @@ class RelationalSimilarity(Metric):
             if isinstance(self.scores, list) and not self.scores:
                 return torch.zeros(0, device=self.device)
             return dim_zero_cat(self.scores)
-        return _relational_similarity_compute(self.score_sum, self.total, self.reduction)
+        return relational_similarity_compute(self.score_sum, self.total, self.reduction)
 
     def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: _AX_TYPE | None = None) -> _PLOT_OUT_TYPE:
         """Plot one value or a sequence of values (from ``forward`` or ``compute``); needs matplotlib.
@@ -252,7 +252,7 @@ class RelationalSimilarity(Metric):
 
     # -- internals ------------------------------------------------------------------------------------------
     def _score(self, img1: ImageBatch, img2: ImageBatch) -> Tensor:
-        scores = _relational_similarity_update(img1, img2, self.model, batch_size=self.batch_size)
+        scores = relational_similarity_update(img1, img2, self.model, batch_size=self.batch_size)
         return scores.to(self.device)
 
     def _move_model(self, fn: Callable[[Tensor], Tensor], moved: bool) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .errors import ImageInputError
 from .resample import resize_float, resize_uint8
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
@@ -48,10 +49,6 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _SINGLE_KINDS = (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)
 _EXPECTED_TYPES = "a path, a PIL image, a numpy HWC array or a torch CHW tensor"
-
-
-class ImageInputError(ValueError):
-    """Bad image input; the message names the item (index, and path if any) and what was expected."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -224,17 +221,33 @@ def _decode_numpy(arr: np.ndarray, index: int) -> Image.Image:
     if arr.dtype == np.uint8:
         return _uint8_hwc_to_pil(arr, where)
     if np.issubdtype(arr.dtype, np.floating):
-        _check_unit_range(arr, where)
+        check_pixel_values(arr, where)
         return _uint8_hwc_to_pil(np.round(arr.astype(np.float64) * 255).astype(np.uint8), where)
     raise ImageInputError(f"{where}: expected dtype uint8 (0-255) or float (0-1)")
 
 
-def _check_unit_range(arr: np.ndarray, where: str) -> None:
-    if not np.isfinite(arr).all():
+def check_pixel_values(x: torch.Tensor | np.ndarray, where: str) -> None:
+    """uint8 (0-255) or finite floats in [0, 1]; anything else is an :class:`ImageInputError` naming ``where``, the
+    dtype or the range found, and the likely fix. One device sync for a tensor (``aminmax``).
+
+    >>> check_pixel_values(torch.rand(3, 8, 8) * 255, "image 0")
+    Traceback (most recent call last):
+    relsim.errors.ImageInputError: expected float values of image 0 in [0, 1], got range ...
+    """
+    tensor = isinstance(x, torch.Tensor)
+    if x.dtype == (torch.uint8 if tensor else np.uint8):
+        return
+    if not (x.is_floating_point() if tensor else np.issubdtype(x.dtype, np.floating)):
+        raise ImageInputError(f"{where}: expected dtype uint8 (0-255) or a floating dtype (0-1), got dtype {x.dtype}")
+    if (x.numel() if tensor else x.size) == 0:
+        return
+    lo, hi = torch.stack(x.detach().aminmax()).tolist() if tensor else (float(np.min(x)), float(np.max(x)))
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates through min/max, inf shows
         raise ImageInputError(f"{where}: contains NaN or inf")
-    lo, hi = float(arr.min()), float(arr.max())
     if lo < 0 or hi > 1:
-        raise ImageInputError(f"{where}: float values must be in [0, 1], got range [{lo:g}, {hi:g}]")
+        hint = " (images in [-1, 1]? pass (img + 1) / 2)" if lo < 0 else " (images in 0-255? pass them as uint8)"
+        hint = hint if lo < 0 or hi > 2 else ""
+        raise ImageInputError(f"expected float values of {where} in [0, 1], got range [{lo:g}, {hi:g}]{hint}")
 
 
 def _uint8_hwc_to_pil(arr: np.ndarray, where: str) -> Image.Image:
@@ -257,7 +270,7 @@ def _decode_tensor(t: torch.Tensor, index: int, *, keep_tensor: bool = False) ->
     elif not t.is_floating_point():
         raise ImageInputError(f"{where}: expected dtype uint8 (0-255) or a floating dtype (0-1)")
     else:
-        _check_tensor_unit_range(t, where)
+        check_pixel_values(t, where)
         if t.requires_grad and torch.is_grad_enabled():
             return _differentiable_rgb(t)
         # Quantise exactly like numpy float input: in float64, round half to even.
@@ -265,14 +278,6 @@ def _decode_tensor(t: torch.Tensor, index: int, *, keep_tensor: bool = False) ->
     if keep_tensor and t.shape[0] != 4:  # alpha goes through PIL's compositing below
         return as_uint8.expand(3, -1, -1) if t.shape[0] == 1 else as_uint8
     return _uint8_hwc_to_pil(as_uint8.cpu().permute(1, 2, 0).numpy(), where)
-
-
-def _check_tensor_unit_range(t: torch.Tensor, where: str) -> None:
-    lo, hi = torch.stack(t.detach().aminmax()).tolist()  # one device sync; NaN propagates, inf shows
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ImageInputError(f"{where}: contains NaN or inf")
-    if lo < 0 or hi > 1:
-        raise ImageInputError(f"{where}: float values must be in [0, 1], got range [{lo:g}, {hi:g}]")
 
 
 def _differentiable_rgb(t: torch.Tensor) -> torch.Tensor:
@@ -297,23 +302,26 @@ def smart_resize(
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = MAX_PIXELS,
 ) -> tuple[int, int]:
-    """The Qwen2-VL resize rule: sides multiples of ``factor``, area within [min_pixels, max_pixels].
+    """The Qwen2-VL resize rule as upstream's inference applies it (qwen-vl-utils' ``fetch_image``): sides
+    multiples of ``factor`` and at least ``factor``, area within [min_pixels, max_pixels].
 
-    Same arithmetic as transformers (Python ``round``, ties to even).
+    Same arithmetic as qwen-vl-utils (Python ``round``, ties to even). Each side is raised to ``factor``
+    *before* the area bounds apply, which is where transformers' own version differs (it refuses sides under
+    ``factor``; a 500x10 image is 504x28 upstream).
 
-    >>> smart_resize(480, 640)
-    (476, 644)
+    >>> smart_resize(480, 640), smart_resize(500, 10)
+    ((476, 644), (504, 28))
     """
     if max(height, width) / min(height, width) > 200:
         raise ValueError(
             f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}"
         )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
     elif h_bar * w_bar < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor

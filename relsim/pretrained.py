@@ -15,22 +15,16 @@ import weakref
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from . import __version__, fastpath
-from .checkpoint import QUERY_TOKEN, CheckpointError, merge_lora, read_checkpoint
+from .checkpoint import QUERY_TOKEN, CheckpointError, merge_lora, open_safetensors, read_checkpoint, read_json
 from .encoder import Prompt, RelSimModel
+from .errors import ModelNotFoundError
 from .hub import ADAPTER_FILES, BASE_FILES, resolve
 from .preprocess import MODES
-
-DEFAULT_MODEL = "thaoshibe/relsim-qwenvl25-lora"
-DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-
-#: Known checkpoints and the revisions a default load pins. ``None`` follows the repo's main branch:
-#: we record no commit we could not verify; pass ``revision=`` (and ``base_revision=``) to pin one.
-PRETRAINED: dict[str, dict[str, str | None]] = {
-    DEFAULT_MODEL: {"revision": None, "base_model": DEFAULT_BASE_MODEL, "base_revision": None},
-}
+from .registry import DEFAULT_BASE_MODEL, DEFAULT_MODEL, PRETRAINED  # noqa: F401  (re-exported)
 
 _CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _CACHE_LOCK = threading.Lock()
@@ -52,7 +46,8 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def _parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+def parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """``None`` -> the device's default; ``"bf16"``, ``"float16"``, ... -> the torch dtype (float32/bf16/fp16 only)."""
     if dtype is None:
         return default_dtype(device)
     if isinstance(dtype, str):
@@ -73,7 +68,7 @@ def _parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch
     return dtype
 
 
-def _attn_implementation(device: torch.device, dtype: torch.dtype) -> str:
+def attn_implementation(device: torch.device, dtype: torch.dtype) -> str:
     """flash-attention 2 when it is installed and usable, else PyTorch SDPA."""
     if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         try:
@@ -83,12 +78,6 @@ def _attn_implementation(device: torch.device, dtype: torch.dtype) -> str:
         except ImportError:
             pass
     return "sdpa"
-
-
-def _stamp(path: Path) -> tuple:
-    """A directory and the sizes and times of its files: rewriting a checkpoint in place is a new model."""
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
-    return (str(path), tuple(files))
 
 
 def _device_map(device: torch.device) -> dict | None:
@@ -128,7 +117,7 @@ def load(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     device = canonical_device(device)
-    dtype = _parse_dtype(dtype, device)
+    dtype = parse_dtype(dtype, device)
     pinned = PRETRAINED.get(str(model), {})
     revision = revision if revision is not None else pinned.get("revision")
     hub = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
@@ -140,9 +129,18 @@ def load(
         raise CheckpointError(f"{adapter.name!r} names no base model; pass base_model=")
     if base_revision is None and base_model is None:
         base_revision = checkpoint.config.get("base_revision") or pinned.get("base_revision")
-    base = resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)
+    try:
+        base = resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)
+    except (ModelNotFoundError, FileNotFoundError) as err:
+        if base_model is not None:
+            raise
+        raise ModelNotFoundError(
+            f"{err} -- {adapter.name!r} names the base model {base_name!r}; pass base_model= (--base-model) "
+            "to load the base from elsewhere"
+        ) from err
 
-    key = (_stamp(adapter.path), _stamp(base.path), mode, dtype, str(device), compile)
+    # revisions identify content (Hub commits, or content hashes of local directories)
+    key = (adapter.path, adapter.revision, base.path, base.revision, mode, dtype, str(device), compile)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         # a shared instance that someone moved elsewhere (e.g. a metric's .to()) is not what was asked for
@@ -166,10 +164,58 @@ def load(
         return instance
 
 
+def load_tokenizer(path: Path):
+    """The tokenizer a checkpoint ships, never running code it names (``auto_map``): a tokenizer that needs its
+    own code, or files that are missing or broken, are a :class:`CheckpointError` naming the directory."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (ValueError, OSError, TypeError, ImportError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"the tokenizer in {str(path)!r} cannot be loaded (relsim needs tokenizer.json or vocab.json + "
+            f"merges.txt, and never runs a checkpoint's own code): {reason}"
+        ) from None
+
+
+def check_base_files(path: Path) -> None:
+    """Fail early, naming the file, on a base directory that transformers would misread: no or a broken
+    ``config.json`` (transformers then builds a default config of a much larger model), another architecture,
+    pickled weights, a missing or truncated shard."""
+    config = read_json(path / "config.json")
+    if config.get("model_type") not in ("qwen2_5_vl",):
+        raise CheckpointError(
+            f"{str(path / 'config.json')!r} describes model_type {config.get('model_type')!r}, not Qwen2.5-VL"
+        )
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{str(index)!r} has no weight_map")
+        shards = sorted({str(v) for v in weight_map.values()})
+    elif (path / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    elif any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        raise CheckpointError(
+            f"{str(path)!r} holds only pickled weights (*.bin); relsim loads safetensors only "
+            "(convert them with transformers: model.save_pretrained(dir, safe_serialization=True))"
+        )
+    else:
+        raise CheckpointError(f"{str(path)!r} has no weights (model.safetensors or model.safetensors.index.json)")
+    for shard in shards:
+        if not (path / shard).is_file():
+            raise CheckpointError(f"{shard} is listed in {str(index)!r} but missing from {str(path)!r}")
+        with open_safetensors(path / shard):  # the header check catches truncated and garbage files
+            pass
+
+
 def load_body(path: Path, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """The Qwen2.5-VL vision tower + language model, without the LM head (never read from disk)."""
     from transformers import Qwen2_5_VLModel
     from transformers.utils import logging as hf_logging
+
+    check_base_files(path)
 
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
@@ -179,10 +225,14 @@ def load_body(path: Path, device: torch.device, dtype: torch.dtype) -> nn.Module
         body, info = Qwen2_5_VLModel.from_pretrained(
             path,
             dtype=dtype,
-            attn_implementation=_attn_implementation(device, dtype),
+            attn_implementation=attn_implementation(device, dtype),
             device_map=_device_map(device),
             output_loading_info=True,
+            trust_remote_code=False,
         )
+    except (SafetensorError, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"the base model in {str(path)!r} cannot be loaded: {reason}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -207,15 +257,22 @@ def assemble(
     fingerprint: dict,
 ) -> RelSimModel:
     """Base body + merged LoRA + ``<|query|>`` row + projection -> RelSimModel."""
-    from transformers import AutoTokenizer
-
+    tokenizer = load_tokenizer(adapter_path)  # small and cheap: checked before the base's weights are read
+    query_token_id = tokenizer.convert_tokens_to_ids(QUERY_TOKEN)
+    if query_token_id is None or query_token_id == tokenizer.unk_token_id:
+        raise CheckpointError(f"the tokenizer in {str(adapter_path)!r} has no {QUERY_TOKEN} token")
+    if checkpoint.query_token_id is not None and query_token_id != checkpoint.query_token_id:
+        raise CheckpointError(
+            f"the tokenizer in {str(adapter_path)!r} maps {QUERY_TOKEN} to {query_token_id}, "
+            f"the checkpoint says {checkpoint.query_token_id}"
+        )
     body = load_body(base_path, device, dtype)
     merge_lora(body, checkpoint.lora)
     fastpath.optimize(body)  # one batched SDPA call per vision layer instead of one per window (exact)
     embed = body.language_model.embed_tokens
-    if checkpoint.query_token_id >= embed.num_embeddings:
+    if query_token_id >= embed.num_embeddings:
         raise CheckpointError(
-            f"<|query|> is token {checkpoint.query_token_id}, the base model has {embed.num_embeddings} embeddings"
+            f"{QUERY_TOKEN} is token {query_token_id}, the base model has {embed.num_embeddings} embeddings"
         )
     table = checkpoint.embedding_table
     if table is not None:
@@ -235,11 +292,5 @@ def assemble(
         projection.weight.copy_(weight.float())
         projection.bias.copy_(checkpoint.projection_bias.float())
 
-    tokenizer = AutoTokenizer.from_pretrained(adapter_path)
-    if tokenizer.convert_tokens_to_ids(QUERY_TOKEN) != checkpoint.query_token_id:
-        raise CheckpointError(
-            f"the tokenizer in {str(adapter_path)!r} maps {QUERY_TOKEN} to "
-            f"{tokenizer.convert_tokens_to_ids(QUERY_TOKEN)}, the checkpoint says {checkpoint.query_token_id}"
-        )
     prompt = Prompt.from_tokenizer(tokenizer, QUERY_TOKEN, body.config.image_token_id)
     return RelSimModel(body, projection, prompt, mode=mode, fingerprint=fingerprint)

@@ -277,7 +277,7 @@ def embed_files(
 
     bar = _progress_bar(len(todo), progress)
     start = time.perf_counter()
-    batches = _read_ahead(todo, batch_size, workers, model.mode, resize=not model._resizes_on_device())
+    batches = _read_ahead(todo, batch_size, workers, model.mode, resize=not model.uses_device_resize)
     try:
         for batch in batches:
             good = [it for it in batch if it.error is None]

@@ -50,6 +50,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .errors import CollectionError, CollectionMismatchError
+
 __all__ = [
     "FORMAT_VERSION",
     "EmbeddingStore",
@@ -75,12 +77,8 @@ _STALE_TMP_SECONDS = 24 * 3600
 _NORM_TOLERANCE = 1e-2  # float16 rounding keeps norms within ~1e-3 of 1
 
 
-class StoreError(ValueError):
-    """A path is not a usable relsim store (missing, corrupt, wrong format or read-only)."""
-
-
-class StoreMismatchError(StoreError):
-    """Embeddings from a different model, revision or preprocessing mode than the store's."""
+StoreError = CollectionError
+StoreMismatchError = CollectionMismatchError
 
 
 def _version() -> str:

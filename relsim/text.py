@@ -24,11 +24,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import CheckpointError
 from .hub import resolve
+from .registry import DEFAULT_TEXT_MODEL
 
 __all__ = ["DEFAULT_TEXT_MODEL", "TextEncoder", "embed_text", "clear_text_cache"]
 
-DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 # Files needed to run the encoder; the Hub repo also holds ONNX/OpenVINO/pytorch_model.bin copies we skip.
 HUB_FILES = [
@@ -150,8 +151,12 @@ class TextEncoder:
             token=token,
         )
         dev = torch.device(device) if device is not None else _default_device()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).to(dev)
+        try:  # a text model's own code (auto_map) never runs
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+            model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).to(dev)
+        except (ValueError, OSError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"the text model in {str(model_dir)!r} cannot be loaded: {reason}") from None
         length = max_length if max_length is not None else _max_seq_length(model_dir, tokenizer, model.config)
         name = str(model_dir) if resolved is None else str(name_or_path)
         return cls(model, tokenizer, name=name, revision=resolved, max_length=length, device=dev)

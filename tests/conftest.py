@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 
 torch.set_num_threads(2)
+# relsim caches content hashes of local checkpoints under RELSIM_CACHE: keep the tests' out of the user's cache
+os.environ["RELSIM_CACHE"] = tempfile.mkdtemp(prefix="relsim-test-cache-")
 
 
 @pytest.fixture(scope="session")

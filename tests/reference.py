@@ -13,6 +13,7 @@ are called separately, exactly as the processor would; and the 3-D RoPE position
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -84,12 +85,32 @@ def _processor_module():
         return module, module.Qwen2VLImageProcessor
 
 
-def upstream_native_image(image: Image.Image) -> Image.Image:
-    """qwen-vl-utils ``fetch_image``: ``smart_resize`` to multiples of 28, bicubic."""
-    smart_resize = _processor_module()[0].smart_resize
+def qwen_vl_utils_smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = 3136, max_pixels: int = 12845056
+) -> tuple[int, int]:
+    """qwen-vl-utils' ``smart_resize`` (what upstream's inference calls; transformers' own version differs for
+    sides under ``factor``): each side is at least ``factor`` *before* the pixel bounds are applied."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}"
+        )
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
+
+def upstream_native_image(image: Image.Image) -> Image.Image:
+    """qwen-vl-utils ``fetch_image``: its ``smart_resize`` to multiples of 28, then Pillow's default (bicubic)."""
     image = image.convert("RGB")
-    h, w = smart_resize(image.height, image.width, factor=28, min_pixels=3136, max_pixels=12845056)
+    h, w = qwen_vl_utils_smart_resize(image.height, image.width)
     return image.resize((w, h), Image.BICUBIC)
 
 

@@ -178,7 +178,7 @@ def test_score_matches_the_api(tiny_model, model_args, tmp_path, capsys) -> None
     assert code == 0 and abs(result["score"] - expected) < 1e-6
     assert result["model"] == tiny_model.fingerprint
     code, _, err = run(capsys, "score", a, tmp_path / "missing.jpg", *model_args)
-    assert code == 1 and "missing.jpg" in err
+    assert code == 2 and "missing.jpg" in err  # an input path that does not exist is a usage error
 
 
 # ------------------------------------------------------------------------------------- embed, info, search
@@ -263,11 +263,11 @@ def test_info(store, adapter_dir, capsys) -> None:
     code, out, _ = run(capsys, "info", store)
     assert code == 0
     assert str(adapter_dir) in out and "mode:           train" in out
-    assert "9 x 384 (float16)" in out and "failures:       1 unreadable files (" in out
+    assert "9 x 384 (float16)" in out and "failures:       1 unreadable file (" in out
     code, out, _ = run(capsys, "info", store, "--json")
     info = json.loads(out)
     assert info["num_embeddings"] == 9 and info["dim"] == 384 and info["fingerprint"]["mode"] == "train"
-    assert run(capsys, "info", store.parent / "nope")[0] == 1
+    assert run(capsys, "info", store.parent / "nope")[0] == 2
 
 
 def test_search_by_image_finds_itself_first(store, collection, model_args, tmp_path, capsys) -> None:

@@ -152,7 +152,7 @@ def test_resize_on_device_gives_the_same_embeddings(request, fixture, photos, tm
         paths.append(tmp_path / f"{i}.jpg")
         image.save(paths[-1], quality=90)
     items = [*paths[:2], np.asarray(photos[1]), *paths[2:], photos[2], torch.rand(3, 120, 90)]
-    assert model.resize_on_device is None and not model._resizes_on_device()  # auto: off on the CPU
+    assert model.resize_on_device is None and not model.uses_device_resize  # auto: off on the CPU
     expected = model.embed(items, batch_size=8)
 
     resized, stacks = [], []

@@ -33,6 +33,27 @@ def test_embeddings_match_upstream(adapter_dirs, base_dir, images, layout, mode)
     assert (ours - theirs).abs().max().item() <= TOLERANCE
 
 
+# (height, width): sides under 28 px, a single pixel, aspect ratios up to upstream's limit of 200
+THIN_AND_TINY = [(10, 500), (500, 10), (1, 1), (3, 5), (14, 14), (27, 40), (2, 400), (600, 3), (41, 13)]
+
+
+def test_native_mode_matches_upstream_on_thin_and_tiny_images(tiny_native_model, base_dir, adapter_dir):
+    """Every size upstream accepts gives upstream's grid and embedding (qwen-vl-utils raises each side to 28
+    before applying the pixel bounds: 500x10 is 504x28 upstream)."""
+    from reference import qwen_vl_utils_smart_resize
+
+    from relsim.preprocess import target_size
+
+    images = [photo(h, w, seed=i) for i, (h, w) in enumerate(THIN_AND_TINY)]
+    for h, w in THIN_AND_TINY:
+        assert target_size(h, w, "native") == qwen_vl_utils_smart_resize(h, w), (h, w)
+    assert target_size(500, 10, "native") == (504, 28)
+    ours = tiny_native_model.embed(images, batch_size=4)
+    upstream = UpstreamPipeline(adapter_dir, base_dir)
+    theirs = torch.stack([upstream.embed(upstream_native_image(im)) for im in images])
+    assert (ours - theirs).abs().max().item() <= TOLERANCE
+
+
 def test_parity_is_sensitive_to_the_adapter(adapter_dirs, base_dir, images):
     """The LoRA factors and the adapter's embedding table both change the result: parity is not vacuous."""
     with_table = relsim.load(adapter_dirs["v457"], base_model=base_dir, device="cpu", dtype=torch.float32)
@@ -88,7 +109,7 @@ def test_1d_positions_would_be_wrong(tiny_model, images):
 
 
 def test_prompt_token_ids_match_design(tiny_model):
-    """DESIGN.md section 1, item 9: the exact ids around the image, cut after <|query|>."""
+    """docs/architecture.md §1, item 3: the exact ids around the image, cut after <|query|>."""
     prompt = tiny_model.prompt
     assert prompt.prefix == (151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198, 151652)
     assert prompt.suffix == (151653, 151665)

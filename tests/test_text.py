@@ -83,8 +83,8 @@ def test_bad_batch_size(encoder: TextEncoder) -> None:
 
 
 def test_local_dir_fingerprint(encoder: TextEncoder, model_dir: Path) -> None:
-    assert encoder.revision is None
-    assert encoder.fingerprint == {"model": str(model_dir.resolve()), "revision": None, "max_length": 256}
+    assert encoder.revision.startswith("sha256:")  # a local directory's content hash
+    assert encoder.fingerprint == {"model": str(model_dir.resolve()), "revision": encoder.revision, "max_length": 256}
 
 
 def test_local_dir_rejects_revision(model_dir: Path) -> None:

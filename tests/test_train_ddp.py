@@ -48,7 +48,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
             torch.save(grads, os.path.join(out, f"split{k}-rank{rank}.pt"))
         dist.barrier()
     finally:
-        # gloo can abort at interpreter exit in a worker thread (DESIGN.md section 6): leave without finalisers
+        # gloo can abort at interpreter exit in a worker thread (docs/architecture.md, §6): leave without finalisers
         dist.destroy_process_group()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -3,7 +3,7 @@
 The base model is a Qwen2.5-VL with a few small layers and the real vocabulary, saved the way
 ``Qwen/Qwen2.5-VL-7B-Instruct`` is (legacy flat ``config.json``, ``model.*`` / ``visual.*`` /
 ``lm_head.*`` safetensors keys, tokenizer files). The adapters mimic ``thaoshibe/relsim-qwenvl25-lora``
-in each realistic key layout (see DESIGN.md section 2). Benchmarks import this module too.
+in each realistic key layout (see docs/architecture.md, §3). Benchmarks import this module too.
 
 Example:
     >>> base = build_base(tmp / "base")

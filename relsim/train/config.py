@@ -1,6 +1,6 @@
 """Training configuration: one dataclass, read from JSON or YAML, overridable from the command line.
 
-The defaults are the paper's recipe (DESIGN.md section 1): LoRA r=16 / alpha=32 / dropout 0.05 on
+The defaults are the paper's recipe (docs/architecture.md, §1): LoRA r=16 / alpha=32 / dropout 0.05 on
 q_proj and v_proj, a Linear(3584, 384) head, InfoNCE at temperature 0.07 against frozen
 all-MiniLM-L6-v2 caption embeddings, AdamW lr 1e-4 / weight decay 0.01, cosine schedule, grad-norm clip
 1.0, bf16, batch 64, 3 epochs.
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+from ..registry import DEFAULT_BASE_MODEL, DEFAULT_TEXT_MODEL
+
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -147,9 +147,15 @@ class TrainConfig:
             except ImportError as err:
                 message = f"{path} is YAML but PyYAML is not installed; use JSON or `pip install pyyaml`"
                 raise ImportError(message) from err
-            values = yaml.safe_load(text) or {}
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as err:
+                raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
         else:
-            values = json.loads(text)
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} is not valid JSON: {err}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of option -> value")
         return cls.from_dict({**values, **overrides})

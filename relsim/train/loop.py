@@ -28,9 +28,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..hub import BASE_FILES, resolve
+from ..checkpoint import write_checkpoint
+from ..hub import BASE_FILES, resolve, write_model_card
 from ..preprocess import patchify
-from . import checkpoints, distributed
+from . import distributed
+from . import state as trainer_state
 from .config import TrainConfig
 from .data import Batch, CaptionImages, MicroBatches, Record, collate, fingerprint, present, read_jsonl, split_eval
 from .logs import Logger
@@ -194,15 +196,15 @@ class _Run:
         if source is None:
             return 0
         if source == "latest":
-            found = checkpoints.list_checkpoints(self.out)
+            found = trainer_state.list_checkpoints(self.out)
             if not found:
                 self.log.info(f"resume=latest: no checkpoint in {self.out}, starting from scratch")
                 return 0
             source = found[-1]
-        state = checkpoints.load_state(source, self.model, self.optimizer, self.scheduler, device=self.device)
+        state = trainer_state.load_state(source, self.model, self.optimizer, self.scheduler, device=self.device)
         if state["data_fingerprint"] != fingerprint(self.train_records):
             raise ValueError(f"{source} was trained on different data (the image list or captions changed)")
-        if state["world"] != self.env.world or not checkpoints.load_rng(source, self.env.rank):
+        if state["world"] != self.env.world or not trainer_state.load_rng(source, self.env.rank):
             self.log.info(f"world size changed ({state['world']} -> {self.env.world}): RNG not restored, not bit-exact")
         if state["total_steps"] != self.total:
             raise ValueError(f"{source} was a {state['total_steps']}-step schedule, this run has {self.total}")
@@ -384,20 +386,25 @@ class _Run:
             "precision": "bf16" if self.autocast else "fp32",
         }
 
+    def _write_model(self, directory: Path, step: int, eval_metrics: dict[str, float]) -> Path:
+        return write_checkpoint(
+            directory,
+            peft_model=self.model.peft,
+            projection=self.model.projection,
+            query_token_id=self.model.prompt.query_token_id,
+            tokenizer=self.tokenizer,
+            base=self.base,
+            recipe=self.config.to_dict(),
+            extra=self._extra(step, eval_metrics),
+        )
+
     def save(self, step: int, eval_metrics: dict[str, float]) -> Path:
         """``checkpoint-{step}``: the inference checkpoint plus trainer_state/, written then renamed."""
         final = self.out / f"checkpoint-{step}"
         tmp = self.out / f".checkpoint-{step}.tmp"
         if self.env.main:
             shutil.rmtree(tmp, ignore_errors=True)
-            checkpoints.save_model(
-                self.model,
-                tmp,
-                tokenizer=self.tokenizer,
-                base=self.base,
-                recipe=self.config.to_dict(),
-                extra=self._extra(step, eval_metrics),
-            )
+            self._write_model(tmp, step, eval_metrics)
         distributed.barrier()
         state = {
             "step": step,
@@ -409,7 +416,7 @@ class _Run:
             "data_fingerprint": fingerprint(self.train_records),
             "config": self.config.to_dict(),
         }
-        checkpoints.save_state(
+        trainer_state.save_state(
             tmp, self.model, self.optimizer, self.scheduler, state, rank=self.env.rank, main=self.env.main
         )
         distributed.barrier()
@@ -425,23 +432,14 @@ class _Run:
         keep = self.config.keep_checkpoints
         if keep is None:
             return
-        for old in checkpoints.list_checkpoints(self.out)[:-keep]:
+        for old in trainer_state.list_checkpoints(self.out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
 
     def save_final(self, step: int, eval_metrics: dict[str, float]) -> Path:
         final = self.out / "final"
         if self.env.main:
-            from .hub import write_model_card
-
             shutil.rmtree(final, ignore_errors=True)
-            checkpoints.save_model(
-                self.model,
-                final,
-                tokenizer=self.tokenizer,
-                base=self.base,
-                recipe=self.config.to_dict(),
-                extra=self._extra(step, eval_metrics),
-            )
+            self._write_model(final, step, eval_metrics)
             write_model_card(final)
             self.log.info(f"final model: {final} (load it with relsim.load({str(final)!r}))")
         distributed.barrier()

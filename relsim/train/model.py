@@ -41,9 +41,9 @@ class HubNames(nn.Module):
 
 def load_tokenizer(path: str | Path):
     """The base tokenizer plus ``<|query|>`` (id 151665 on the real vocabulary)."""
-    from transformers import AutoTokenizer
+    from ..pretrained import load_tokenizer as load_checkpoint_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_checkpoint_tokenizer(Path(path))
     if QUERY_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [QUERY_TOKEN]})
     return tokenizer
@@ -115,7 +115,7 @@ def build_model(
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:
-        raise ImportError('training needs peft: pip install "relsim[train]"') from err
+        raise ImportError('training needs peft: pip install "relsim[train]"', name="peft") from err
 
     from ..pretrained import load_body
 

@@ -23,11 +23,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..hub import resolve
-from .config import DEFAULT_TEXT_MODEL
+from ..registry import DEFAULT_TEXT_MODEL
 
 FORMAT = "relsim-caption-targets/1"
 _TEXT_FILES = ["*.json", "*.txt", "*.safetensors"]
-_HASHED = ("*.json", "*.txt", "*.safetensors", "*/*.json")
 
 
 @dataclass(frozen=True)
@@ -43,17 +42,7 @@ class TextModel:
 def resolve_text_model(name: str = DEFAULT_TEXT_MODEL, revision: str | None = None) -> TextModel:
     """Find the encoder (Hub id or local directory); its key is ``name@commit`` or a hash of its files."""
     repo = resolve(name, revision=revision, allow_patterns=_TEXT_FILES)
-    if repo.revision is not None:
-        key = f"{name}@{repo.revision}"
-    else:
-        digest = hashlib.sha256()
-        files = sorted({p for pattern in _HASHED for p in repo.path.glob(pattern) if p.is_file()})
-        for file in files:
-            digest.update(file.relative_to(repo.path).as_posix().encode() + b"\0")
-            with file.open("rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 20), b""):
-                    digest.update(block)
-        key = "sha256:" + digest.hexdigest()
+    key = repo.revision if repo.is_local else f"{name}@{repo.revision}"  # a local directory's content hash
     return TextModel(name=str(name), path=repo.path, revision=repo.revision, key=key)
 
 

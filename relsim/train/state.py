@@ -1,28 +1,21 @@
-"""Write trained checkpoints (the upstream layout plus relsim's files) and exact-resume trainer state.
+"""Exact-resume trainer state inside a ``checkpoint-{step}`` directory (the model files themselves are written
+by :func:`relsim.checkpoint.write_checkpoint`)::
 
-A checkpoint directory::
-
-    adapter_config.json, adapter_model.safetensors   LoRA only (peft, safetensors; no embedding tables)
-    projection.safetensors                           the head, float32 (what relsim reads)
-    projection_and_config.pt                         the head for upstream tools (plain tensors and ints)
-    tokenizer files with <|query|>, preprocessor_config.json, chat_template.jinja
-    relsim_config.json                               base id + revision, query token, dims, recipe, version
-    trainer_state/                                   only in checkpoint-* dirs: what resuming needs
+    trainer_state/
         trainable.safetensors   LoRA + head parameters
         optimizer.pt            AdamW state (tensors and numbers only: loaded with weights_only=True)
         state.json              step, data position, scheduler, counters, config
         rng-{rank}.safetensors / rng-{rank}.json   torch (CPU, CUDA), numpy and Python RNG states
 
 Example:
-    >>> save_model(model, "run/final", tokenizer=tok, base=base, recipe=cfg.to_dict())   # doctest: +SKIP
-    >>> relsim.load("run/final")                                                         # doctest: +SKIP
+    >>> save_state("run/checkpoint-100", model, optimizer, scheduler, state, rank=0, main=True)  # doctest: +SKIP
+    >>> load_state("run/checkpoint-100", model, optimizer, scheduler, device=device)          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,72 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import __version__
-from ..checkpoint import ADAPTER_CONFIG, PROJECTION_PICKLE, write_projection, write_relsim_config
-from ..hub import ResolvedRepo
-
-STATE_DIR = "trainer_state"
-PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja")
-
-
-def save_model(
-    model,
-    directory: str | Path,
-    *,
-    tokenizer,
-    base: ResolvedRepo,
-    recipe: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write the inference checkpoint of ``model`` (a :class:`relsim.train.model.TrainModel`)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    base_name = base.name if base.revision is not None else str(base.path)
-    model.peft.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
-    config_path = directory / ADAPTER_CONFIG
-    adapter_config = json.loads(config_path.read_text())
-    # As upstream's adapter_config.json: the base repo id and a causal-LM task, no custom-class mapping.
-    adapter_config.update(
-        base_model_name_or_path=base_name, revision=base.revision, task_type="CAUSAL_LM", auto_mapping=None
-    )
-    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
-    (directory / "README.md").unlink(missing_ok=True)  # peft's empty template; hub.model_card writes ours
-
-    weight = model.projection.weight.detach().float().cpu().contiguous()
-    bias = model.projection.bias.detach().float().cpu().contiguous()
-    write_projection(directory, weight, bias)
-    query_id = model.prompt.query_token_id
-    hidden = weight.shape[1]
-    blob = {
-        "projection": {"weight": weight, "bias": bias},
-        "query_token_id": query_id,
-        "hidden_size": hidden,
-        "projection_dim": weight.shape[0],
-    }
-    torch.save(blob, directory / PROJECTION_PICKLE)
-
-    tokenizer.save_pretrained(str(directory))
-    for name in PROCESSOR_FILES:
-        if (base.path / name).is_file() and not (directory / name).exists():
-            shutil.copy(base.path / name, directory / name)
-    write_relsim_config(
-        directory,
-        {
-            "base_model": base_name,
-            "base_revision": base.revision,
-            "query_token_id": query_id,
-            "hidden_size": hidden,
-            "projection_dim": weight.shape[0],
-            "mode": "train",
-            "recipe": recipe,
-            "relsim_version": __version__,
-            **(extra or {}),
-        },
-    )
-    return directory
-
-
-# -- trainer state ------------------------------------------------------------------------------------
+from ..checkpoint import TRAINER_STATE_DIR as STATE_DIR
 
 
 def save_state(

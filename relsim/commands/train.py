@@ -1,4 +1,4 @@
-"""Subcommands ``train``, ``data download``, ``data targets``, ``convert`` and ``push-to-hub``.
+"""``relsim train``, ``relsim data download|targets`` and ``relsim convert``: reproduce the paper's training.
 
 Importing this module needs neither peft nor a model: the heavy imports happen when a command runs.
 
@@ -6,16 +6,15 @@ Example:
     $ relsim data download anonymous_captions_train.jsonl images/
     $ relsim train --config recipe.yaml --output-dir run
     $ torchrun --nproc_per_node 8 -m relsim.cli train --config recipe.yaml
-    $ relsim push-to-hub run/final me/relsim-my-run
+    $ relsim convert thaoshibe/relsim-qwenvl25-lora relsim-converted
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from .config import TrainConfig, field_types
+from ..train.config import TrainConfig, field_types
+from ._common import EXIT_USAGE, UsageError, command, print_json, require_inputs, warn
 
 
 def _flag(name: str) -> str:
@@ -48,8 +47,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=_train)
 
     data = subparsers.add_parser("data", help="prepare training data")
-    data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+    data_commands = data.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    data.set_defaults(func=lambda args: (data.print_help(), EXIT_USAGE)[1])
     dl = data_commands.add_parser("download", help="download the images of a captions JSONL")
     dl.add_argument("jsonl")
     dl.add_argument("directory")
@@ -77,15 +76,6 @@ def register(subparsers) -> None:
     cv.add_argument("--overwrite", action="store_true")
     cv.set_defaults(func=_convert)
 
-    push = subparsers.add_parser("push-to-hub", help="upload a checkpoint with a generated model card")
-    push.add_argument("directory")
-    push.add_argument("repo_id")
-    push.add_argument("--private", action="store_true")
-    push.add_argument("--revision")
-    push.add_argument("--license", default="apache-2.0")
-    push.add_argument("--token")
-    push.set_defaults(func=_push)
-
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults, then ``--config``, then the flags given on the command line."""
@@ -94,13 +84,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides)
 
 
+@command
 def _train(args: argparse.Namespace) -> int:
-    from .loop import train
+    from ..train.loop import train
 
+    require_inputs(args.config)
     config = config_from_args(args)
     if not config.train_jsonl or not config.image_dir:
-        print("relsim train: train_jsonl and image_dir are required (in --config or as flags)", file=sys.stderr)
-        return 2
+        raise UsageError("train_jsonl and image_dir are required (in --config or as flags)")
     result = train(config)
     summary = {
         "step": result.step,
@@ -109,13 +100,15 @@ def _train(args: argparse.Namespace) -> int:
         "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
         "skipped_images": result.skipped,
     }
-    print(json.dumps(summary))
+    print_json(summary)
     return 0
 
 
+@command
 def _download(args: argparse.Namespace) -> int:
-    from .download import FAILURES_FILE, download_images
+    from ..train.download import FAILURES_FILE, download_images
 
+    require_inputs(args.jsonl)
     report = download_images(
         args.jsonl,
         args.directory,
@@ -128,15 +121,17 @@ def _download(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     if report.failed:
-        print(f"failures listed in {args.directory}/{FAILURES_FILE}", file=sys.stderr)
+        warn(args, f"failures listed in {args.directory}/{FAILURES_FILE}")
         return 1
     return 0
 
 
+@command
 def _targets(args: argparse.Namespace) -> int:
-    from .data import read_jsonl
-    from .targets import cache_file, caption_targets, resolve_text_model
+    from ..train.data import read_jsonl
+    from ..train.targets import cache_file, caption_targets, resolve_text_model
 
+    require_inputs(*args.jsonl)
     captions = [r.caption for path in args.jsonl for r in read_jsonl(path)]
     targets = caption_targets(
         captions, cache_dir=args.cache_dir, text_model=args.text_model, revision=args.text_revision, device=args.device
@@ -146,8 +141,9 @@ def _targets(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import convert
+    from ..checkpoint import convert
 
     out = convert(
         args.source,
@@ -158,19 +154,4 @@ def _convert(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"converted checkpoint: {out}")
-    return 0
-
-
-def _push(args: argparse.Namespace) -> int:
-    from .hub import push_to_hub
-
-    url = push_to_hub(
-        args.directory,
-        args.repo_id,
-        token=args.token,
-        private=args.private,
-        revision=args.revision,
-        license=args.license,
-    )
-    print(url)
     return 0

@@ -1,0 +1,202 @@
+"""What every ``relsim`` command shares: exit codes, the one-line error convention, model flags, JSON output.
+
+Exit codes (docs/cli.md):
+
+==== =====================================================================================================
+0    success
+1    the command was valid but failed while running (model not found, bad checkpoint, unreadable image,
+     a collection built by another model, ...): one line on stderr
+2    usage error: bad flags or values, an input path that does not exist, no images found
+3    finished, but some inputs were skipped (listed on stderr and logged)
+130  interrupted (Ctrl-C); what was saved is kept
+==== =====================================================================================================
+
+This module imports nothing heavy: ``relsim --help`` must stay fast.
+
+Example:
+    >>> @command
+    ... def _run(args):
+    ...     raise UsageError("-k must be >= 1")      # printed as "relsim search: error: -k must be >= 1", exit 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..registry import DEFAULT_MODEL
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_SKIPPED = 3
+EXIT_INTERRUPTED = 130
+
+#: Optional dependencies and the extra that installs each.
+EXTRAS = {"peft": "train", "lancedb": "search", "ray": "ray", "openai": "eval", "faiss": "faiss", "matplotlib": "plot"}
+MODEL_FLAGS = ("model", "revision", "base_model", "base_revision", "mode", "dtype")
+
+
+class UsageError(Exception):
+    """The command line asks for something impossible (exit code 2); the message says what."""
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``relsim score``, ``relsim data download``, ... for messages."""
+    parts = ["relsim", getattr(args, "command", None), getattr(args, "subcommand", None)]
+    return " ".join(p for p in parts if p)
+
+
+def error(args: argparse.Namespace, message: str) -> None:
+    """Print ``relsim <command>: error: <message>`` on stderr (one line per error)."""
+    print(f"{command_name(args)}: error: {message}", file=sys.stderr)
+
+
+def warn(args: argparse.Namespace, message: str) -> None:
+    print(f"{command_name(args)}: warning: {message}", file=sys.stderr)
+
+
+def missing_extra(err: ImportError) -> str | None:
+    """``pip install "relsim[x]"`` advice when ``err`` is a missing optional dependency, else None."""
+    name = (getattr(err, "name", None) or "").split(".")[0]
+    extra = EXTRAS.get(name)
+    return f'{name} is not installed: pip install "relsim[{extra}]"' if extra else None
+
+
+def command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a command with the shared convention: errors a user can act on become one line and an exit code.
+
+    :class:`UsageError` -> 2; relsim's own errors and ``ValueError`` / ``OSError`` -> 1; a missing optional
+    dependency -> 1 with the extra to install; Ctrl-C -> 130. Anything else is a bug and keeps its traceback.
+    """
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args) or 0)
+        except UsageError as err:
+            error(args, str(err))
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print(f"\n{command_name(args)}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except ImportError as err:
+            error(args, missing_extra(err) or str(err))
+            return EXIT_ERROR
+        except (ValueError, OSError) as err:  # RelSimError subclasses are ValueError or OSError too
+            error(args, _one_line(str(err) or type(err).__name__))
+            return EXIT_ERROR
+
+    return wrapper
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) if "\n" in message else message
+
+
+def require_inputs(*paths: str) -> None:
+    """A path named on the command line that does not exist is a usage error (exit 2)."""
+    for path in paths:
+        if path is not None and not os.path.exists(path):
+            raise UsageError(f"{path}: no such file or directory")
+
+
+# ------------------------------------------------------------------------------------------------- the model
+
+
+def add_model_flags(parser: argparse.ArgumentParser, *, from_collection: bool = False) -> None:
+    """``--model --revision --base-model --base-revision --mode --device --dtype`` (as :func:`relsim.load`)."""
+    group = parser.add_argument_group("model")
+    default = "the model recorded in the collection" if from_collection else DEFAULT_MODEL
+    group.add_argument("--model", help=f"relsim checkpoint: Hub repo id or local directory (default: {default})")
+    group.add_argument("--revision", help="branch, tag or commit of --model (default: the repo's main branch)")
+    group.add_argument("--base-model", help="base Qwen2.5-VL: Hub repo id or directory (default: the adapter's)")
+    group.add_argument("--base-revision", help="branch, tag or commit of the base model")
+    group.add_argument(
+        "--mode", choices=("train", "native"), help="preprocessing: train (448x448 centre crop, default) or native"
+    )
+    group.add_argument(
+        "--device", help="cpu, cuda, cuda:1, ... (default: cuda if available; cuda:$LOCAL_RANK under torchrun)"
+    )
+    group.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), help="default: bfloat16 on GPU, float32 on CPU"
+    )
+
+
+def device_from_args(args: argparse.Namespace) -> str | None:
+    """``--device``; under torchrun each process takes its own GPU (``cuda:$LOCAL_RANK``)."""
+    if getattr(args, "device", None):
+        return args.device
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{int(local_rank)}"
+    return None
+
+
+def model_flags_given(args: argparse.Namespace) -> bool:
+    return any(getattr(args, name, None) is not None for name in MODEL_FLAGS)
+
+
+def load_model_from_args(args: argparse.Namespace, store=None):
+    """The model named by the flags; with a collection and no ``--model``, the collection's model (flags override)."""
+    import relsim
+
+    common = {"device": device_from_args(args), "dtype": args.dtype}
+    model_args = {
+        "revision": args.revision,
+        "base_model": args.base_model,
+        "base_revision": args.base_revision,
+        "mode": args.mode,
+    }
+    if store is not None and args.model is None:
+        from ..retrieval import load_store_model
+
+        return load_store_model(store, **model_args, **common)
+    model_args["mode"] = args.mode or "train"
+    return relsim.load(args.model or DEFAULT_MODEL, **model_args, **common)
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def dumps(value: Any, *, indent: int | None = None) -> str:
+    """Strict JSON: non-finite numbers become ``null``, never ``NaN``."""
+    return json.dumps(finite(value), indent=indent, allow_nan=False)
+
+
+def print_json(value: Any, *, indent: int | None = None) -> None:
+    print(dumps(value, indent=indent))
+
+
+def human_size(size: float) -> str:
+    """``1234567`` -> ``'1.2 MB'``."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``plural(1, "image")`` -> ``'1 image'``; ``plural(2, "image")`` -> ``'2 images'``."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"

@@ -1,0 +1,47 @@
+"""relsim's errors: one base class, so ``except relsim.RelSimError`` catches everything relsim raises on purpose.
+
+Each subclass also derives from the built-in exception it refines (``ValueError``, ``OSError``), so code
+written against those keeps working.
+
+Example:
+    >>> try:
+    ...     relsim.load("/nowhere/adapter")                     # doctest: +SKIP
+    ... except relsim.RelSimError as err:
+    ...     print(err)
+"""
+
+from __future__ import annotations
+
+
+class RelSimError(Exception):
+    """Base class of every error relsim raises on purpose (bad input, missing model, bad checkpoint, ...)."""
+
+
+class ModelNotFoundError(RelSimError, OSError):
+    """A Hub repo or revision could not be found online or in the local cache."""
+
+
+class CheckpointError(RelSimError, ValueError):
+    """A relsim checkpoint is missing a file or holds something we cannot place."""
+
+
+class ImageInputError(RelSimError, ValueError):
+    """Bad image input; the message names the item (index, and path if any) and what was expected."""
+
+
+class CollectionError(RelSimError, ValueError):
+    """A path is not a usable relsim collection (missing, corrupt, wrong format or read-only)."""
+
+
+class CollectionMismatchError(CollectionError):
+    """Embeddings from a different model, revision or preprocessing mode than the collection's."""
+
+
+__all__ = [
+    "RelSimError",
+    "ModelNotFoundError",
+    "CheckpointError",
+    "ImageInputError",
+    "CollectionError",
+    "CollectionMismatchError",
+]
