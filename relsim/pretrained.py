@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import threading
 import weakref
@@ -164,6 +165,24 @@ def load(
         return instance
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' load reports and "Loading weights" bars off for a block (one bar per load of weights
+    already on disk is noise), restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_tokenizer(path: Path):
     """The tokenizer a checkpoint ships, never running code it names (``auto_map``): a tokenizer that needs its
     own code, or files that are missing or broken, are a :class:`CheckpointError` naming the directory."""
@@ -213,30 +232,22 @@ def check_base_files(path: Path) -> None:
 def load_body(path: Path, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """The Qwen2.5-VL vision tower + language model, without the LM head (never read from disk)."""
     from transformers import Qwen2_5_VLModel
-    from transformers.utils import logging as hf_logging
 
     check_base_files(path)
 
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the load report lists lm_head as unexpected: that is the point
-    hf_logging.disable_progress_bar()  # a bar per load over weights already on disk is noise
     try:
-        body, info = Qwen2_5_VLModel.from_pretrained(
-            path,
-            dtype=dtype,
-            attn_implementation=attn_implementation(device, dtype),
-            device_map=_device_map(device),
-            output_loading_info=True,
-            trust_remote_code=False,
-        )
+        with quiet_transformers():  # the load report lists lm_head as unexpected: that is the point
+            body, info = Qwen2_5_VLModel.from_pretrained(
+                path,
+                dtype=dtype,
+                attn_implementation=attn_implementation(device, dtype),
+                device_map=_device_map(device),
+                output_loading_info=True,
+                trust_remote_code=False,
+            )
     except (SafetensorError, OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"the base model in {str(path)!r} cannot be loaded: {reason}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     unexpected = [k for k in info.get("unexpected_keys", ()) if not k.startswith("lm_head")]
     if info.get("missing_keys") or unexpected or info.get("mismatched_keys"):
         raise CheckpointError(

