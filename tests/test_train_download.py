@@ -134,3 +134,25 @@ def test_verify_existing_replaces_a_corrupt_file_and_cli_exit_code(server, tmp_p
     assert code == 1  # the file:// record fails
     assert "3 images: 2 downloaded, 0 already present, 1 failed" in stdout.getvalue()
     assert (out / "good0.png").read_bytes() == GOOD["good0"]
+
+
+def test_image_list_without_captions_downloads(server, tmp_path):
+    """Upstream's retrieval pool (random_images_14k.jsonl) has only image_hash and url_link."""
+    jsonl = tmp_path / "random_images.jsonl"
+    jsonl.write_text("".join(json.dumps({"image_hash": n, "url_link": f"{server}/{n}.png"}) + "\n" for n in GOOD))
+    report = download_images(jsonl, tmp_path / "images", workers=2, timeout=2.0, retries=0)
+    assert report.downloaded == len(GOOD) and not report.failed
+    assert (tmp_path / "images" / "good3.png").read_bytes() == GOOD["good3"]
+
+
+def test_captions_stay_required_for_training(tmp_path):
+    from relsim.train.data import read_jsonl
+
+    jsonl = tmp_path / "no_captions.jsonl"
+    jsonl.write_text(json.dumps({"image_hash": "a", "url_link": "http://x/a.png"}) + "\n")
+    with pytest.raises(ValueError, match=r"no_captions.jsonl:1: expected a JSON object with image_hash and caption"):
+        read_jsonl(jsonl)
+    assert read_jsonl(jsonl, require_caption=False)[0].caption is None
+    jsonl.write_text(json.dumps({"image_hash": "a", "caption": 3}) + "\n")
+    with pytest.raises(ValueError, match="caption must be a string"):
+        read_jsonl(jsonl, require_caption=False)

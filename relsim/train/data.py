@@ -30,7 +30,8 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 @dataclass(frozen=True)
 class Record:
     image_hash: str
-    caption: str
+    caption: str | None
+    """``None`` only in lists read with ``require_caption=False`` (image lists such as upstream's retrieval pool)."""
     url: str | None = None
 
     @property
@@ -38,10 +39,12 @@ class Record:
         return f"{self.image_hash}.png"
 
 
-def read_jsonl(path: str | Path) -> list[Record]:
+def read_jsonl(path: str | Path, *, require_caption: bool = True) -> list[Record]:
     """Read a captions JSONL. Blank lines are ignored; a repeated ``image_hash`` keeps its first record.
 
     ``image_hash`` must be a plain file name stem (letters, digits, ``_ . -``): it names a file on disk.
+    With ``require_caption=False`` the ``caption`` key may be absent (upstream's ``random_images_14k.jsonl``
+    has only ``image_hash`` and ``url_link``); its records then have ``caption=None``.
     """
     path = Path(path)
     records: dict[str, Record] = {}
@@ -51,13 +54,15 @@ def read_jsonl(path: str | Path) -> list[Record]:
                 continue
             try:
                 obj = json.loads(line)
-                image_hash, caption = obj["image_hash"], obj["caption"]
+                image_hash = obj["image_hash"]
+                caption = obj["caption"] if require_caption else obj.get("caption")
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                message = f"{path}:{number}: expected a JSON object with image_hash and caption ({err})"
+                keys = "image_hash and caption" if require_caption else "image_hash"
+                message = f"{path}:{number}: expected a JSON object with {keys} ({err})"
                 raise ValueError(message) from None
             if not isinstance(image_hash, str) or not _SAFE_NAME.match(image_hash):
                 raise ValueError(f"{path}:{number}: image_hash {image_hash!r} is not a safe file name")
-            if not isinstance(caption, str):
+            if not isinstance(caption, str) and (require_caption or caption is not None):
                 raise ValueError(f"{path}:{number}: caption must be a string")
             records.setdefault(image_hash, Record(image_hash, caption, obj.get("url_link")))
     return list(records.values())

@@ -1,4 +1,4 @@
-"""``relsim data download``: fetch the images of a captions JSONL into ``{image_hash}.png`` files.
+"""``relsim data download``: fetch the images of a JSONL (``image_hash``, ``url_link``) into ``{image_hash}.png``.
 
 Concurrent (threads), with per-request timeouts, retries with exponential back-off for transient
 failures (timeouts, connection errors, HTTP 408/425/429/5xx, undecodable bodies), a size cap, and a
@@ -167,7 +167,7 @@ def download_images(
     progress: bool | None = None,
 ) -> DownloadReport:
     """Download every record's image to ``out_dir/{image_hash}.png``; see the module docstring."""
-    records = read_jsonl(jsonl) if not isinstance(jsonl, list) else jsonl
+    records = read_jsonl(jsonl, require_caption=False) if not isinstance(jsonl, list) else jsonl
     records = records[:limit] if limit is not None else records
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
