@@ -1,0 +1,247 @@
+"""Retrieval methods: each turns the pool into one L2-normalised vector per image, kept under ``DIR/embeddings``.
+
+=============  ===========================================================================================
+``relsim``     any relsim checkpoint, either preprocessing mode; through relsim's embedding store (resumable)
+``clip``       CLIP image features through transformers (default ``openai/clip-vit-large-patch14``)
+``dino``       DINOv2 ``[CLS]`` through transformers (default ``facebook/dinov2-large``)
+``dreamsim``   DreamSim, when ``pip install dreamsim`` is there (skipped with a message otherwise)
+``caption``    the anonymous captioner's caption embedded with all-MiniLM-L6-v2 (needs relsim's captioner)
+NAME=FILE      ``--embeddings``: any method's vectors as ``.npy`` / ``.safetensors``, rows in pool order
+=============  ===========================================================================================
+
+A method that cannot run here raises :class:`MethodUnavailable` when built; the run reports it and goes on
+with the others. Every method keeps what it computed (keyed by what made it), so a rerun embeds nothing.
+
+Example:
+    >>> options = MethodOptions(device="cuda")
+    >>> method = build_method("clip", options)                         # doctest: +SKIP
+    >>> vectors = method.embed(pool, Path("out/embeddings"))           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embeddings import PoolVectors, VectorTable, embed_pool, normalise_rows
+from .pool import Pool
+
+__all__ = [
+    "BUILTIN_METHODS",
+    "DEFAULT_METHODS",
+    "Method",
+    "MethodOptions",
+    "MethodUnavailable",
+    "build_method",
+    "external_method",
+]
+
+BUILTIN_METHODS = ("relsim", "clip", "dino", "dreamsim", "caption")
+DEFAULT_METHODS = BUILTIN_METHODS
+
+
+class MethodUnavailable(Exception):
+    """A method that cannot run in this installation (a missing package or feature); the message says why."""
+
+
+@dataclass
+class MethodOptions:
+    """What the built-in methods need to know. ``relsim`` holds the keyword arguments of :func:`relsim.load`."""
+
+    device: str | None = None
+    batch_size: int = 32
+    workers: int | None = None
+    progress: bool | None = None
+    relsim: dict[str, Any] = field(default_factory=dict)
+    clip_model: str | None = None
+    clip_revision: str | None = None
+    dino_model: str | None = None
+    dino_revision: str | None = None
+    dreamsim_type: str = "ensemble"
+    dreamsim_cache: str | None = None
+
+
+class Method(ABC):
+    """One retrieval method: a name and the pool's vectors."""
+
+    name: str
+
+    @abstractmethod
+    def embed(self, pool: Pool, workdir: Path) -> PoolVectors:
+        """The pool's vectors, computing only what ``workdir`` does not hold yet."""
+
+
+def _key(fingerprint: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class EncoderMethod(Method):
+    """A method backed by an image encoder (CLIP, DINOv2, DreamSim) and a :class:`VectorTable`."""
+
+    def __init__(self, name: str, encoder: Any, options: MethodOptions) -> None:
+        self.name = name
+        self.encoder = encoder
+        self.options = options
+
+    def embed(self, pool: Pool, workdir: Path) -> PoolVectors:
+        fingerprint = self.encoder.fingerprint
+        table = VectorTable.open(workdir / f"{self.name}-{_key(fingerprint)}", fingerprint)
+        return embed_pool(
+            self.encoder,
+            pool,
+            table,
+            batch_size=self.options.batch_size,
+            workers=self.options.workers,
+            progress=self.options.progress,
+            label=self.name,
+        )
+
+
+class RelSimMethod(Method):
+    """relsim's embeddings, filled through relsim's embedding store (incremental and resumable), read back in
+    pool order. The model is loaded only when the store lacks some image."""
+
+    name = "relsim"
+
+    def __init__(self, options: MethodOptions) -> None:
+        self.options = options
+        self.load_kwargs = {k: v for k, v in options.relsim.items() if v is not None}
+
+    def _store_dir(self, workdir: Path) -> Path:
+        spec = {k: str(v) for k, v in sorted(self.load_kwargs.items()) if k != "device"}
+        return workdir / f"relsim-{_key(spec)}"
+
+    def embed(self, pool: Pool, workdir: Path) -> PoolVectors:
+        import torch
+
+        from ..retrieval import embed_files
+        from ..store import EmbeddingStore
+
+        root = self._store_dir(workdir)
+        store = EmbeddingStore.open(root) if root.is_dir() else None
+        known_failures = {f["path"] for f in store.failures()} if store is not None else set()
+        todo = pool.paths if store is None else store.needs_embedding(pool.paths)
+        todo = [p for p in todo if p not in known_failures]
+        computed = 0
+        if todo:
+            import relsim
+
+            model = relsim.load(**{"device": self.options.device, **self.load_kwargs})
+            store = EmbeddingStore.create(
+                root, model.fingerprint, dim=model.embedding_dim, dtype="float32", exist_ok=True
+            )
+            report = embed_files(
+                model,
+                store,
+                todo,
+                batch_size=self.options.batch_size,
+                num_workers=self.options.workers,
+                progress=self.options.progress,
+            )
+            computed = report.embedded
+            store.refresh()
+        assert store is not None
+        failures = {f["path"]: f["reason"] for f in store.failures()}
+        table = store.embeddings(torch.float32).numpy()
+        vectors = np.zeros((len(pool), table.shape[1]), dtype=np.float32)
+        valid = np.zeros(len(pool), dtype=bool)
+        missing: dict[str, str] = {}
+        for row, path in enumerate(pool.paths):
+            index = store.index_of(path)
+            if index is None:
+                missing[path] = failures.get(path, "not embedded")
+            else:
+                vectors[row], valid[row] = table[index], True
+        if valid.any():
+            vectors[valid] = normalise_rows(vectors[valid], str(root))
+        return PoolVectors(vectors, valid, dict(store.fingerprint), missing, computed)
+
+
+class ExternalMethod(Method):
+    """Vectors computed elsewhere: a ``.npy`` array or a ``.safetensors`` file (one tensor, or one named
+    ``embeddings``), one row per pool image in pool order (``DIR/pool.txt``)."""
+
+    def __init__(self, name: str, file: str | os.PathLike) -> None:
+        self.name = name
+        self.file = Path(file).expanduser()
+        if not self.file.is_file():
+            raise FileNotFoundError(f"--embeddings {name}={file}: no such file")
+        if self.file.suffix.lower() not in (".npy", ".safetensors"):
+            raise ValueError(f"--embeddings {name}={file}: expected a .npy or .safetensors file")
+
+    def _read(self) -> np.ndarray:
+        if self.file.suffix.lower() == ".npy":
+            return np.load(self.file, allow_pickle=False)
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(self.file))
+        if "embeddings" in tensors:
+            return tensors["embeddings"]
+        if len(tensors) != 1:
+            raise ValueError(f"{self.file}: holds {sorted(tensors)}; name the tensor 'embeddings'")
+        return next(iter(tensors.values()))
+
+    def embed(self, pool: Pool, workdir: Path) -> PoolVectors:
+        try:
+            array = self._read()
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--embeddings {self.name}={self.file}: cannot read it ({err})") from None
+        if array.ndim != 2 or array.shape[0] != len(pool):
+            raise ValueError(
+                f"--embeddings {self.name}={self.file}: shape {tuple(array.shape)}, expected ({len(pool)}, D): "
+                f"one row per pool image, in the order of {workdir.parent / 'pool.txt'}"
+            )
+        vectors = normalise_rows(array, f"--embeddings {self.name}={self.file}")
+        digest = hashlib.sha256(self.file.read_bytes()).hexdigest()
+        fingerprint = {"method": "external", "file": str(self.file.resolve()), "sha256": digest}
+        return PoolVectors(vectors, np.ones(len(pool), dtype=bool), fingerprint)
+
+
+def external_method(spec: str) -> ExternalMethod:
+    """Parse ``NAME=FILE`` (the ``--embeddings`` option)."""
+    name, sep, file = spec.partition("=")
+    name = name.strip()
+    if not sep or not name or not file:
+        raise ValueError(f"--embeddings {spec!r}: expected NAME=FILE (a .npy or .safetensors file)")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"--embeddings {spec!r}: the name may hold letters, digits, '-' and '_' only")
+    return ExternalMethod(name, file)
+
+
+def build_method(name: str, options: MethodOptions) -> Method:
+    """A built-in method by name; :class:`MethodUnavailable` when it cannot run in this installation."""
+    if name == "relsim":
+        return RelSimMethod(options)
+    if name in ("clip", "dino"):
+        from .baselines import HFImageEncoder
+
+        model = options.clip_model if name == "clip" else options.dino_model
+        revision = options.clip_revision if name == "clip" else options.dino_revision
+        return EncoderMethod(name, HFImageEncoder(name, model, revision=revision, device=options.device), options)
+    if name == "dreamsim":
+        from .baselines import DreamSimEncoder
+
+        try:
+            encoder = DreamSimEncoder(
+                dreamsim_type=options.dreamsim_type, device=options.device, cache_dir=options.dreamsim_cache
+            )
+        except ImportError as err:
+            raise MethodUnavailable(f"dreamsim skipped: {err}") from None
+        return EncoderMethod(name, encoder, options)
+    if name == "caption":
+        import relsim
+
+        if not hasattr(relsim, "load_captioner"):
+            raise MethodUnavailable(
+                "caption skipped: it needs the anonymous captioner (relsim.load_captioner), "
+                "which this version of relsim does not have yet"
+            )
+        raise MethodUnavailable("caption skipped: not wired to the captioner yet")
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(BUILTIN_METHODS)} or use --embeddings")
