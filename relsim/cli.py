@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "relsim.commands.collection",  # embed, search, info
     "relsim.commands.hub",  # download, push-to-hub
     "relsim.commands.train",  # train, data, convert
+    "relsim.commands.eval",  # eval retrieval
 ]
 
 

@@ -29,7 +29,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ __all__ = [
     "Judge",
     "JudgeRequest",
     "Verdict",
+    "check_ready",
     "parse_score",
     "prompt_sha256",
 ]
@@ -260,6 +261,28 @@ def messages_for(prompt: str, query_path: str, match_path: str) -> list[dict[str
     return [{"role": "system", "content": SYSTEM_MESSAGE}, {"role": "user", "content": content}]
 
 
+def _api_key(settings: JudgeSettings, environ: Mapping[str, str]) -> str:
+    key = environ.get(settings.key_env)
+    if key:
+        return key
+    if settings.url.rstrip("/") == DEFAULT_JUDGE_URL:
+        raise JudgeError(
+            f"the judge needs an API key in ${settings.key_env} (or name another variable with --judge-key-env)"
+        )
+    return "none"  # local servers (vLLM, Ollama, LM Studio) usually take any key
+
+
+def check_ready(settings: JudgeSettings, environ: Mapping[str, str] | None = None) -> Any:
+    """Fail early (before hours of embedding) when the judge cannot be asked: the ``openai`` package or the
+    API key is missing. Returns the ``openai`` module."""
+    try:
+        import openai
+    except ImportError as err:
+        raise ImportError('the judge needs the openai package: pip install "relsim[eval]"') from err
+    _api_key(settings, os.environ if environ is None else environ)
+    return openai
+
+
 @dataclass
 class JudgeProgress:
     asked: int = 0
@@ -281,7 +304,7 @@ class Judge:
         settings: JudgeSettings,
         cache: JudgeCache,
         *,
-        environ: dict[str, str] | None = None,
+        environ: Mapping[str, str] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -291,26 +314,12 @@ class Judge:
         self._client: Any = None
         self.progress = JudgeProgress()
 
-    def _api_key(self) -> str:
-        key = self._environ.get(self.settings.key_env)
-        if key:
-            return key
-        if self.settings.url.rstrip("/") == DEFAULT_JUDGE_URL:
-            raise JudgeError(
-                f"the judge needs an API key in ${self.settings.key_env} "
-                "(or name another variable with --judge-key-env)"
-            )
-        return "none"  # local servers (vLLM, Ollama, LM Studio) usually take any key
-
     def client(self) -> Any:
         if self._client is None:
-            try:
-                import openai
-            except ImportError as err:
-                raise ImportError('the judge needs the openai package: pip install "relsim[eval]"') from err
+            openai = check_ready(self.settings, self._environ)
             self._client = openai.OpenAI(
                 base_url=self.settings.url,
-                api_key=self._api_key(),
+                api_key=_api_key(self.settings, self._environ),
                 timeout=self.settings.timeout,
                 max_retries=self.settings.retries,
             )
@@ -349,63 +358,70 @@ class Judge:
     def run(self, requests: Sequence[JudgeRequest], *, progress: bool | None = None) -> dict[JudgeRequest, Verdict]:
         """Verdicts for ``requests``: cached answers first, the rest asked concurrently and cached on arrival.
 
-        A request that still fails after the retries gets a Verdict with ``error`` (not cached: a rerun asks
-        again). An error that no retry can fix (bad key, unknown model, unreachable endpoint) raises
-        :class:`JudgeError` after the requests in flight have finished; their answers are cached.
+        Requests with the same cache key (the same two images, wherever they lie, and the same sample) are
+        asked once. A request that still fails after the retries gets a Verdict with ``error`` (not cached: a
+        rerun asks again). An error that no retry can fix (bad key, unknown model, unreachable endpoint)
+        raises :class:`JudgeError` once the requests in flight have finished; their answers are cached.
         """
-        verdicts: dict[JudgeRequest, Verdict] = {}
-        todo: list[JudgeRequest] = []
-        for request in dict.fromkeys(requests):
-            answer = self.cache.get(JudgeCache.key(self.settings, request))
+        groups: dict[tuple, list[JudgeRequest]] = {}
+        for request in requests:
+            groups.setdefault(JudgeCache.key(self.settings, request), []).append(request)
+        answers: dict[tuple, Verdict] = {}
+        todo: list[tuple] = []
+        for key in groups:
+            answer = self.cache.get(key)
             if answer is None:
-                todo.append(request)
+                todo.append(key)
             else:
-                verdicts[request] = Verdict(answer=answer, cached=True)
-        self.progress.cached += len(verdicts)
-        if not todo:
-            return verdicts
+                answers[key] = Verdict(answer=answer, cached=True)
+        self.progress.cached += len(answers)
+        if todo:
+            self._ask_all(todo, groups, answers, progress)
+        return {request: answers[key] for key, group in groups.items() for request in group}
+
+    def _ask_all(self, todo: list[tuple], groups: dict, answers: dict, progress: bool | None) -> None:
         self.client()  # fail on a missing package or key before any thread starts
         bar = _progress_bar(len(todo), progress)
         fatal: BaseException | None = None
-        pending: dict[Future, JudgeRequest] = {}
+        pending: dict[Future, tuple] = {}
         feed = iter(todo)
-        with ThreadPoolExecutor(self.settings.concurrency) as threads:
-            try:
-                while True:
-                    while fatal is None and len(pending) < 2 * self.settings.concurrency:
-                        request = next(feed, None)
-                        if request is None:
-                            break
-                        pending[threads.submit(self.ask, request)] = request
-                    if not pending:
+        threads = ThreadPoolExecutor(self.settings.concurrency)
+        interrupted = True
+        try:
+            while True:
+                while fatal is None and len(pending) < 2 * self.settings.concurrency:
+                    key = next(feed, None)
+                    if key is None:
                         break
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        request = pending.pop(future)
-                        fatal = self._collect(request, future, verdicts) or fatal
-                        if bar is not None:
-                            bar.update(1)
-            finally:
-                for future in pending:
-                    future.cancel()
-                if bar is not None:
-                    bar.close()
+                    pending[threads.submit(self.ask, groups[key][0])] = key
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    key = pending.pop(future)
+                    fatal = self._collect(key, future, answers) or fatal
+                    if bar is not None:
+                        bar.update(1)
+            interrupted = False
+        finally:
+            threads.shutdown(wait=not interrupted, cancel_futures=True)  # Ctrl-C: do not wait for answers
+            if bar is not None:
+                bar.close()
         if fatal is not None:
             raise JudgeError(f"the judge at {self.settings.url} cannot be used: {fatal}") from fatal
-        return verdicts
 
-    def _collect(self, request: JudgeRequest, future: Future, verdicts: dict) -> BaseException | None:
+    def _collect(self, key: tuple, future: Future, answers: dict) -> BaseException | None:
         err = future.exception()
         if err is None:
             answer = future.result()
-            self.cache.put(JudgeCache.key(self.settings, request), answer, self.settings.url)
-            verdicts[request] = Verdict(answer=answer)
+            self.cache.put(key, answer, self.settings.url)
+            answers[key] = Verdict(answer=answer)
             self.progress.asked += 1
             return None
         reason = self._failure(err)
         if reason is None:
             return err
-        verdicts[request] = Verdict(error=reason)
+        answers[key] = Verdict(error=reason)
         self.progress.failed += 1
         self.progress.errors[reason] = self.progress.errors.get(reason, 0) + 1
         return None

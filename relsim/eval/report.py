@@ -73,8 +73,10 @@ def write_markdown(results: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def write_chart(results: dict[str, Any], path: str | os.PathLike) -> Path | None:
     """A bar per method (mean judge score) with its 95% CI; None when nothing was judged."""
+    if results.get("judge") is None:
+        return None
     rows = [s for s in results["summary"] if s["mean"] is not None]
-    if results.get("judge") is None or not rows:
+    if not rows:
         return None
     import matplotlib
 

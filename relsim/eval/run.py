@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .embeddings import PoolVectors
-from .judge import Judge, JudgeCache, JudgeRequest, JudgeSettings, Verdict
+from .judge import Judge, JudgeCache, JudgeRequest, JudgeSettings, Verdict, check_ready
 from .matches import top_matches
 from .methods import DEFAULT_METHODS, Method, MethodOptions, MethodUnavailable, build_method, external_method
 from .pool import Pool, load_pool, sample_queries
@@ -142,6 +142,8 @@ def run_retrieval_eval(config: EvalConfig, *, log: Callable[[str], None] = _stde
     """Run (or resume) the evaluation described by ``config``; see the module docstring for the outputs."""
     if config.k < 1:
         raise ValueError(f"k must be >= 1, got {config.k}")
+    if config.judge is not None:
+        check_ready(config.judge)  # a missing package or key is found now, not after the embeddings
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     pool = load_pool(config.pool, image_dir=config.image_dir, cache_file=out / "pool.json")
@@ -173,7 +175,7 @@ def run_retrieval_eval(config: EvalConfig, *, log: Callable[[str], None] = _stde
     if chart is not None:
         paths["chart"] = chart
     paths["html"] = write_html(results, out / "results.html")
-    failed = sum(s["failed"] for s in results["summary"])
+    failed = sum(s.get("failed", 0) for s in results["summary"])
     return EvalOutcome(results, paths, failed, skipped)
 
 
@@ -201,7 +203,7 @@ def _judge(
     cache = JudgeCache(config.judge_cache or Path(config.out) / "judge_cache.sqlite")
     try:
         judge = Judge(settings, cache, log=log)
-        distinct = len(set(requests))
+        distinct = len({JudgeCache.key(settings, r) for r in requests})
         log(f"relsim eval: {len(requests)} judge requests ({distinct} distinct) to {settings.model} at {settings.url}")
         verdicts = judge.run(requests, progress=config.progress)
         p = judge.progress

@@ -1,0 +1,222 @@
+"""Subcommand ``eval retrieval``: the paper's retrieval evaluation, judged by any OpenAI-compatible VLM.
+
+See docs/evaluation.md. Exit codes: 0 success, 1 an error while running (message on stderr), 2 a usage error,
+3 finished but some judge requests failed after their retries (rerun the command to ask only those again),
+130 interrupted (everything computed so far is kept under --out).
+
+Example:
+    $ relsim eval retrieval images/ --out eval/ --judge-model gpt-4o
+    $ relsim eval retrieval data/anonymous_captions_test.jsonl data/random_images_14k.jsonl \\
+        --image-dir data/images --out eval/ --judge-model gpt-4o --judge-temperature 0.7
+    $ relsim eval retrieval images/ --out eval/ --no-judge --methods relsim,clip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..pretrained import DEFAULT_MODEL
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_FAILED_REQUESTS = 3
+EXIT_INTERRUPTED = 130
+
+
+def register(subparsers) -> None:
+    group = subparsers.add_parser("eval", help="evaluate methods as the paper does (retrieval judged by a VLM)")
+    commands = group.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
+    group.set_defaults(func=lambda args: (group.print_help(), EXIT_USAGE)[1])
+    p = commands.add_parser(
+        "retrieval",
+        help="top-1 retrieval of relsim vs CLIP, DINOv2, DreamSim..., scored by a VLM judge",
+        description="For each query sampled from POOL, every method retrieves its best match (never the query "
+        "or a byte-identical copy); a VLM judge scores each (query, match) pair 0-10 with the paper's prompt. "
+        "Everything is kept under --out: a rerun computes and pays for nothing twice. Writes results.json, "
+        "results.md, results.png and results.html. See docs/evaluation.md.",
+    )
+    p.add_argument(
+        "pool",
+        nargs="+",
+        metavar="POOL",
+        help="folders, .txt lists of images, or upstream JSONL files (image_hash, url_link) in this order",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created; reused on reruns)")
+    p.add_argument("--image-dir", metavar="DIR", help="where a JSONL's {image_hash}.png files are (default: X_images)")
+    p.add_argument("--queries", type=int, default=1000, metavar="N", help="queries sampled (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="query sampling and bootstrap seed (default: 0)")
+    p.add_argument("--k", type=int, default=10, help="matches kept per query and method (default: 10)")
+    p.add_argument(
+        "--methods",
+        default="relsim,clip,dino,dreamsim,caption",
+        metavar="LIST",
+        help="comma-separated: relsim, clip, dino, dreamsim, caption (default: all; unavailable ones are skipped)",
+    )
+    p.add_argument(
+        "--embeddings",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="another method's vectors (.npy or .safetensors), one row per image in the order of DIR/pool.txt",
+    )
+    p.add_argument("--reference", default="relsim", help="method the others are paired against (default: relsim)")
+    p.add_argument("--label", help="a line shown with the table, chart and page (e.g. what the run is)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--num-workers", type=int, default=None, help="decoding threads (default: up to 8)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="default: on a terminal")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
+
+    relsim = p.add_argument_group("relsim")
+    relsim.add_argument("--model", help=f"relsim checkpoint: Hub repo id or directory (default: {DEFAULT_MODEL})")
+    relsim.add_argument("--revision", help="branch, tag or commit of --model")
+    relsim.add_argument("--base-model", help="base Qwen2.5-VL: Hub repo id or directory (default: the adapter's)")
+    relsim.add_argument("--base-revision", help="branch, tag or commit of the base model")
+    relsim.add_argument("--mode", choices=("train", "native"), default="train", help="preprocessing (default: train)")
+    relsim.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: bf16 on GPU, fp32 on CPU")
+    relsim.add_argument("--device", help="cpu, cuda, cuda:1, ... for every model (default: cuda if available)")
+
+    baselines = p.add_argument_group("baselines")
+    baselines.add_argument("--clip-model", help="Hub id or directory (default: openai/clip-vit-large-patch14)")
+    baselines.add_argument("--clip-revision")
+    baselines.add_argument("--dino-model", help="Hub id or directory (default: facebook/dinov2-large)")
+    baselines.add_argument("--dino-revision")
+    baselines.add_argument("--dreamsim-type", default="ensemble", help="DreamSim model (default: ensemble)")
+    baselines.add_argument("--dreamsim-cache", metavar="DIR", help="DreamSim weights (default: ~/.cache/dreamsim)")
+
+    judge = p.add_argument_group("judge (any OpenAI-compatible chat-completions endpoint serving a VLM)")
+    judge.add_argument("--no-judge", action="store_true", help="stop after retrieval: galleries only, no judge")
+    judge.add_argument("--judge-url", default=None, help="endpoint base URL (default: https://api.openai.com/v1)")
+    judge.add_argument("--judge-model", help="model name at the endpoint (the paper: gpt-4o)")
+    judge.add_argument("--judge-key-env", default="OPENAI_API_KEY", metavar="VAR", help="env variable with the API key")
+    judge.add_argument("--judge-prompt", metavar="FILE", help="judge prompt text (default: upstream's, verbatim)")
+    judge.add_argument(
+        "--judge-temperature", type=float, default=0.0, help="default: 0 (reproducible); 0.7 = the paper"
+    )
+    judge.add_argument("--judge-samples", type=int, default=1, help="answers per pair, averaged (default: 1)")
+    judge.add_argument("--judge-concurrency", type=int, default=8, help="requests in flight (default: 8)")
+    judge.add_argument("--judge-retries", type=int, default=5, help="retries on 429/5xx/timeouts (default: 5)")
+    judge.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per request (default: 120)")
+    judge.add_argument("--judge-max-tokens", type=int, default=None, help="answer length cap (default: none)")
+    judge.add_argument("--judge-cache", metavar="FILE", help="answer cache (default: DIR/judge_cache.sqlite)")
+    p.set_defaults(func=_retrieval)
+
+
+def _err(message: str) -> None:
+    print(f"relsim eval retrieval: error: {message}", file=sys.stderr)
+
+
+def _judge_settings(args: argparse.Namespace):
+    from ..eval.judge import DEFAULT_JUDGE_URL, UPSTREAM_PROMPT, JudgeSettings
+
+    if args.judge_prompt:
+        prompt, source = Path(args.judge_prompt).read_text(encoding="utf-8"), str(Path(args.judge_prompt).resolve())
+    else:
+        prompt, source = UPSTREAM_PROMPT, "upstream retrieval/gptscore.py"
+    return JudgeSettings(
+        model=args.judge_model,
+        url=args.judge_url or DEFAULT_JUDGE_URL,
+        key_env=args.judge_key_env,
+        prompt=prompt,
+        prompt_source=source,
+        temperature=args.judge_temperature,
+        samples=args.judge_samples,
+        concurrency=args.judge_concurrency,
+        retries=args.judge_retries,
+        timeout=args.judge_timeout,
+        max_tokens=args.judge_max_tokens,
+    )
+
+
+def _config(args: argparse.Namespace):
+    from ..eval import EvalConfig, MethodOptions
+
+    options = MethodOptions(
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.num_workers,
+        progress=args.progress,
+        relsim={
+            "model": args.model or DEFAULT_MODEL,
+            "revision": args.revision,
+            "base_model": args.base_model,
+            "base_revision": args.base_revision,
+            "mode": args.mode,
+            "dtype": args.dtype,
+        },
+        clip_model=args.clip_model,
+        clip_revision=args.clip_revision,
+        dino_model=args.dino_model,
+        dino_revision=args.dino_revision,
+        dreamsim_type=args.dreamsim_type,
+        dreamsim_cache=args.dreamsim_cache,
+    )
+    methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "none"]
+    return EvalConfig(
+        pool=args.pool,
+        out=Path(args.out),
+        image_dir=args.image_dir,
+        queries=args.queries,
+        seed=args.seed,
+        k=args.k,
+        methods=methods,
+        embeddings=args.embeddings,
+        options=options,
+        judge=None if args.no_judge else _judge_settings(args),
+        judge_cache=Path(args.judge_cache) if args.judge_cache else None,
+        reference=args.reference,
+        label=args.label,
+        progress=args.progress,
+    )
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    from ..eval import BUILTIN_METHODS
+
+    if not args.no_judge and not args.judge_model:
+        return "name the judge with --judge-model (the paper used gpt-4o), or pass --no-judge"
+    unknown = [m.strip() for m in args.methods.split(",") if m.strip() not in (*BUILTIN_METHODS, "none", "")]
+    if unknown:
+        return f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(BUILTIN_METHODS)} (or --embeddings)"
+    for name in ("queries", "k", "batch_size", "judge_samples", "judge_concurrency"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1"
+    return None
+
+
+def _retrieval(args: argparse.Namespace) -> int:
+    problem = _usage_problem(args)
+    if problem is not None:
+        _err(problem)
+        return EXIT_USAGE
+    from ..eval import JudgeError, run_retrieval_eval
+
+    try:
+        config = _config(args)
+        outcome = run_retrieval_eval(config)
+    except KeyboardInterrupt:
+        print(
+            f"\nrelsim eval retrieval: interrupted; what was computed is kept under {args.out}. "
+            "Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except (JudgeError, ValueError, OSError, ImportError) as err:
+        _err(str(err) or type(err).__name__)
+        return EXIT_ERROR
+    if args.json:
+        summary = {k: outcome.results[k] for k in ("summary", "queries", "judge", "skipped_methods", "reference")}
+        print(json.dumps({**summary, "outputs": {k: str(v) for k, v in outcome.paths.items()}}, indent=1))
+    else:
+        print(outcome.paths["markdown"].read_text(encoding="utf-8"), end="")
+        print("outputs: " + ", ".join(str(p) for p in outcome.paths.values()), file=sys.stderr)
+    if outcome.failed_requests:
+        print(
+            f"relsim eval retrieval: {outcome.failed_requests} judge request(s) failed after their retries; "
+            "run the same command again to ask only those",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED_REQUESTS
+    return 0
