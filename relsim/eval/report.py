@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,9 @@ def write_chart(results: dict[str, Any], path: str | os.PathLike) -> Path | None
     ax.set_ylim(0, 10)
     ax.set_ylabel("judge score of the top-1 match")
     title = f"Relational retrieval judged by {results['judge']['model']} (mean, 95% CI)"
-    ax.set_title(title + (f"\n{results['label']}" if results.get("label") else ""), fontsize=9)
+    if results.get("label"):
+        title += "\n" + textwrap.fill(results["label"], width=int(12 * fig.get_size_inches()[0]))
+    ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
