@@ -351,6 +351,8 @@ class Judge:
             return None
         if isinstance(err, openai.APIStatusError):
             return f"HTTP {err.status_code}"
+        if isinstance(err, openai.APIError):  # e.g. a response that is not chat-completions JSON
+            return f"{type(err).__name__}: {err}"
         if isinstance(err, (OSError, ValueError)):  # an image that vanished or cannot be encoded
             return f"{type(err).__name__}: {err}"
         return None

@@ -125,7 +125,7 @@ class RelSimMethod(Method):
         from ..store import EmbeddingStore
 
         root = self._store_dir(workdir)
-        store = EmbeddingStore.open(root) if root.is_dir() else None
+        store = EmbeddingStore.open(root) if (root / "meta.json").is_file() else None
         known_failures = {f["path"] for f in store.failures()} if store is not None else set()
         todo = pool.paths if store is None else store.needs_embedding(pool.paths)
         todo = [p for p in todo if p not in known_failures]
