@@ -21,6 +21,7 @@ from .errors import (  # noqa: E402  (light: no third-party imports)
     CollectionError,
     CollectionMismatchError,
     ImageInputError,
+    JudgeError,
     ModelNotFoundError,
     RelSimError,
 )
@@ -75,4 +76,5 @@ __all__ = [
     "ImageInputError",
     "CollectionError",
     "CollectionMismatchError",
+    "JudgeError",
 ]

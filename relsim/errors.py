@@ -37,6 +37,10 @@ class CollectionMismatchError(CollectionError):
     """Embeddings from a different model, revision or preprocessing mode than the collection's."""
 
 
+class JudgeError(RelSimError, OSError):
+    """The evaluation's judge cannot be used at all (refused key, unknown model, unreachable endpoint)."""
+
+
 __all__ = [
     "RelSimError",
     "ModelNotFoundError",
@@ -44,4 +48,5 @@ __all__ = [
     "ImageInputError",
     "CollectionError",
     "CollectionMismatchError",
+    "JudgeError",
 ]

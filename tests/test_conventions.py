@@ -59,6 +59,9 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], int, str]]:
         (["data", "download", missing, str(tmp / "images")], EXIT_USAGE, "missing.png"),
         (["data", "targets", missing, "--cache-dir", str(tmp)], EXIT_USAGE, "missing.png"),
         (["convert", str(not_a_checkpoint), str(tmp / "out")], EXIT_ERROR, "adapter_config.json"),
+        (["eval", "retrieval", missing, "--out", str(tmp / "e"), "--no-judge"], EXIT_USAGE, "missing.png"),
+        (["eval", "retrieval", str(empty_dir), "--out", str(tmp / "e")], EXIT_USAGE, "--judge-model"),
+        (["eval", "retrieval", str(empty_dir), "--out", str(tmp / "e"), "--no-judge"], EXIT_ERROR, "0 distinct"),
     ]
 
 
@@ -69,7 +72,7 @@ def test_every_command_fails_with_one_line_and_its_exit_code(tmp_path, monkeypat
     for argv, expected, needle in _bad_inputs(tmp_path):
         code = main(argv)
         out, err = capsys.readouterr()
-        name = " ".join(["relsim", *argv[:2]] if argv[0] == "data" else ["relsim", argv[0]])
+        name = " ".join(["relsim", *argv[:2]] if argv[0] in ("data", "eval") else ["relsim", argv[0]])
         assert code == expected, (argv, code, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in err, (argv, err)
@@ -80,7 +83,18 @@ def test_every_command_is_documented_with_the_same_exit_codes() -> None:
     doc = (PACKAGE.parent / "docs" / "cli.md").read_text()
     for code in ("**0**", "**1**", "**2**", "**3**", "**130**"):
         assert code in doc
-    parser_commands = {"score", "embed", "search", "info", "download", "push-to-hub", "train", "data", "convert"}
+    parser_commands = {
+        "score",
+        "embed",
+        "search",
+        "info",
+        "download",
+        "push-to-hub",
+        "train",
+        "data",
+        "convert",
+        "eval",
+    }
     for name in parser_commands:
         assert f"relsim {name}" in doc, name
 

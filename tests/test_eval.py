@@ -589,6 +589,8 @@ def test_a_judge_that_cannot_work_stops_the_run(warm, pool_dir, tmp_path, offlin
     assert "--judge-model" in capsys.readouterr().err
     assert main(_args(pool_dir, out, "--no-judge", "--methods", "relsim,sift")) == 2
     assert "sift" in capsys.readouterr().err
+    assert main(_args(tmp_path / "nowhere", out, "--no-judge")) == 2
+    assert "nowhere: no such file or directory" in capsys.readouterr().err
 
 
 def test_no_judge_needs_no_openai(warm, pool_dir, tmp_path, offline_eval, monkeypatch, capsys):

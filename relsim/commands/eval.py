@@ -1,8 +1,8 @@
-"""Subcommand ``eval retrieval``: the paper's retrieval evaluation, judged by any OpenAI-compatible VLM.
+"""``relsim eval retrieval``: the paper's retrieval evaluation, judged by any OpenAI-compatible VLM.
 
-See docs/evaluation.md. Exit codes: 0 success, 1 an error while running (message on stderr), 2 a usage error,
-3 finished but some judge requests failed after their retries (rerun the command to ask only those again),
-130 interrupted (everything computed so far is kept under --out).
+See docs/evaluation.md. Exit codes as every command (``_common``); 3 here means the run finished but some judge
+requests failed after their retries (run the same command again to ask only those); 130 keeps everything
+computed so far under --out.
 
 Example:
     $ relsim eval retrieval images/ --out eval/ --judge-model gpt-4o
@@ -14,21 +14,19 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ..pretrained import DEFAULT_MODEL
+from ..registry import DEFAULT_MODEL
+from ._common import EXIT_SKIPPED, EXIT_USAGE, UsageError, add_model_flags, command, device_from_args, print_json
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_FAILED_REQUESTS = 3
-EXIT_INTERRUPTED = 130
+#: The built-in methods (the same list as relsim.eval.methods.BUILTIN_METHODS, kept here to stay import-light).
+METHODS = ("relsim", "clip", "dino", "dreamsim", "caption")
 
 
 def register(subparsers) -> None:
     group = subparsers.add_parser("eval", help="evaluate methods as the paper does (retrieval judged by a VLM)")
-    commands = group.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
+    commands = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
     group.set_defaults(func=lambda args: (group.print_help(), EXIT_USAGE)[1])
     p = commands.add_parser(
         "retrieval",
@@ -51,7 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--k", type=int, default=10, help="matches kept per query and method (default: 10)")
     p.add_argument(
         "--methods",
-        default="relsim,clip,dino,dreamsim,caption",
+        default=",".join(METHODS),
         metavar="LIST",
         help="comma-separated: relsim, clip, dino, dreamsim, caption (default: all; unavailable ones are skipped)",
     )
@@ -69,14 +67,7 @@ def register(subparsers) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="default: on a terminal")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
 
-    relsim = p.add_argument_group("relsim")
-    relsim.add_argument("--model", help=f"relsim checkpoint: Hub repo id or directory (default: {DEFAULT_MODEL})")
-    relsim.add_argument("--revision", help="branch, tag or commit of --model")
-    relsim.add_argument("--base-model", help="base Qwen2.5-VL: Hub repo id or directory (default: the adapter's)")
-    relsim.add_argument("--base-revision", help="branch, tag or commit of the base model")
-    relsim.add_argument("--mode", choices=("train", "native"), default="train", help="preprocessing (default: train)")
-    relsim.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: bf16 on GPU, fp32 on CPU")
-    relsim.add_argument("--device", help="cpu, cuda, cuda:1, ... for every model (default: cuda if available)")
+    add_model_flags(p)  # the relsim method's checkpoint and preprocessing; --device and --dtype for every model
 
     baselines = p.add_argument_group("baselines")
     baselines.add_argument("--clip-model", help="Hub id or directory (default: openai/clip-vit-large-patch14)")
@@ -102,10 +93,6 @@ def register(subparsers) -> None:
     judge.add_argument("--judge-max-tokens", type=int, default=None, help="answer length cap (default: none)")
     judge.add_argument("--judge-cache", metavar="FILE", help="answer cache (default: DIR/judge_cache.sqlite)")
     p.set_defaults(func=_retrieval)
-
-
-def _err(message: str) -> None:
-    print(f"relsim eval retrieval: error: {message}", file=sys.stderr)
 
 
 def _judge_settings(args: argparse.Namespace):
@@ -134,7 +121,7 @@ def _config(args: argparse.Namespace):
     from ..eval import EvalConfig, MethodOptions
 
     options = MethodOptions(
-        device=args.device,
+        device=device_from_args(args),
         batch_size=args.batch_size,
         workers=args.num_workers,
         progress=args.progress,
@@ -143,7 +130,7 @@ def _config(args: argparse.Namespace):
             "revision": args.revision,
             "base_model": args.base_model,
             "base_revision": args.base_revision,
-            "mode": args.mode,
+            "mode": args.mode or "train",
             "dtype": args.dtype,
         },
         clip_model=args.clip_model,
@@ -172,43 +159,39 @@ def _config(args: argparse.Namespace):
     )
 
 
-def _usage_problem(args: argparse.Namespace) -> str | None:
-    from ..eval import BUILTIN_METHODS
-
+def _check_usage(args: argparse.Namespace) -> None:
+    for path in args.pool:
+        if not Path(path).expanduser().exists():
+            raise UsageError(f"{path}: no such file or directory")
     if not args.no_judge and not args.judge_model:
-        return "name the judge with --judge-model (the paper used gpt-4o), or pass --no-judge"
-    unknown = [m.strip() for m in args.methods.split(",") if m.strip() not in (*BUILTIN_METHODS, "none", "")]
+        raise UsageError("name the judge with --judge-model (the paper used gpt-4o), or pass --no-judge")
+    unknown = [m.strip() for m in args.methods.split(",") if m.strip() not in (*METHODS, "none", "")]
     if unknown:
-        return f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(BUILTIN_METHODS)} (or --embeddings)"
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)} (or --embeddings)")
     for name in ("queries", "k", "batch_size", "judge_samples", "judge_concurrency"):
         if getattr(args, name) < 1:
-            return f"--{name.replace('_', '-')} must be >= 1"
-    return None
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.judge_prompt and not Path(args.judge_prompt).is_file():
+        raise UsageError(f"{args.judge_prompt}: no such file")
 
 
+@command
 def _retrieval(args: argparse.Namespace) -> int:
-    problem = _usage_problem(args)
-    if problem is not None:
-        _err(problem)
-        return EXIT_USAGE
-    from ..eval import JudgeError, run_retrieval_eval
+    _check_usage(args)
+    from ..eval import run_retrieval_eval
 
     try:
-        config = _config(args)
-        outcome = run_retrieval_eval(config)
+        outcome = run_retrieval_eval(_config(args))
     except KeyboardInterrupt:
         print(
             f"\nrelsim eval retrieval: interrupted; what was computed is kept under {args.out}. "
             "Run the same command again to resume.",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
-    except (JudgeError, ValueError, OSError, ImportError) as err:
-        _err(str(err) or type(err).__name__)
-        return EXIT_ERROR
+        raise
     if args.json:
         summary = {k: outcome.results[k] for k in ("summary", "queries", "judge", "skipped_methods", "reference")}
-        print(json.dumps({**summary, "outputs": {k: str(v) for k, v in outcome.paths.items()}}, indent=1))
+        print_json({**summary, "outputs": {k: str(v) for k, v in outcome.paths.items()}}, indent=1)
     else:
         print(outcome.paths["markdown"].read_text(encoding="utf-8"), end="")
         print("outputs: " + ", ".join(str(p) for p in outcome.paths.values()), file=sys.stderr)
@@ -218,5 +201,5 @@ def _retrieval(args: argparse.Namespace) -> int:
             "run the same command again to ask only those",
             file=sys.stderr,
         )
-        return EXIT_FAILED_REQUESTS
+        return EXIT_SKIPPED
     return 0

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import JudgeError
+
 __all__ = [
     "UPSTREAM_PROMPT",
     "SYSTEM_MESSAGE",
@@ -72,10 +74,6 @@ DEFAULT_JUDGE_URL = "https://api.openai.com/v1"
 _NUMBER = re.compile(r"\b(\d+\.?\d*)\b")
 # Formats every OpenAI-compatible vision endpoint takes; others are re-encoded as PNG.
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
-
-
-class JudgeError(RuntimeError):
-    """The judge cannot be used at all (bad key, unknown model, unreachable endpoint): the run stops."""
 
 
 def parse_score(answer: str | None) -> float | None:
