@@ -82,16 +82,21 @@ class HFImageEncoder:
     def _load(self) -> None:
         from transformers import AutoImageProcessor, AutoModel, CLIPModel
 
+        from ..pretrained import quiet_transformers
+
         path = str(self.repo.path)
-        self._processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
-        if self.kind == "clip":
-            # The Hub repo is a whole CLIPModel; keep the vision tower and its projection, drop the text tower.
-            clip = CLIPModel.from_pretrained(path, trust_remote_code=False, use_safetensors=True, dtype=torch.float32)
-            self._model = torch.nn.ModuleDict({"vision": clip.vision_model, "projection": clip.visual_projection})
-        else:
-            self._model = AutoModel.from_pretrained(
-                path, trust_remote_code=False, use_safetensors=True, dtype=torch.float32
-            )
+        with quiet_transformers():  # no "Loading weights" bar, no backend notice from the image processor
+            self._processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
+            if self.kind == "clip":
+                # The Hub repo is a whole CLIPModel; keep the vision tower and its projection, drop the text tower.
+                clip = CLIPModel.from_pretrained(
+                    path, trust_remote_code=False, use_safetensors=True, dtype=torch.float32
+                )
+                self._model = torch.nn.ModuleDict({"vision": clip.vision_model, "projection": clip.visual_projection})
+            else:
+                self._model = AutoModel.from_pretrained(
+                    path, trust_remote_code=False, use_safetensors=True, dtype=torch.float32
+                )
         self._model.to(self.device).eval()
 
     def encode(self, images: list) -> torch.Tensor:
