@@ -33,6 +33,10 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "RelationalSimilarity": ("relsim.metric", "RelationalSimilarity"),
     "functional": ("relsim.functional", None),
     "search": ("relsim.retrieval", "search"),
+    # upstream relsim 0.1.0's API (docs/upgrading.md); no submodule is called `relsim`, so nothing is shadowed
+    "relsim": ("relsim.relsim_score", "relsim"),
+    "preprocess_image": ("relsim.relsim_score", "preprocess_image"),
+    "relsim_score": ("relsim.relsim_score", None),
 }
 
 if TYPE_CHECKING:
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
     from .encoder import RelSimModel
     from .metric import RelationalSimilarity
     from .pretrained import load
+    from .relsim_score import preprocess_image, relsim
     from .retrieval import search
 
 
@@ -67,6 +72,8 @@ __all__ = [
     "RelationalSimilarity",
     "functional",
     "search",
+    "relsim",
+    "preprocess_image",
     "DEFAULT_MODEL",
     "PRETRAINED",
     "RelSimError",
