@@ -114,6 +114,7 @@ def resolve_model(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
     mode: str | None = None,
+    base_model: str | os.PathLike | None = None,
     load_kwargs: dict | None = None,
 ) -> RelSimModel:
     """A loaded model as it is (checked against dtype/device/mode if given), or load an id / directory / the default.
@@ -122,8 +123,10 @@ def resolve_model(
     (model, revision, base, mode, dtype, device) in this process.
     """
     if isinstance(model, RelSimModel):
-        if revision is not None or load_kwargs:
-            raise ValueError("`revision` and `load_kwargs` apply only when `model` is a Hub id or a directory")
+        if revision is not None or base_model is not None or load_kwargs:
+            raise ValueError(
+                "`revision`, `base_model` and `load_kwargs` apply only when `model` is a Hub id or a directory"
+            )
         _check_model_matches(model, dtype=dtype, device=device, mode=mode)
         return model
     if model is None:
@@ -133,7 +136,12 @@ def resolve_model(
             f"Expected `model` to be a loaded relsim.RelSimModel, a Hub id, a directory or None, "
             f"got {type(model).__name__}"
         )
-    return load(model, revision=revision, dtype=dtype, device=device, mode=mode or "train", **(load_kwargs or {}))
+    kwargs = dict(load_kwargs or {})
+    if base_model is not None:
+        if "base_model" in kwargs:
+            raise ValueError("`base_model` is given twice: as an argument and in `load_kwargs`")
+        kwargs["base_model"] = base_model
+    return load(model, revision=revision, dtype=dtype, device=device, mode=mode or "train", **kwargs)
 
 
 def _check_model_matches(
@@ -209,6 +217,7 @@ def relational_similarity(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
     mode: str | None = None,
+    base_model: str | os.PathLike | None = None,
     load_kwargs: dict | None = None,
 ) -> Tensor:
     """Relational similarity of the pairs ``(img1[i], img2[i])``: cosine in [-1, 1], higher = more similar.
@@ -220,8 +229,10 @@ def relational_similarity(
             default model. Ids are loaded once per process and the last one loaded here is kept alive.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (the (N,) scores).
         batch_size: images per forward of the backbone.
-        revision, dtype, device, mode, load_kwargs: passed to :func:`relsim.load` when ``model`` is not loaded;
-            with a loaded model, ``dtype`` / ``device`` / ``mode`` are only checked against it.
+        revision, dtype, device, mode, base_model, load_kwargs: passed to :func:`relsim.load` when ``model`` is
+            not loaded (``base_model``: the base Qwen2.5-VL for an adapter directory or id, default: the one its
+            ``adapter_config.json`` names; ``load_kwargs``: load's other arguments); with a loaded model,
+            ``dtype`` / ``device`` / ``mode`` are only checked against it.
 
     Returns:
         A scalar (``"mean"``, ``"sum"``) or an (N,) tensor, float32, on ``img1``'s device when it is a tensor and
@@ -235,7 +246,9 @@ def relational_similarity(
         tensor(0.5871)
     """
     check_reduction(reduction)
-    resolved = resolve_model(model, revision=revision, dtype=dtype, device=device, mode=mode, load_kwargs=load_kwargs)
+    resolved = resolve_model(
+        model, revision=revision, dtype=dtype, device=device, mode=mode, base_model=base_model, load_kwargs=load_kwargs
+    )
     if not isinstance(model, RelSimModel):
         _LAST_LOADED[:] = [resolved]
     scores = relational_similarity_update(img1, img2, resolved, batch_size=batch_size)

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,9 +58,11 @@ class RelationalSimilarity(Metric):
             model, revision, mode, dtype and device), or None for the default model.
         reduction: ``"mean"`` (default) or ``"sum"`` over all pairs seen, or ``"none"`` for every score.
         batch_size: images per forward of the backbone.
-        revision, dtype, device, mode, load_kwargs: passed to :func:`relsim.load` (``load_kwargs``: its other
-            keyword arguments, e.g. ``base_model``, ``cache_dir``) when ``model`` is not a loaded model; with a
-            loaded model, ``dtype`` / ``device`` / ``mode`` are checked against it and a mismatch is an error.
+        revision, dtype, device, mode, base_model, load_kwargs: passed to :func:`relsim.load` (``base_model``:
+            the base Qwen2.5-VL of an adapter directory or id, default: the one its ``adapter_config.json`` names;
+            ``load_kwargs``: load's other keyword arguments, e.g. ``base_revision``, ``cache_dir``) when
+            ``model`` is not a loaded model; with a loaded model, ``dtype`` / ``device`` / ``mode`` are checked
+            against it and a mismatch is an error.
         move_model: whether ``.to(device)`` / ``.cuda()`` / ``.cpu()`` on the metric also move the backbone.
             Set it to False to keep the backbone where it was loaded, e.g. when Lightning's teardown calls
             ``.cpu()`` on the LightningModule after ``fit``.
@@ -106,6 +109,7 @@ class RelationalSimilarity(Metric):
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
         mode: str | None = None,
+        base_model: str | os.PathLike | None = None,
         load_kwargs: dict | None = None,
         move_model: bool = True,
         **kwargs: Any,
@@ -118,7 +122,13 @@ class RelationalSimilarity(Metric):
         self.batch_size = batch_size
         self.move_model = move_model
         self.model = resolve_model(
-            model, revision=revision, dtype=dtype, device=device, mode=mode, load_kwargs=load_kwargs
+            model,
+            revision=revision,
+            dtype=dtype,
+            device=device,
+            mode=mode,
+            base_model=base_model,
+            load_kwargs=load_kwargs,
         )
         if reduction == "none":
             self.add_state("scores", [], dist_reduce_fx="cat")
