@@ -75,7 +75,9 @@ def _download(args: argparse.Namespace) -> int:
     from ..hub import ADAPTER_FILES, BASE_FILES, resolve
     from ..text import HUB_FILES as TEXT_FILES
 
-    hub = {"cache_dir": args.cache_dir, "token": args.token}
+    # offline, a repo missing from the cache cannot be fetched by running this command again
+    advice = "unset HF_HUB_OFFLINE on a machine with internet access to download it."
+    hub = {"cache_dir": args.cache_dir, "token": args.token, "offline_advice": advice}
     revision = args.revision if args.revision is not None else PRETRAINED.get(args.model, {}).get("revision")
     adapter = resolve(args.model, revision=revision, allow_patterns=ADAPTER_FILES, **hub)
     base_name, base_revision = args.base_model, args.base_revision
