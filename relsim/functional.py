@@ -223,16 +223,20 @@ def relational_similarity(
     """Relational similarity of the pairs ``(img1[i], img2[i])``: cosine in [-1, 1], higher = more similar.
 
     Args:
-        img1, img2: batches of the same length: (N, C, H, W) tensors (uint8 0-255 or float 0-1), (N, H, W, C)
-            numpy arrays, or lists of images (paths, PIL images, HWC arrays, CHW tensors; sizes may differ).
+        img1: a batch of images: an (N, C, H, W) tensor (uint8 0-255 or float 0-1), an (N, H, W, C) numpy
+            array, or a list of images (paths, PIL images, HWC arrays, CHW tensors; sizes may differ).
+        img2: a batch of the same length as ``img1``, paired by index.
         model: a loaded :class:`relsim.RelSimModel` (recommended), a Hub id or directory, or None for the
             default model. Ids are loaded once per process and the last one loaded here is kept alive.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (the (N,) scores).
         batch_size: images per forward of the backbone.
-        revision, dtype, device, mode, base_model, load_kwargs: passed to :func:`relsim.load` when ``model`` is
-            not loaded (``base_model``: the base Qwen2.5-VL for an adapter directory or id, default: the one its
-            ``adapter_config.json`` names; ``load_kwargs``: load's other arguments); with a loaded model,
-            ``dtype`` / ``device`` / ``mode`` are only checked against it.
+        revision: the branch, tag or commit of ``model`` (when it is a Hub id), for :func:`relsim.load`.
+        dtype: the backbone's dtype when loading; with a loaded model, only checked against it.
+        device: the backbone's device when loading; with a loaded model, only checked against it.
+        mode: ``"train"`` or ``"native"`` preprocessing when loading; with a loaded model, only checked.
+        base_model: the base Qwen2.5-VL of an adapter directory or id (default: the one its
+            ``adapter_config.json`` names), for :func:`relsim.load`.
+        load_kwargs: :func:`relsim.load`'s other keyword arguments, e.g. ``base_revision``, ``cache_dir``.
 
     Returns:
         A scalar (``"mean"``, ``"sum"``) or an (N,) tensor, float32, on ``img1``'s device when it is a tensor and

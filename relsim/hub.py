@@ -334,6 +334,7 @@ def model_card(config: dict[str, Any], *, repo_id: str | None = None, license: s
 
 
 def write_model_card(directory: str | Path, *, repo_id: str | None = None, license: str = "apache-2.0") -> Path:
+    """Write ``directory/README.md``, the :func:`model_card` of the checkpoint's ``relsim_config.json``."""
     directory = Path(directory)
     config = json.loads((directory / RELSIM_CONFIG).read_text())
     out = directory / "README.md"
