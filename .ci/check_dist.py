@@ -53,7 +53,7 @@ def main(dist: Path) -> None:
     needed = {"LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "relsim/py.typed"} | modules | set(tests)
     if missing := sorted(needed - members):
         fail(f"{sdist.name} lacks {missing[:10]}")
-    print(f"check_dist: {wheel.name} ({len(names)} files) and {sdist.name} ({len(members)} entries) hold what they should")
+    print(f"check_dist: {wheel.name} ({len(names)} files) and {sdist.name} ({len(members)} entries) are complete")
 
 
 if __name__ == "__main__":
