@@ -52,3 +52,10 @@ def test_bench_preprocess_stages(tmp_path):
     assert stages == {"decode"} | {f"{stage}-{mode}" for stage in per_mode for mode in ("train", "native")}
     assert all(row["size"] == "320x240" and row["images_per_s"] > 0 for row in rows)
     assert "worker-train" in result.stdout
+
+
+def test_bench_cli_start(tmp_path):
+    run_script("bench_cli_start.py", "--repeats", "1", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "cli_start.json").read_text())["rows"]
+    assert [row["command"] for row in rows][1:3] == ["relsim --version", "relsim --help"]
+    assert all(row["seconds"] > 0 for row in rows)
