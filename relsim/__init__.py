@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .errors import (  # noqa: E402  (light: no third-party imports)
     CheckpointError,
@@ -34,6 +34,10 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "RelationalSimilarity": ("relsim.metric", "RelationalSimilarity"),
     "functional": ("relsim.functional", None),
     "search": ("relsim.retrieval", "search"),
+    # upstream relsim 0.1.0's API (docs/upgrading.md); no submodule is called `relsim`, so nothing is shadowed
+    "relsim": ("relsim.relsim_score", "relsim"),
+    "preprocess_image": ("relsim.relsim_score", "preprocess_image"),
+    "relsim_score": ("relsim.relsim_score", None),
 }
 
 if TYPE_CHECKING:
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from .encoder import RelSimModel
     from .metric import RelationalSimilarity
     from .pretrained import load
+    from .relsim_score import preprocess_image, relsim
     from .retrieval import search
 
 
@@ -68,6 +73,8 @@ __all__ = [
     "RelationalSimilarity",
     "functional",
     "search",
+    "relsim",
+    "preprocess_image",
     "DEFAULT_MODEL",
     "PRETRAINED",
     "RelSimError",

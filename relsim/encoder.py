@@ -60,6 +60,7 @@ class Prompt:
         return cls(tuple(ids[:cut]), tuple(ids[cut + 1 : end]), image_token_id, query_token_id, pad)
 
     def length(self, n_image_tokens: int) -> int:
+        """Tokens in the prompt of an image with ``n_image_tokens`` visual tokens."""
         return len(self.prefix) + n_image_tokens + len(self.suffix)
 
 
@@ -157,14 +158,17 @@ class RelSimModel(nn.Module):
     # -- properties ---------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """Where the weights are."""
         return self.projection.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The backbone's dtype (embeddings are always float32)."""
         return self.body.language_model.embed_tokens.weight.dtype
 
     @property
     def embedding_dim(self) -> int:
+        """Dimensions of an embedding (384 for the published model)."""
         return self.projection.out_features
 
     def train(self, mode: bool = True) -> RelSimModel:

@@ -114,6 +114,7 @@ def resolve_model(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
     mode: str | None = None,
+    base_model: str | os.PathLike | None = None,
     load_kwargs: dict | None = None,
 ) -> RelSimModel:
     """A loaded model as it is (checked against dtype/device/mode if given), or load an id / directory / the default.
@@ -122,8 +123,10 @@ def resolve_model(
     (model, revision, base, mode, dtype, device) in this process.
     """
     if isinstance(model, RelSimModel):
-        if revision is not None or load_kwargs:
-            raise ValueError("`revision` and `load_kwargs` apply only when `model` is a Hub id or a directory")
+        if revision is not None or base_model is not None or load_kwargs:
+            raise ValueError(
+                "`revision`, `base_model` and `load_kwargs` apply only when `model` is a Hub id or a directory"
+            )
         _check_model_matches(model, dtype=dtype, device=device, mode=mode)
         return model
     if model is None:
@@ -133,7 +136,12 @@ def resolve_model(
             f"Expected `model` to be a loaded relsim.RelSimModel, a Hub id, a directory or None, "
             f"got {type(model).__name__}"
         )
-    return load(model, revision=revision, dtype=dtype, device=device, mode=mode or "train", **(load_kwargs or {}))
+    kwargs = dict(load_kwargs or {})
+    if base_model is not None:
+        if "base_model" in kwargs:
+            raise ValueError("`base_model` is given twice: as an argument and in `load_kwargs`")
+        kwargs["base_model"] = base_model
+    return load(model, revision=revision, dtype=dtype, device=device, mode=mode or "train", **kwargs)
 
 
 def _check_model_matches(
@@ -209,19 +217,26 @@ def relational_similarity(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
     mode: str | None = None,
+    base_model: str | os.PathLike | None = None,
     load_kwargs: dict | None = None,
 ) -> Tensor:
     """Relational similarity of the pairs ``(img1[i], img2[i])``: cosine in [-1, 1], higher = more similar.
 
     Args:
-        img1, img2: batches of the same length: (N, C, H, W) tensors (uint8 0-255 or float 0-1), (N, H, W, C)
-            numpy arrays, or lists of images (paths, PIL images, HWC arrays, CHW tensors; sizes may differ).
+        img1: a batch of images: an (N, C, H, W) tensor (uint8 0-255 or float 0-1), an (N, H, W, C) numpy
+            array, or a list of images (paths, PIL images, HWC arrays, CHW tensors; sizes may differ).
+        img2: a batch of the same length as ``img1``, paired by index.
         model: a loaded :class:`relsim.RelSimModel` (recommended), a Hub id or directory, or None for the
             default model. Ids are loaded once per process and the last one loaded here is kept alive.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (the (N,) scores).
         batch_size: images per forward of the backbone.
-        revision, dtype, device, mode, load_kwargs: passed to :func:`relsim.load` when ``model`` is not loaded;
-            with a loaded model, ``dtype`` / ``device`` / ``mode`` are only checked against it.
+        revision: the branch, tag or commit of ``model`` (when it is a Hub id), for :func:`relsim.load`.
+        dtype: the backbone's dtype when loading; with a loaded model, only checked against it.
+        device: the backbone's device when loading; with a loaded model, only checked against it.
+        mode: ``"train"`` or ``"native"`` preprocessing when loading; with a loaded model, only checked.
+        base_model: the base Qwen2.5-VL of an adapter directory or id (default: the one its
+            ``adapter_config.json`` names), for :func:`relsim.load`.
+        load_kwargs: :func:`relsim.load`'s other keyword arguments, e.g. ``base_revision``, ``cache_dir``.
 
     Returns:
         A scalar (``"mean"``, ``"sum"``) or an (N,) tensor, float32, on ``img1``'s device when it is a tensor and
@@ -235,7 +250,9 @@ def relational_similarity(
         tensor(0.5871)
     """
     check_reduction(reduction)
-    resolved = resolve_model(model, revision=revision, dtype=dtype, device=device, mode=mode, load_kwargs=load_kwargs)
+    resolved = resolve_model(
+        model, revision=revision, dtype=dtype, device=device, mode=mode, base_model=base_model, load_kwargs=load_kwargs
+    )
     if not isinstance(model, RelSimModel):
         _LAST_LOADED[:] = [resolved]
     scores = relational_similarity_update(img1, img2, resolved, batch_size=batch_size)

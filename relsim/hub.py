@@ -139,6 +139,10 @@ def content_revision(path: str | Path, patterns: list[str] | None = None) -> str
     return revision
 
 
+#: What to do about a repo missing from the cache in offline mode (``relsim download`` says something else).
+OFFLINE_ADVICE = "fetch it once online with `relsim download` or pass a local directory."
+
+
 def resolve(
     name_or_path: str | Path,
     *,
@@ -147,13 +151,15 @@ def resolve(
     local_files_only: bool | None = None,
     token: str | bool | None = None,
     allow_patterns: list[str] | None = None,
+    offline_advice: str = OFFLINE_ADVICE,
 ) -> ResolvedRepo:
     """Find ``name_or_path`` locally or download it (once, into the HF cache) and report its commit.
 
     A path that exists is used as it is; its revision is its content hash (:func:`content_revision` over
     the files ``allow_patterns`` selects), and a ``revision`` given for it must be that hash. Anything else
     is a Hub repo id: ``revision`` is a branch, tag or commit hash; ``local_files_only=None`` follows
-    ``HF_HUB_OFFLINE``.
+    ``HF_HUB_OFFLINE``. A repo that is neither cached nor downloadable is a :class:`ModelNotFoundError`; in
+    offline mode its message ends with ``offline_advice``.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -188,12 +194,7 @@ def resolve(
         )
     except (LocalEntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, ValueError) as err:
         offline = constants.HF_HUB_OFFLINE or local_files_only
-        hint = (
-            " Offline mode is on (HF_HUB_OFFLINE / local_files_only): fetch it once online with "
-            "`relsim download` or pass a local directory."
-            if offline
-            else ""
-        )
+        hint = f" Offline mode is on (HF_HUB_OFFLINE / local_files_only): {offline_advice}" if offline else ""
         where = f"{name!r} at revision {revision!r}" if revision else repr(name)
         message = f"could not get {where} from the Hugging Face Hub or its cache.{hint} ({err})"
         raise ModelNotFoundError(message) from err
@@ -233,16 +234,56 @@ def _yaml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
 
 
+def card_front_matter(
+    *, base_model: str = "", license: str = "apache-2.0", tags: list[str], pipeline_tag: str
+) -> list[str]:
+    """The YAML block a Hub model card starts with: ``library_name: relsim``, the base model (when it is a Hub
+    repo id: the Hub rejects a local path), the license, the pipeline tag and ``tags``. One line per item."""
+    front = ["---", "library_name: relsim"]
+    if _REPO_ID.match(base_model):
+        front += [f"base_model: {_yaml_str(base_model)}", "base_model_relation: adapter"]
+    front += [f"license: {_yaml_str(license)}", f"pipeline_tag: {pipeline_tag}", "tags:"]
+    front += [f"- {t}" for t in tags] + ["---", ""]
+    return front
+
+
+def usage_section(code: str) -> list[str]:
+    """``## Usage``: how to install relsim and a Python example (tests run it against a tiny checkpoint)."""
+    return [
+        "## Usage",
+        "",
+        "Needs relsim 0.2 or later (PyPI's relsim 0.1.0 is the paper's research release, without `relsim.load`):",
+        "",
+        "```bash",
+        'pip install "relsim>=0.2"',
+        "```",
+        "",
+        "```python",
+        code.strip(),
+        "```",
+        "",
+    ]
+
+
+#: The usage example of an embedder card; ``{repo}`` is the checkpoint's repo id.
+EMBEDDER_USAGE = """
+import relsim
+
+model = relsim.load("{repo}")
+score = model.score("a.jpg", "b.jpg")  # cosine in [-1, 1], higher = more similar
+embeddings = model.embed(["a.jpg", "b.jpg"])  # (2, 384), L2-normalised
+"""
+
+
 def model_card(config: dict[str, Any], *, repo_id: str | None = None, license: str = "apache-2.0") -> str:
-    """The README.md of a relsim checkpoint, from its ``relsim_config.json``."""
+    """The README.md of a relsim checkpoint, from its ``relsim_config.json``.
+
+    >>> model_card({"base_model": "Qwen/Qwen2.5-VL-7B-Instruct"}, repo_id="me/relsim-x").splitlines()[1]
+    'library_name: relsim'
+    """
     base = str(config.get("base_model") or "")
     recipe = config.get("recipe") or {}
-    front = ["---", "library_name: relsim"]
-    if _REPO_ID.match(base):  # the Hub rejects a base_model that is not a repo id (e.g. a local path)
-        front.append(f"base_model: {_yaml_str(base)}")
-    front.append(f"license: {_yaml_str(license)}")
-    front.append("pipeline_tag: image-feature-extraction")
-    front += ["tags:"] + [f"- {t}" for t in TAGS] + ["---", ""]
+    front = card_front_matter(base_model=base, license=license, tags=TAGS, pipeline_tag="image-feature-extraction")
     name = repo_id or "path/to/this/checkpoint"
     body = [
         f"# {repo_id.split('/')[-1] if repo_id else 'relsim checkpoint'}",
@@ -252,16 +293,7 @@ def model_card(config: dict[str, Any], *, repo_id: str | None = None, license: s
         f"{config.get('projection_dim', 384)}-d projection of the `<|query|>` token's last hidden state, trained "
         "so that an image's embedding matches the all-MiniLM-L6-v2 embedding of its anonymous caption.",
         "",
-        "## Usage",
-        "",
-        "```python",
-        "import relsim",
-        "",
-        f'model = relsim.load("{name}")',
-        'score = model.score("a.jpg", "b.jpg")        # cosine in [-1, 1], higher = more similar',
-        'embeddings = model.embed(["a.jpg", "b.jpg"])  # (2, 384), L2-normalised',
-        "```",
-        "",
+        *usage_section(EMBEDDER_USAGE.format(repo=name)),
         "## Training",
         "",
         "| option | value |",
@@ -302,6 +334,7 @@ def model_card(config: dict[str, Any], *, repo_id: str | None = None, license: s
 
 
 def write_model_card(directory: str | Path, *, repo_id: str | None = None, license: str = "apache-2.0") -> Path:
+    """Write ``directory/README.md``, the :func:`model_card` of the checkpoint's ``relsim_config.json``."""
     directory = Path(directory)
     config = json.loads((directory / RELSIM_CONFIG).read_text())
     out = directory / "README.md"

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,9 +58,13 @@ class RelationalSimilarity(Metric):
             model, revision, mode, dtype and device), or None for the default model.
         reduction: ``"mean"`` (default) or ``"sum"`` over all pairs seen, or ``"none"`` for every score.
         batch_size: images per forward of the backbone.
-        revision, dtype, device, mode, load_kwargs: passed to :func:`relsim.load` (``load_kwargs``: its other
-            keyword arguments, e.g. ``base_model``, ``cache_dir``) when ``model`` is not a loaded model; with a
-            loaded model, ``dtype`` / ``device`` / ``mode`` are checked against it and a mismatch is an error.
+        revision: the branch, tag or commit of ``model`` (when it is a Hub id), for :func:`relsim.load`.
+        dtype: the backbone's dtype when loading; with a loaded model, checked against it (a mismatch is an error).
+        device: the backbone's device when loading; with a loaded model, checked against it.
+        mode: ``"train"`` or ``"native"`` preprocessing when loading; with a loaded model, checked against it.
+        base_model: the base Qwen2.5-VL of an adapter directory or id (default: the one its
+            ``adapter_config.json`` names), for :func:`relsim.load`.
+        load_kwargs: :func:`relsim.load`'s other keyword arguments, e.g. ``base_revision``, ``cache_dir``.
         move_model: whether ``.to(device)`` / ``.cuda()`` / ``.cpu()`` on the metric also move the backbone.
             Set it to False to keep the backbone where it was loaded, e.g. when Lightning's teardown calls
             ``.cpu()`` on the LightningModule after ``fit``.
@@ -106,6 +111,7 @@ class RelationalSimilarity(Metric):
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
         mode: str | None = None,
+        base_model: str | os.PathLike | None = None,
         load_kwargs: dict | None = None,
         move_model: bool = True,
         **kwargs: Any,
@@ -118,7 +124,13 @@ class RelationalSimilarity(Metric):
         self.batch_size = batch_size
         self.move_model = move_model
         self.model = resolve_model(
-            model, revision=revision, dtype=dtype, device=device, mode=mode, load_kwargs=load_kwargs
+            model,
+            revision=revision,
+            dtype=dtype,
+            device=device,
+            mode=mode,
+            base_model=base_model,
+            load_kwargs=load_kwargs,
         )
         if reduction == "none":
             self.add_state("scores", [], dist_reduce_fx="cat")
@@ -246,6 +258,7 @@ class RelationalSimilarity(Metric):
         return self._plot(val, ax)
 
     def extra_repr(self) -> str:
+        """The model and reduction, for ``repr(metric)``."""
         model = self.__dict__.get("_model")
         info = model.fingerprint if model is not None else self.__dict__.get("_model_spec", {})
         return f"model={info.get('model')!r}, mode={info.get('mode')!r}, reduction={self.reduction!r}"

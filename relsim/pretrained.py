@@ -32,6 +32,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -44,6 +45,7 @@ def canonical_device(device: str | torch.device | None) -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on CUDA, float32 elsewhere."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 

@@ -61,3 +61,10 @@ def test_eval_example_writes_the_four_outputs(tmp_path):
     assert [s["method"] for s in results["summary"]] == ["relsim", "clip", "dino"]
     assert all(s["judged"] == 3 for s in results["summary"]) and "TINY RANDOM" in results["label"]
     assert all((tmp_path / name).is_file() for name in ("results.md", "results.png", "results.html"))
+
+
+def test_bench_cli_start(tmp_path):
+    run_script("bench_cli_start.py", "--repeats", "1", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "cli_start.json").read_text())["rows"]
+    assert [row["command"] for row in rows][1:3] == ["relsim --version", "relsim --help"]
+    assert all(row["seconds"] > 0 for row in rows)

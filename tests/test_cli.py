@@ -529,6 +529,10 @@ def test_download_from_the_offline_cache(offline_full, capsys) -> None:
     assert [e["role"] for e in entries] == ["adapter", "base"] and all(e["bytes"] > 0 for e in entries)
     code, _, err = run(capsys, "download", "--model", "nobody/nothing")
     assert code == 1 and "nobody/nothing" in err
+    # offline, `relsim download` cannot help itself: it says how to get online, not to run itself
+    assert "unset HF_HUB_OFFLINE" in err and "relsim download" not in err.split(":", 1)[1]
+    with pytest.raises(relsim.ModelNotFoundError, match="`relsim download`"):
+        relsim.load("nobody/nothing", device="cpu")
 
 
 def test_console_script_against_the_offline_cache(full_cache, tmp_path) -> None:

@@ -306,6 +306,18 @@ def test_loading_by_directory_shares_the_cached_model(tiny_model, tiny_native_mo
     assert RelationalSimilarity(adapter_dir, mode="native", **kwargs).model is tiny_native_model
 
 
+def test_base_model_is_an_argument_of_the_metric_and_the_functional(tiny_model, adapter_dir, base_dir):
+    common = {"dtype": torch.float32, "device": "cpu"}
+    assert RelationalSimilarity(adapter_dir, base_model=base_dir, **common).model is tiny_model
+    a, b = _uint8_batch(2, seed=30), _uint8_batch(2, seed=31)
+    direct = relational_similarity(a, b, model=adapter_dir, base_model=base_dir, **common)
+    assert torch.equal(direct, relational_similarity(a, b, model=tiny_model))
+    with pytest.raises(ValueError, match="base_model"):
+        RelationalSimilarity(tiny_model, base_model=base_dir)
+    with pytest.raises(ValueError, match="given twice"):
+        relational_similarity(a, b, model=adapter_dir, base_model=base_dir, load_kwargs={"base_model": base_dir})
+
+
 def test_deepcopy_and_clone_share_the_backbone(model):
     metric = RelationalSimilarity(model=model, reduction="sum")
     metric.update(_uint8_batch(1, seed=16), _uint8_batch(1, seed=17))

@@ -29,11 +29,11 @@ def _register_download(subparsers) -> None:
         "(HF_HOME), then print where they are, their commits and sizes. Afterwards HF_HUB_OFFLINE=1 works.",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
-    p.add_argument("--revision")
+    p.add_argument("--revision", help="branch, tag or commit of --model (default: the repo's main branch)")
     p.add_argument("--base-model", help="default: the base named by the adapter")
-    p.add_argument("--base-revision")
+    p.add_argument("--base-revision", help="base branch, tag or commit (default: what the adapter records, else main)")
     p.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help=f"default: {DEFAULT_TEXT_MODEL}")
-    p.add_argument("--text-revision")
+    p.add_argument("--text-revision", help="branch, tag or commit of --text-model (default: its main branch)")
     p.add_argument("--no-text-model", dest="with_text", action="store_false", help="skip the text model")
     p.add_argument("--cache-dir", help="default: the Hugging Face cache ($HF_HOME/hub)")
     p.add_argument("--token", help="Hugging Face token (default: $HF_TOKEN or the saved login)")
@@ -46,7 +46,7 @@ def _register_push(subparsers) -> None:
     push.add_argument("directory")
     push.add_argument("repo_id")
     push.add_argument("--private", action="store_true")
-    push.add_argument("--revision")
+    push.add_argument("--revision", help="branch to upload to (default: main)")
     push.add_argument("--license", default="apache-2.0")
     push.add_argument("--token")
     push.set_defaults(func=_push)
@@ -75,7 +75,9 @@ def _download(args: argparse.Namespace) -> int:
     from ..hub import ADAPTER_FILES, BASE_FILES, resolve
     from ..text import HUB_FILES as TEXT_FILES
 
-    hub = {"cache_dir": args.cache_dir, "token": args.token}
+    # offline, a repo missing from the cache cannot be fetched by running this command again
+    advice = "unset HF_HUB_OFFLINE on a machine with internet access to download it."
+    hub = {"cache_dir": args.cache_dir, "token": args.token, "offline_advice": advice}
     revision = args.revision if args.revision is not None else PRETRAINED.get(args.model, {}).get("revision")
     adapter = resolve(args.model, revision=revision, allow_patterns=ADAPTER_FILES, **hub)
     base_name, base_revision = args.base_model, args.base_revision

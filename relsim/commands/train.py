@@ -70,9 +70,9 @@ def register(subparsers) -> None:
     cv = subparsers.add_parser("convert", help="add relsim's files (projection.safetensors, relsim_config.json)")
     cv.add_argument("source", help="upstream checkpoint: a directory or Hub repo id")
     cv.add_argument("destination", nargs="?", help="output directory (default: convert a local source in place)")
-    cv.add_argument("--revision")
-    cv.add_argument("--base-model")
-    cv.add_argument("--base-revision")
+    cv.add_argument("--revision", help="branch, tag or commit of a Hub source (default: the repo's main branch)")
+    cv.add_argument("--base-model", help="base model to record (default: the one the adapter names)")
+    cv.add_argument("--base-revision", help="base model revision to record")
     cv.add_argument("--overwrite", action="store_true")
     cv.set_defaults(func=_convert)
 

@@ -125,6 +125,7 @@ class TrainConfig:
 
     # -- (de)serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Every option as plain JSON-able values."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -161,6 +162,7 @@ class TrainConfig:
         return cls.from_dict({**values, **overrides})
 
     def save(self, path: str | Path) -> None:
+        """Write the options as JSON (:meth:`from_file` reads it back)."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
