@@ -199,6 +199,73 @@ def read_lora(path: Path, config: dict[str, Any]) -> tuple[LoraWeights, torch.Te
     return LoraWeights(factors, scale, rank), table
 
 
+def read_lm_head(path: Path) -> torch.Tensor | None:
+    """The ``lm_head`` table an adapter file carries (transformers 4.57 + peft after a vocabulary resize), or None.
+
+    Only the captioner needs it: its logits then cover exactly the rows of this table, as upstream's resized model.
+    """
+    with safe_open(str(path / ADAPTER_WEIGHTS), framework="pt") as f:
+        keys = [k for k in f.keys() if k.endswith("lm_head.weight")]
+        if len(keys) > 1:
+            raise CheckpointError(f"{str(path / ADAPTER_WEIGHTS)!r} holds several lm_head tables: {keys}")
+        return f.get_tensor(keys[0]) if keys else None
+
+
+#: Where a module of ``Qwen2_5_VLModel`` (or the LM head) is stored in a base checkpoint: the Hub layout of the
+#: published base (pre-4.52 names) first, then the names transformers >= 4.52 saves.
+_BASE_PREFIXES = (("language_model.", ("model.", "model.language_model.")), ("visual.", ("visual.", "model.visual.")))
+
+
+def base_keys(name: str) -> tuple[str, ...]:
+    """Checkpoint keys that may hold parameter ``name`` of ``Qwen2_5_VLModel`` (``lm_head.weight``: itself).
+
+    >>> base_keys("language_model.layers.0.self_attn.q_proj.weight")
+    ('model.layers.0.self_attn.q_proj.weight', 'model.language_model.layers.0.self_attn.q_proj.weight')
+    """
+    for prefix, stored in _BASE_PREFIXES:
+        if name.startswith(prefix):
+            return tuple(s + name[len(prefix) :] for s in stored)
+    return (name,)
+
+
+class BaseShards:
+    """Read single tensors (or row ranges) of a base model's safetensors shards without loading the model.
+
+    >>> shards = BaseShards(base_path)                                       # doctest: +SKIP
+    >>> shards.tensor("lm_head.weight").shape                                # doctest: +SKIP
+    torch.Size([152064, 3584])
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        index = self.path / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = _read_json(index).get("weight_map", {})
+            self.files = {key: self.path / file for key, file in weight_map.items()}
+        else:
+            files = sorted(self.path.glob("*.safetensors"))
+            if not files:
+                raise CheckpointError(f"no safetensors weights in the base model directory {str(self.path)!r}")
+            self.files = {}
+            for file in files:
+                with safe_open(str(file), framework="pt") as f:
+                    self.files.update(dict.fromkeys(f.keys(), file))
+
+    def key(self, name: str) -> str | None:
+        """The stored key of parameter ``name`` (see :func:`base_keys`), or None when the checkpoint lacks it."""
+        return next((k for k in base_keys(name) if k in self.files), None)
+
+    def tensor(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Parameter ``name`` as stored (its dtype), or rows ``[start, stop)`` of it."""
+        key = self.key(name)
+        if key is None:
+            raise CheckpointError(f"the base model in {str(self.path)!r} has no weight for {name!r}")
+        with safe_open(str(self.files[key]), framework="pt") as f:
+            if rows is None:
+                return f.get_tensor(key)
+            return f.get_slice(key)[rows[0] : rows[1]]
+
+
 def read_projection(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The projection head: ``projection.safetensors`` when present, else the upstream pickle (safely)."""
     safetensors_file = path / PROJECTION_SAFETENSORS
