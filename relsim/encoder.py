@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -118,6 +120,23 @@ def multimodal_inputs(
     return embeds.masked_scatter(mask, image_embeds.to(embeds.dtype)), positions, query
 
 
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def weights_lock(body: nn.Module) -> threading.Lock:
+    """The lock held while a forward pass reads ``body``'s weights.
+
+    The captioner runs on the embedder's body with some weights swapped for the base's (see relsim.caption):
+    holding this lock keeps an embedding in another thread from seeing them.
+    """
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(body)
+        if lock is None:
+            lock = _LOCKS[body] = threading.Lock()
+        return lock
+
+
 def query_states(body: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """The last layer's hidden state after the final norm at each sequence's ``<|query|>`` (B, H)."""
     hidden = body.language_model(inputs_embeds=embeds, position_ids=positions, use_cache=False).last_hidden_state
@@ -148,6 +167,7 @@ class RelSimModel(nn.Module):
         self.prompt = prompt
         self.mode = mode
         self.fingerprint = dict(fingerprint or {})
+        self.base_source = None  # set by relsim.load: what the captioner needs to share this body
         self.max_tokens_per_batch = 65536
         # None: resize on the model's device when that is not the CPU (workers then only decode); on a CPU,
         # Pillow in the worker threads is faster. Both give the same pixels.
@@ -178,8 +198,9 @@ class RelSimModel(nn.Module):
     # -- the model ----------------------------------------------------------------------------------
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Embeddings (B, 384), float32, L2-normalised, from patchified pixels (see ``preprocess.patchify``)."""
-        embeds, positions, query = multimodal_inputs(self.body, self.prompt, pixel_values, grid_thw)
-        states = query_states(self.body, embeds, positions, query)
+        with weights_lock(self.body):
+            embeds, positions, query = multimodal_inputs(self.body, self.prompt, pixel_values, grid_thw)
+            states = query_states(self.body, embeds, positions, query)
         projected = F.linear(states.float(), self.projection.weight.float(), self.projection.bias.float())
         return F.normalize(projected, dim=-1)
 
@@ -262,6 +283,45 @@ class RelSimModel(nn.Module):
         from .text import embed_text
 
         return embed_text(texts, **kwargs)
+
+    # -- anonymous captions ---------------------------------------------------------------------------
+    def load_captioner(self, model: str | os.PathLike | None = None, **kwargs):
+        """Attach the anonymous captioner (default ``thaoshibe/relsim-anonymous-caption-qwen25vl-lora``) to this
+        model's base, already in memory: only the LM head, the base's q/v projections and the LoRA are added.
+
+        ``kwargs``: ``revision``, ``cache_dir``, ``local_files_only``, ``token`` (see :func:`relsim.load_captioner`).
+        Returns the :class:`relsim.caption.Captioner`, which :meth:`caption` and :meth:`explain` then use.
+
+        >>> model.load_captioner(revision="<commit>")              # doctest: +SKIP
+        """
+        from .caption import DEFAULT_CAPTIONER, attach_captioner
+
+        captioner = attach_captioner(self, model if model is not None else DEFAULT_CAPTIONER, **kwargs)
+        self.__dict__["_captioner"] = captioner
+        return captioner
+
+    def caption(self, images, **kwargs):
+        """Anonymous captions of images (see :meth:`relsim.caption.Captioner.caption` for the options).
+
+        The captioner is attached on first use (:meth:`load_captioner`); embeddings stay exactly as they were.
+
+        >>> model.caption("peach.jpg").text                        # doctest: +SKIP
+        'A {Fruit} cut in half to reveal its layered interior.'
+        """
+        captioner = self.__dict__.get("_captioner") or self.load_captioner()
+        return captioner.caption(images, **kwargs)
+
+    def explain(self, a, b, **kwargs):
+        """The relational score of ``a`` and ``b`` with both anonymous captions and their MiniLM cosine.
+
+        Single images give an :class:`relsim.caption.Explanation`; equal-length lists give a list of them.
+        ``kwargs``: ``text_model``, ``batch_size`` and the options of :meth:`caption`.
+
+        >>> print(model.explain("peach.jpg", "earth.jpg"))         # doctest: +SKIP
+        """
+        from .caption import explain
+
+        return explain(self, a, b, **kwargs)
 
     # -- internals ------------------------------------------------------------------------------------
     def _embed_unique(self, items: list, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -408,5 +468,6 @@ __all__ = [
     "query_states",
     "deduplicate",
     "image_tokens",
+    "weights_lock",
     "ImageInputError",
 ]

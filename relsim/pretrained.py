@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -81,6 +82,25 @@ def attn_implementation(device: torch.device, dtype: torch.dtype) -> str:
         except ImportError:
             pass
     return "sdpa"
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    """Where a loaded model's base weights came from and what relsim changed in them: what a second adapter on
+    the same base (the captioner) needs to run on the body already in memory."""
+
+    name: str
+    """The base model's Hub repo id, or its directory."""
+    path: Path
+    """The directory holding its safetensors shards."""
+    merged_modules: tuple[str, ...]
+    """Modules of the body whose weights hold the adapter's merged LoRA (no longer the base's)."""
+    embedding_rows: int
+    """Leading rows of the input embedding replaced by the adapter's table (0: none)."""
+    adapter_base: str | None = None
+    """The base the adapter names (``base_model_name_or_path``): what it was trained on."""
+    cache_dir: str | Path | None = None
+    local_files_only: bool | None = None
 
 
 def _device_map(device: torch.device) -> dict | None:
@@ -163,6 +183,16 @@ def load(
         )
         if compile:
             fastpath.compile_body(instance.body)
+        table = checkpoint.embedding_table
+        instance.base_source = BaseSource(
+            name=base.name,
+            path=base.path,
+            merged_modules=tuple(checkpoint.lora.factors),
+            embedding_rows=0 if table is None else int(table.shape[0]),
+            adapter_base=checkpoint.base_model,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
         _CACHE[key] = instance
         return instance
 
