@@ -25,7 +25,7 @@ from .errors import (  # noqa: E402  (light: no third-party imports)
     ModelNotFoundError,
     RelSimError,
 )
-from .registry import DEFAULT_MODEL, PRETRAINED  # noqa: E402
+from .registry import DEFAULT_CAPTIONER, DEFAULT_MODEL, PRETRAINED  # noqa: E402
 
 #: Public name -> (module, attribute); attribute ``None`` is the module itself.
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -38,10 +38,15 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "relsim": ("relsim.relsim_score", "relsim"),
     "preprocess_image": ("relsim.relsim_score", "preprocess_image"),
     "relsim_score": ("relsim.relsim_score", None),
+    "load_captioner": ("relsim.caption", "load_captioner"),
+    "Caption": ("relsim.caption", "Caption"),
+    "Captioner": ("relsim.caption", "Captioner"),
+    "Explanation": ("relsim.caption", "Explanation"),
 }
 
 if TYPE_CHECKING:
     from . import functional
+    from .caption import Caption, Captioner, Explanation, load_captioner
     from .encoder import RelSimModel
     from .metric import RelationalSimilarity
     from .pretrained import load
@@ -75,7 +80,12 @@ __all__ = [
     "search",
     "relsim",
     "preprocess_image",
+    "load_captioner",
+    "Caption",
+    "Captioner",
+    "Explanation",
     "DEFAULT_MODEL",
+    "DEFAULT_CAPTIONER",
     "PRETRAINED",
     "RelSimError",
     "ModelNotFoundError",

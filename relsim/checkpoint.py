@@ -204,11 +204,12 @@ def read_lm_head(path: Path) -> torch.Tensor | None:
 
     Only the captioner needs it: its logits then cover exactly the rows of this table, as upstream's resized model.
     """
-    with safe_open(str(path / ADAPTER_WEIGHTS), framework="pt") as f:
+    file = path / ADAPTER_WEIGHTS
+    with open_safetensors(file) as f:
         keys = [k for k in f.keys() if k.endswith("lm_head.weight")]
         if len(keys) > 1:
-            raise CheckpointError(f"{str(path / ADAPTER_WEIGHTS)!r} holds several lm_head tables: {keys}")
-        return f.get_tensor(keys[0]) if keys else None
+            raise CheckpointError(f"{str(file)!r} holds several lm_head tables: {keys}")
+        return check_finite(f.get_tensor(keys[0]), "the lm_head table", file) if keys else None
 
 
 #: Where a module of ``Qwen2_5_VLModel`` (or the LM head) is stored in a base checkpoint: the Hub layout of the
@@ -240,7 +241,7 @@ class BaseShards:
         self.path = Path(path)
         index = self.path / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = _read_json(index).get("weight_map", {})
+            weight_map = read_json(index).get("weight_map", {})
             self.files = {key: self.path / file for key, file in weight_map.items()}
         else:
             files = sorted(self.path.glob("*.safetensors"))
@@ -248,7 +249,7 @@ class BaseShards:
                 raise CheckpointError(f"no safetensors weights in the base model directory {str(self.path)!r}")
             self.files = {}
             for file in files:
-                with safe_open(str(file), framework="pt") as f:
+                with open_safetensors(file) as f:
                     self.files.update(dict.fromkeys(f.keys(), file))
 
     def key(self, name: str) -> str | None:
@@ -260,10 +261,9 @@ class BaseShards:
         key = self.key(name)
         if key is None:
             raise CheckpointError(f"the base model in {str(self.path)!r} has no weight for {name!r}")
-        with safe_open(str(self.files[key]), framework="pt") as f:
-            if rows is None:
-                return f.get_tensor(key)
-            return f.get_slice(key)[rows[0] : rows[1]]
+        with open_safetensors(self.files[key]) as f:
+            tensor = f.get_tensor(key) if rows is None else f.get_slice(key)[rows[0] : rows[1]]
+        return check_finite(tensor, f"the base weight {key!r}", self.files[key])
 
 
 def read_projection(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
