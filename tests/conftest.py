@@ -28,8 +28,9 @@ def fixture_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def base_dir(fixture_root) -> Path:
-    """A tiny random Qwen2.5-VL base model in the Hub layout."""
-    return tiny.build_base(fixture_root / "base")
+    """A tiny random Qwen2.5-VL base model in the Hub layout (its stop tokens scaled so captions end at varied
+    lengths; the embedder never reads the LM head)."""
+    return tiny.build_base(fixture_root / "base", stop_rows=5.0)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,21 @@ def adapter_dir(adapter_dirs) -> Path:
 
 
 @pytest.fixture(scope="session")
+def captioner_dirs(fixture_root, base_dir) -> dict[str, Path]:
+    """One upstream-style anonymous-captioner checkpoint folder per key layout, all on ``base_dir``."""
+    return {
+        layout: tiny.build_captioner_adapter(fixture_root / f"captioner-{layout}", base_dir, layout=layout)
+        for layout in tiny.ADAPTER_LAYOUTS
+    }
+
+
+@pytest.fixture(scope="session")
+def captioner_dir(captioner_dirs) -> Path:
+    """The layout a captioner trained with transformers 4.57 and no new tokens has."""
+    return captioner_dirs["v5"]
+
+
+@pytest.fixture(scope="session")
 def tiny_model(adapter_dir, base_dir):
     """A loaded tiny RelSimModel on CPU, float32, train mode."""
     import relsim
@@ -63,16 +79,23 @@ def tiny_native_model(adapter_dir, base_dir):
 
 
 @pytest.fixture(scope="session")
-def hf_cache(fixture_root, base_dir, adapter_dir) -> dict:
+def hf_cache(fixture_root, base_dir, adapter_dir, captioner_dir) -> dict:
     """A HF cache (``HF_HOME``) holding the tiny fixtures under the real repo ids, as ``hf download`` leaves them.
 
-    The adapter repo holds no config.json (like the real one). Returns the home dir and both commits.
+    The adapter repo holds no config.json (like the real one); the captioner repo holds upstream's trainer-state
+    pickles. Returns the home dir and the commits.
     """
     home = fixture_root / "hf_home"
     hub = home / "hub"
     adapter_commit = tiny.populate_hf_cache(hub, tiny.ADAPTER_REPO, adapter_dir)
     base_commit = tiny.populate_hf_cache(hub, tiny.BASE_REPO, base_dir)
-    return {"home": home, "adapter_commit": adapter_commit, "base_commit": base_commit}
+    captioner_commit = tiny.populate_hf_cache(hub, tiny.CAPTIONER_REPO, captioner_dir)
+    return {
+        "home": home,
+        "adapter_commit": adapter_commit,
+        "base_commit": base_commit,
+        "captioner_commit": captioner_commit,
+    }
 
 
 @pytest.fixture

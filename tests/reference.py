@@ -200,3 +200,78 @@ class UpstreamPipeline:
         position = (inputs["input_ids"][0] == self.query_id).nonzero()[0, 0]
         hidden = out.hidden_states[-1][0, position].float()
         return F.normalize(self.projection(hidden), dim=-1)
+
+
+def upstream_caption_image(image: Image.Image, size: int = 448) -> Image.Image:
+    """Upstream's captioner input: ``convert('RGB').resize((448, 448), Image.Resampling.LANCZOS)``, a squash."""
+    return image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+
+
+class UpstreamCaptioner:
+    """The anonymous captioner as upstream runs it, one image at a time: the base
+    ``Qwen2_5_VLForConditionalGeneration`` (its ``generation_config.json`` loaded with it), the LoRA through peft
+    (``PeftModel``, unmerged), the chat template with the generation prompt, ``generate()``, and
+    ``batch_decode(skip_special_tokens=True)``. An adapter that carries embedding / LM-head tables (trained on a
+    resized vocabulary) gets the resize and the tables, as peft's loading did upstream.
+
+    As in :class:`UpstreamPipeline`, the tokenizer and ``Qwen2VLImageProcessorPil`` stand in for
+    ``AutoProcessor`` (torchvision); ``mm_token_type_ids`` is what the transformers 5 processor returns with
+    them (1 at image tokens), which ``generate()`` needs for the 3-D positions.
+    """
+
+    def __init__(self, adapter: str | Path, base: str | Path, *, dtype: torch.dtype = torch.float32):
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+        adapter, base = Path(adapter), Path(base)
+        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        self.processor = _image_processor()
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base, dtype=dtype)
+        state = normalise_adapter_keys(load_file(str(adapter / "adapter_model.safetensors")))
+        tables = {k: state.pop(k) for k in list(state) if k.endswith(("embed_tokens.weight", "lm_head.weight"))}
+        if tables:
+            model.resize_token_embeddings(next(iter(tables.values())).shape[0])
+        config = LoraConfig(
+            **{
+                k: v
+                for k, v in json.loads((adapter / "adapter_config.json").read_text()).items()
+                if k in LoraConfig.__dataclass_fields__
+            }
+        )
+        model = get_peft_model(model, config)
+        result = set_peft_model_state_dict(model, state)
+        assert not result.unexpected_keys, result.unexpected_keys
+        with torch.no_grad():
+            for key, table in tables.items():
+                target = model.get_input_embeddings() if "embed_tokens" in key else model.get_output_embeddings()
+                target.weight.copy_(table.to(dtype))
+        self.model = model.eval()
+        self.dtype = dtype
+
+    def inputs(self, image: Image.Image, prompt: str) -> dict[str, torch.Tensor]:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        vision = self.processor(images=[image], return_tensors="pt")
+        grid = vision["image_grid_thw"]
+        text = text.replace("<|image_pad|>", "<|image_pad|>" * (int(grid.prod()) // 4), 1)
+        tokens = self.tokenizer([text], return_tensors="pt")
+        image_token_id = self.model.base_model.model.config.image_token_id
+        return {
+            "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"],
+            "mm_token_type_ids": (tokens["input_ids"] == image_token_id).int(),
+            "pixel_values": vision["pixel_values"].to(self.dtype),
+            "image_grid_thw": grid,
+        }
+
+    @torch.no_grad()
+    def generate(self, image: Image.Image, prompt: str, **kwargs) -> list[int]:
+        """The new token ids, stop token included when there is one (``kwargs`` go to ``generate()``)."""
+        inputs = self.inputs(image, prompt)
+        out = self.model.generate(**inputs, **kwargs)
+        return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+    def caption(self, image: Image.Image, prompt: str, **kwargs) -> str:
+        ids = self.generate(image, prompt, **kwargs)
+        return self.tokenizer.batch_decode([ids], skip_special_tokens=True, clean_up_tokenization_spaces=False)[0]

@@ -8,6 +8,7 @@ in each realistic key layout (see docs/architecture.md, §3). Benchmarks import 
 Example:
     >>> base = build_base(tmp / "base")
     >>> adapter = build_adapter(tmp / "adapter", layout="v457")
+    >>> captioner = build_captioner_adapter(tmp / "captioner", base)
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ QUERY_TOKEN_ID = 151665
 VOCAB_SIZE = 152064
 BASE_REPO = "Qwen/Qwen2.5-VL-7B-Instruct"
 ADAPTER_REPO = "thaoshibe/relsim-qwenvl25-lora"
+CAPTIONER_REPO = "thaoshibe/relsim-anonymous-caption-qwen25vl-lora"
+#: ``generation_config.json`` of Qwen/Qwen2.5-VL-7B-Instruct (what ``generate()`` merges in).
+GENERATION_CONFIG = {
+    "bos_token_id": 151643,
+    "pad_token_id": 151643,
+    "do_sample": True,
+    "eos_token_id": [151645, 151643],
+    "repetition_penalty": 1.05,
+    "temperature": 1e-06,
+}
+STOP_TOKEN_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
 #: Test data kept in the repository (only the repository reaches CI, the GPU machine and users).
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 #: The real Qwen2.5-VL tokenizer and processor files (no weights).
@@ -120,8 +132,13 @@ def build_base(
     text: dict | None = None,
     vision: dict | None = None,
     dtype: torch.dtype = torch.float32,
+    stop_rows: float | None = None,
 ) -> Path:
-    """Write a random tiny base model directory laid out like ``Qwen/Qwen2.5-VL-7B-Instruct``."""
+    """Write a random tiny base model directory laid out like ``Qwen/Qwen2.5-VL-7B-Instruct``.
+
+    ``stop_rows``: make the LM head rows of the stop tokens ``stop_rows`` x a random row, so that greedy
+    generation ends after input-dependent lengths (a random model otherwise never stops).
+    """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     path = Path(path)
@@ -129,6 +146,11 @@ def build_base(
     config = base_config(text, vision)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**config)).to(dtype)
+    if stop_rows is not None:
+        with torch.no_grad():
+            head = model.lm_head.weight
+            for i, token in enumerate(STOP_TOKEN_IDS):
+                head[token] = head[1000 + i] * stop_rows
     # Hub layout: transformers 5 module names mapped back to the checkpoint names of the real repo.
     state = {}
     for key, value in model.state_dict().items():
@@ -137,7 +159,7 @@ def build_base(
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     (path / "config.json").write_text(json.dumps(config, indent=2))
-    (path / "generation_config.json").write_text(json.dumps({"bos_token_id": 151643, "eos_token_id": 151645}))
+    (path / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
     for f in PROCESSOR_FIXTURE.iterdir():
         shutil.copy(f, path / f.name)
     return path
@@ -147,6 +169,56 @@ def _base_tensors(base: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(base / "model.safetensors"))
+
+
+def _write_lora_adapter(
+    path: Path, base: Path, layout: str, gen: torch.Generator, rank: int, alpha: int, base_name: str, changed_row: int
+) -> None:
+    """``adapter_model.safetensors`` + ``adapter_config.json`` of a q_proj/v_proj LoRA in key ``layout``; the
+    layouts with tables carry the base's first 151666 rows (bf16), ``changed_row`` of the input table redrawn."""
+    prefix, embed_key, with_lm_head = ADAPTER_LAYOUTS[layout]
+    config = json.loads((base / "config.json").read_text())
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    kv_dim = config["num_key_value_heads"] * hidden // config["num_attention_heads"]
+    tensors: dict[str, torch.Tensor] = {}
+    for i in range(layers):
+        for name, out_dim in (("q_proj", hidden), ("v_proj", kv_dim)):
+            key = f"{prefix}.{i}.self_attn.{name}"
+            # B is non-zero (peft starts it at zero) so the adapter changes the function.
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, hidden, generator=gen) * 0.2
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out_dim, rank, generator=gen) * 0.2
+    if embed_key is not None:
+        base_tensors = _base_tensors(base)
+        table = base_tensors["model.embed_tokens.weight"][: QUERY_TOKEN_ID + 1].clone()
+        table[changed_row] = torch.randn(hidden, generator=gen)
+        tensors[embed_key] = table.to(torch.bfloat16)
+        if with_lm_head:
+            head = base_tensors["lm_head.weight"][: QUERY_TOKEN_ID + 1]
+            tensors["base_model.model.lm_head.weight"] = head.to(torch.bfloat16).contiguous()
+    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    adapter_config = {
+        "alpha_pattern": {},
+        "auto_mapping": None,
+        "base_model_name_or_path": base_name,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "layers_pattern": None,
+        "layers_to_transform": None,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.05,
+        "modules_to_save": None,
+        "peft_type": "LORA",
+        "r": rank,
+        "rank_pattern": {},
+        "revision": None,
+        "target_modules": ["q_proj", "v_proj"],
+        "task_type": "CAUSAL_LM",
+        "use_dora": False,
+        "use_rslora": False,
+    }
+    (path / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
 
 
 def build_adapter(
@@ -167,54 +239,12 @@ def build_adapter(
     """
     from transformers import AutoTokenizer
 
-    prefix, embed_key, with_lm_head = ADAPTER_LAYOUTS[layout]
     path, base = Path(path), Path(base)
     path.mkdir(parents=True, exist_ok=True)
-    config = json.loads((base / "config.json").read_text())
-    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
-    kv_dim = config["num_key_value_heads"] * hidden // config["num_attention_heads"]
+    hidden = json.loads((base / "config.json").read_text())["hidden_size"]
     gen = torch.Generator().manual_seed(seed)
-
-    tensors: dict[str, torch.Tensor] = {}
-    for i in range(layers):
-        for name, out_dim in (("q_proj", hidden), ("v_proj", kv_dim)):
-            key = f"{prefix}.{i}.self_attn.{name}"
-            # B is non-zero (peft starts it at zero) so the adapter changes the function.
-            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, hidden, generator=gen) * 0.2
-            tensors[f"{key}.lora_B.weight"] = torch.randn(out_dim, rank, generator=gen) * 0.2
-    if embed_key is not None:
-        base_tensors = _base_tensors(base)
-        table = base_tensors["model.embed_tokens.weight"][: QUERY_TOKEN_ID + 1].clone()
-        # A query row unlike the base padding row, so tests can tell which one the loader used.
-        table[QUERY_TOKEN_ID] = torch.randn(hidden, generator=gen)
-        tensors[embed_key] = table.to(torch.bfloat16)
-        if with_lm_head:
-            head = base_tensors["lm_head.weight"][: QUERY_TOKEN_ID + 1]
-            tensors["base_model.model.lm_head.weight"] = head.to(torch.bfloat16).contiguous()
-    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-    adapter_config = {
-        "alpha_pattern": {},
-        "auto_mapping": None,
-        "base_model_name_or_path": base_model_name_or_path,
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "inference_mode": True,
-        "init_lora_weights": True,
-        "layers_pattern": None,
-        "layers_to_transform": None,
-        "lora_alpha": alpha,
-        "lora_dropout": 0.05,
-        "modules_to_save": None,
-        "peft_type": "LORA",
-        "r": rank,
-        "rank_pattern": {},
-        "revision": None,
-        "target_modules": ["q_proj", "v_proj"],
-        "task_type": "CAUSAL_LM",
-        "use_dora": False,
-        "use_rslora": False,
-    }
-    (path / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    # A query row unlike the base padding row, so tests can tell which one the loader used.
+    _write_lora_adapter(path, base, layout, gen, rank, alpha, base_model_name_or_path, changed_row=QUERY_TOKEN_ID)
 
     weight = (torch.randn(384, hidden, generator=gen) / hidden**0.5).to(torch.bfloat16)
     bias = (torch.randn(384, generator=gen) * 0.1).to(torch.bfloat16)
@@ -237,6 +267,49 @@ def build_adapter(
     tokenizer.save_pretrained(path)
     for name in ("preprocessor_config.json", "chat_template.jinja"):
         shutil.copy(PROCESSOR_FIXTURE / name, path / name)
+    (path / "README.md").write_text("---\nlibrary_name: peft\nbase_model: Qwen/Qwen2.5-VL-7B-Instruct\n---\n")
+    return path
+
+
+#: Trainer state upstream's captioner checkpoint folder holds beside the adapter (pickles: never to be read).
+TRAINER_STATE_FILES = ("optimizer.pt", "rng_state.pth", "scheduler.pt", "scaler.pt", "training_args.bin")
+
+
+class _Tripwire:
+    """Unpickling this creates ``path``: proof that a file was unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def build_captioner_adapter(
+    path: str | Path,
+    base: str | Path,
+    *,
+    layout: str = "v5",
+    seed: int = 2,
+    rank: int = 16,
+    alpha: int = 32,
+    base_model_name_or_path: str = BASE_REPO,
+    tripwire: str | Path | None = None,
+) -> Path:
+    """Write an anonymous-captioner checkpoint folder as upstream's trainer leaves it: the LoRA adapter in key
+    ``layout`` (the layouts with tables redraw the input row of "\\n", id 198, which every prompt holds) and
+    the trainer-state pickles, which create ``tripwire`` (default ``path/UNPICKLED``) if anything unpickles them.
+    """
+    import pickle
+
+    path, base = Path(path), Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    _write_lora_adapter(path, base, layout, gen, rank, alpha, base_model_name_or_path, changed_row=198)
+    trap = pickle.dumps(_Tripwire(Path(tripwire) if tripwire else path / "UNPICKLED"))
+    for name in TRAINER_STATE_FILES:
+        (path / name).write_bytes(trap)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": 1000, "epoch": 50.0}))
     (path / "README.md").write_text("---\nlibrary_name: peft\nbase_model: Qwen/Qwen2.5-VL-7B-Instruct\n---\n")
     return path
 
