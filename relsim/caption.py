@@ -40,7 +40,7 @@ from . import __version__, fastpath, generation, preprocess
 from .caption_inputs import IMAGE_SIZE, TRAINING_PROMPT, CaptionPrompt, build_batch, prepare_image
 from .checkpoint import BaseShards, LoraWeights, read_adapter_config, read_lm_head, read_lora
 from .encoder import deduplicate, weights_lock
-from .errors import CheckpointError, ModelNotFoundError
+from .errors import CheckpointError, ImageInputError, ModelNotFoundError
 from .hub import BASE_FILES, resolve
 from .pretrained import canonical_device, load_body, load_tokenizer, parse_dtype
 from .registry import CAPTIONERS, DEFAULT_CAPTIONER, DEFAULT_TEXT_MODEL
@@ -287,21 +287,49 @@ class Captioner:
         """
         options = dict(locals())
         del options["self"], options["images"]
-        return self._run(images, self._decode, **options)
+        return self._collect(images, self._decode, options)
 
     def generate_ids(self, images, **options) -> list[int] | list[list[int]] | list[list[list[int]]]:
         """The generated token ids, stop token included when one ended the text (what upstream's ``generate()``
         returns after the prompt): same options and shapes as :meth:`caption`."""
-        return self._run(images, lambda g: g.tokens + ([g.stop_token] if g.stopped else []), **options)
+        return self._collect(images, _token_ids, options)
+
+    def stream(self, images, *, skip_unreadable: bool = False, **options) -> Iterator[list[tuple[int, Any]]]:
+        """Captions batch by batch, as they are made: lists of ``(index, caption)`` (a list of captions with
+        ``num_captions > 1``), in input order. For long jobs that save as they go (``relsim caption -o``).
+
+        ``skip_unreadable=True`` gives ``(index, ImageInputError)`` for an image that cannot be read instead
+        of raising. ``options``: those of :meth:`caption` but ``progress``.
+
+        >>> for batch in captioner.stream(paths, skip_unreadable=True):     # doctest: +SKIP
+        ...     save(batch)
+        """
+        return self._stream(preprocess.as_image_list(images), self._decode, skip_unreadable, **options)
 
     def _decode(self, generated: generation.Generated) -> Caption:
         text = self.tokenizer.decode(generated.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         return Caption.from_text(text, truncated=not generated.stopped)
 
-    def _run(
+    def _collect(self, images, finish, options: dict):
+        single = _is_single(images)
+        items = preprocess.as_image_list(images)
+        progress = options.pop("progress", None)
+        out: list[Any] = [None] * len(items)
+        bar = _progress_bar(len(items), progress)
+        for batch in self._stream(items, finish, False, **options):
+            for index, result in batch:
+                out[index] = result
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        return out[0] if single else out
+
+    def _stream(
         self,
-        images,
+        items: list,
         finish,
+        skip_unreadable: bool,
         *,
         prompt: str | Sequence[str] | None = None,
         sample: bool = False,
@@ -313,10 +341,7 @@ class Captioner:
         max_new_tokens: int = 128,
         batch_size: int = 32,
         num_workers: int | None = None,
-        progress: bool | None = None,
-    ):
-        single = _is_single(images)
-        items = preprocess.as_image_list(images)
+    ) -> Iterator[list[tuple[int, Any]]]:
         prompts = _prompt_list(prompt, len(items))
         if not isinstance(num_captions, int) or num_captions < 1:
             raise ValueError(f"num_captions must be an integer >= 1, got {num_captions!r}")
@@ -335,24 +360,23 @@ class Captioner:
         if sample and seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())  # follows torch.manual_seed
         chats = {text: self.prompt(text) for text in dict.fromkeys(prompts)}  # bad prompts fail before any work
+        return self._batches(
+            items, finish, skip_unreadable, prompts, chats, settings, seed, num_captions, batch_size, num_workers
+        )
 
-        out: list[list[Any]] = [[None] * num_captions for _ in items]
-        per_batch = max(1, batch_size // num_captions)
-        bar = _progress_bar(len(items), progress)
-        with torch.inference_mode():
-            for chunk in _prepared_chunks(items, per_batch, num_workers):
-                rows = [(i, k) for i, _ in chunk for k in range(num_captions)]
-                pixels = dict(chunk)
-                seeds = [seed + i * num_captions + k for i, k in rows] if sample else None
-                generated = self._generate_rows(rows, pixels, [chats[prompts[i]] for i, _ in rows], settings, seeds)
-                for (i, k), result in zip(rows, generated, strict=True):
-                    out[i][k] = finish(result)
-                if bar is not None:
-                    bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
-        result = [row[0] if num_captions == 1 else row for row in out]
-        return result[0] if single else result
+    def _batches(self, items, finish, skip_unreadable, prompts, chats, settings, seed, n, batch_size, num_workers):
+        for chunk in _prepared_chunks(items, max(1, batch_size // n), num_workers, skip_unreadable):
+            good = {i: p for i, p in chunk if isinstance(p, torch.Tensor)}
+            done: dict[int, list] = {i: [None] * n for i in good}
+            if good:
+                rows = [(i, k) for i in good for k in range(n)]
+                seeds = [seed + i * n + k for i, k in rows] if settings.do_sample else None
+                with torch.inference_mode():
+                    generated = self._generate_rows(rows, good, [chats[prompts[i]] for i, _ in rows], settings, seeds)
+                for (i, k), row in zip(rows, generated, strict=True):
+                    done[i][k] = finish(row)
+            # an unreadable image (skip_unreadable) keeps its error in place of captions
+            yield [(i, (done[i] if n > 1 else done[i][0]) if i in done else p) for i, p in chunk]
 
     # -- internals ------------------------------------------------------------------------------------
     def _generate_rows(self, rows, pixels, prompts, settings, seeds) -> list[generation.Generated]:
@@ -422,24 +446,40 @@ def _prompt_list(prompt: str | Sequence[str] | None, n: int) -> list[str]:
     return prompts
 
 
-def _prepared_chunks(items: list, size: int, num_workers: int | None) -> Iterator[list[tuple[int, torch.Tensor]]]:
-    """``(index, uint8 (3, 448, 448))`` in chunks of ``size``, decoded ahead in worker threads, in order."""
+def _prepared_chunks(
+    items: list, size: int, num_workers: int | None, skip_unreadable: bool = False
+) -> Iterator[list[tuple[int, torch.Tensor | ImageInputError]]]:
+    """``(index, uint8 (3, 448, 448))`` in chunks of ``size``, decoded ahead in worker threads, in order; with
+    ``skip_unreadable`` an unreadable image gives its ``ImageInputError`` instead of raising it."""
+
+    def prepare(i: int):
+        try:
+            return prepare_image(items[i], i)
+        except ImageInputError as err:
+            if not skip_unreadable:
+                raise
+            return err
+
     workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
     if workers <= 0 or len(items) == 1:
         for start in range(0, len(items), size):
-            yield [(i, prepare_image(items[i], i)) for i in range(start, min(start + size, len(items)))]
+            yield [(i, prepare(i)) for i in range(start, min(start + size, len(items)))]
         return
     with ThreadPoolExecutor(workers) as pool:
         window = max(2 * size, workers)
-        futures = {i: pool.submit(prepare_image, items[i], i) for i in range(min(window, len(items)))}
+        futures = {i: pool.submit(prepare, i) for i in range(min(window, len(items)))}
         for start in range(0, len(items), size):
             chunk = []
             for i in range(start, min(start + size, len(items))):
                 chunk.append((i, futures.pop(i).result()))
                 ahead = i + window
                 if ahead < len(items):
-                    futures[ahead] = pool.submit(prepare_image, items[ahead], ahead)
+                    futures[ahead] = pool.submit(prepare, ahead)
             yield chunk
+
+
+def _token_ids(generated: generation.Generated) -> list[int]:
+    return generated.tokens + ([generated.stop_token] if generated.stopped else [])
 
 
 def _progress_bar(total: int, progress: bool | None):
