@@ -18,6 +18,7 @@ from . import __version__
 #: Modules that add subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
     "relsim.commands.score",  # score
+    "relsim.commands.caption",  # caption
     "relsim.commands.collection",  # embed, search, info
     "relsim.commands.hub",  # download, push-to-hub
     "relsim.commands.train",  # train, data, convert
