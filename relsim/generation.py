@@ -130,13 +130,16 @@ def _warpers(settings: GenerationSettings):
 
 
 def process_logits(
-    logits: torch.Tensor, seen: torch.Tensor | None, settings: GenerationSettings, warpers=()
+    logits: torch.Tensor, history: torch.Tensor | None, settings: GenerationSettings, warpers=()
 ) -> torch.Tensor:
-    """Float32 scores after the repetition penalty (over the ``seen`` tokens) and the sampling warpers."""
+    """Float32 scores after the repetition penalty (over the token ids in ``history``, (B, T)) and the sampling
+    warpers: transformers' ``RepetitionPenaltyLogitsProcessor`` arithmetic (gather, scale, scatter)."""
     scores = logits
-    if seen is not None:
+    if history is not None:
         penalty = settings.repetition_penalty
-        scores = torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
+        picked = torch.gather(scores, 1, history)
+        picked = torch.where(picked < 0, picked * penalty, picked / penalty)
+        scores = scores.scatter(1, history, picked)
     for warper in warpers:
         scores = warper(None, scores)
     return scores
@@ -196,14 +199,13 @@ def generate(
     cache = model.new_cache()
     logits = model(embeds, positions, attention_mask, cache)
     vocab = logits.shape[-1]
-    seen = None
+    history = None  # the token ids the repetition penalty counts: prompt and generated, padding left out
     if settings.repetition_penalty != 1.0:
-        ids = prompt_ids.to(device)
-        if attention_mask is not None:  # padding counts as the row's last token, which is in the set anyway
-            ids = torch.where(attention_mask.to(device).bool(), ids, ids[:, -1:])
-        if int(ids.max()) >= vocab:
-            raise ValueError(f"prompt token {int(ids.max())} is outside the LM head's {vocab} rows")
-        seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device).scatter_(1, ids, True)
+        history = prompt_ids.to(device)
+        if attention_mask is not None:  # padding counts as the row's last token, which is penalised anyway
+            history = torch.where(attention_mask.to(device).bool(), history, history[:, -1:])
+        if int(history.max()) >= vocab:
+            raise ValueError(f"prompt token {int(history.max())} is outside the LM head's {vocab} rows")
     generators = None
     if settings.do_sample:
         generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
@@ -216,7 +218,7 @@ def generate(
     rows = list(range(batch))  # the result each live row of the batch writes to
     live = torch.ones(batch, dtype=torch.bool)
     for step in range(settings.max_new_tokens):
-        scores = process_logits(logits, seen, settings, warpers)
+        scores = process_logits(logits, history, settings, warpers)
         if settings.do_sample:
             probs = torch.softmax(scores, dim=-1)
             tokens = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
@@ -237,13 +239,13 @@ def generate(
             cache.batch_select_indices(keep.to(device))
             keep_device = keep.to(device)
             tokens, next_position = tokens[keep_device], next_position[keep_device]
-            seen = None if seen is None else seen[keep_device]
+            history = None if history is None else history[keep_device]
             mask = None if mask is None else mask[keep_device]
             generators = None if generators is None else [generators[i] for i in keep.tolist()]
             rows = [rows[i] for i in keep.tolist()]
             live = torch.ones(len(rows), dtype=torch.bool)
-        if seen is not None:
-            seen.scatter_(1, tokens[:, None], True)
+        if history is not None:
+            history = torch.cat([history, tokens[:, None]], dim=1)
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         step_positions = next_position.view(1, -1, 1).expand(3, -1, 1)
