@@ -62,6 +62,15 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], int, str]]:
         (["eval", "retrieval", missing, "--out", str(tmp / "e"), "--no-judge"], EXIT_USAGE, "missing.png"),
         (["eval", "retrieval", str(empty_dir), "--out", str(tmp / "e")], EXIT_USAGE, "--judge-model"),
         (["eval", "retrieval", str(empty_dir), "--out", str(tmp / "e"), "--no-judge"], EXIT_ERROR, "0 distinct"),
+        (["caption", missing], EXIT_USAGE, "missing.png"),
+        (["caption", str(empty_dir)], EXIT_USAGE, "no images found"),
+        (["caption", str(image), "--num-captions", "2"], EXIT_USAGE, "--sample"),
+        (["caption", str(image), "--model", str(not_a_checkpoint)], EXIT_ERROR, "adapter_config.json"),
+        (
+            ["score", str(image), str(image), "--explain", "--model", str(not_a_checkpoint)],
+            EXIT_ERROR,
+            "adapter_config",
+        ),
     ]
 
 
@@ -85,6 +94,7 @@ def test_every_command_is_documented_with_the_same_exit_codes() -> None:
         assert code in doc
     parser_commands = {
         "score",
+        "caption",
         "embed",
         "search",
         "info",
