@@ -12,6 +12,7 @@ are called separately, exactly as the processor would; and the 3-D RoPE position
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -256,14 +257,16 @@ class UpstreamCaptioner:
         grid = vision["image_grid_thw"]
         text = text.replace("<|image_pad|>", "<|image_pad|>" * (int(grid.prod()) // 4), 1)
         tokens = self.tokenizer([text], return_tensors="pt")
-        image_token_id = self.model.base_model.model.config.image_token_id
-        return {
+        model = self.model.base_model.model
+        inputs = {
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
-            "mm_token_type_ids": (tokens["input_ids"] == image_token_id).int(),
             "pixel_values": vision["pixel_values"].to(self.dtype),
             "image_grid_thw": grid,
         }
+        if "mm_token_type_ids" in inspect.signature(model.forward).parameters:  # transformers >= 5.x's processor
+            inputs["mm_token_type_ids"] = (tokens["input_ids"] == model.config.image_token_id).int()
+        return inputs
 
     @torch.no_grad()
     def generate(self, image: Image.Image, prompt: str, **kwargs) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 
@@ -339,8 +340,10 @@ def test_positions_equal_transformers_get_rope_index(captioner, base_dir):
     batch = build_batch(prompts, grids, pad_token_id=151643)
     assert batch.attention_mask is not None and batch.attention_mask[:, 0].tolist().count(0) == 2
     body = Qwen2_5_VLModel._from_config(captioner.body.config)
-    mm = (batch.input_ids == 151655).int()
-    positions, _ = body.get_rope_index(batch.input_ids, mm, grids, attention_mask=batch.attention_mask)
+    kwargs = {"image_grid_thw": grids, "attention_mask": batch.attention_mask}
+    if "mm_token_type_ids" in inspect.signature(body.get_rope_index).parameters:  # transformers >= 5.x
+        kwargs["mm_token_type_ids"] = (batch.input_ids == 151655).int()
+    positions, _ = body.get_rope_index(batch.input_ids, **kwargs)
     real = batch.attention_mask.bool()
     assert torch.equal(positions[:, real], batch.positions[:, real])
     for row in range(3):
