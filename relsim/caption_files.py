@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,46 @@ def read_keys(output: str | os.PathLike) -> set[str]:
     return keys
 
 
+def caption_each(
+    captioner,
+    paths: Sequence[str | os.PathLike],
+    save: Callable[[list[tuple[str, Any]]], None],
+    *,
+    progress: bool | None = None,
+    **options,
+) -> CaptionReport:
+    """Caption ``paths`` batch by batch and hand each batch's ``[(path, caption)]`` to ``save`` as soon as it is
+    made (a caption is a list of captions with ``num_captions > 1``), so whatever ``save`` writes to (a
+    JSON-lines file, a collection's caption column) loses at most the batch in flight. Unreadable images are
+    skipped and reported. ``options`` go to ``Captioner.stream``.
+
+    >>> caption_each(captioner, collection.paths_without_caption(), collection.set_captions)  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    report = CaptionReport()
+    bar = None
+    if progress or (progress is None and len(paths) >= 64):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(paths), unit="img", desc="relsim caption")
+    for batch in captioner.stream(list(paths), skip_unreadable=True, **options):
+        done = []
+        for index, result in batch:
+            if isinstance(result, Exception):
+                report.skipped.append((os.fspath(paths[index]), str(result)))
+            else:
+                done.append((os.fspath(paths[index]), result))
+        if done:
+            save(done)
+            report.captioned += len(done)
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
 def caption_to_jsonl(
     captioner,
     paths: Sequence[str | os.PathLike],
@@ -106,46 +146,34 @@ def caption_to_jsonl(
     progress: bool | None = None,
     **options,
 ) -> CaptionReport:
-    """Caption the ``paths`` whose ``image_hash`` ``output`` lacks, appending a record per image as each batch
-    finishes. Unreadable images are skipped and reported. ``options`` go to ``Captioner.stream``.
+    """Caption the ``paths`` whose ``image_hash`` ``output`` lacks, appending a record per image and flushing to
+    disk as each batch finishes. Unreadable images are skipped and reported. ``options`` go to
+    ``Captioner.stream``.
     """
-    started = time.perf_counter()
-    report = CaptionReport()
     have = read_keys(output)
-    todo, taken = [], {}
+    todo, taken, up_to_date, duplicates = [], set(), 0, []
     for path in paths:
         key = image_hash(path)
         if key in have:
-            report.up_to_date += 1
+            up_to_date += 1
         elif key in taken:
-            report.duplicates.append((os.fspath(path), key))
+            duplicates.append((os.fspath(path), key))
         else:
-            taken[key] = path
+            taken.add(key)
             todo.append(path)
-    if not todo:
-        return report
-    bar = None
-    if progress or (progress is None and len(todo) >= 64):
-        from tqdm.auto import tqdm
+    report = CaptionReport()
+    if todo:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "a", encoding="utf-8") as f:
 
-        bar = tqdm(total=len(todo), unit="img", desc="relsim caption")
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "a", encoding="utf-8") as f:
-        for batch in captioner.stream(todo, skip_unreadable=True, **options):
-            for index, result in batch:
-                if isinstance(result, Exception):
-                    report.skipped.append((os.fspath(todo[index]), str(result)))
-                    continue
-                f.write(json.dumps(record(todo[index], result), ensure_ascii=False) + "\n")
-                report.captioned += 1
-            f.flush()
-            os.fsync(f.fileno())
-            if bar is not None:
-                bar.update(len(batch))
-    if bar is not None:
-        bar.close()
-    report.seconds = time.perf_counter() - started
+            def append(batch: list[tuple[str, Any]]) -> None:
+                f.writelines(json.dumps(record(path, captions), ensure_ascii=False) + "\n" for path, captions in batch)
+                f.flush()
+                os.fsync(f.fileno())
+
+            report = caption_each(captioner, todo, append, progress=progress, **options)
+    report.up_to_date, report.duplicates = up_to_date, duplicates
     return report
 
 
-__all__ = ["CaptionReport", "caption_to_jsonl", "image_hash", "read_keys", "record"]
+__all__ = ["CaptionReport", "caption_each", "caption_to_jsonl", "image_hash", "read_keys", "record"]

@@ -196,3 +196,19 @@ def test_score_explain_prints_captions(tiny_model, adapter_dir, base_dir, captio
     assert record["caption_a"] == expected.caption_a.text and record["score"] == pytest.approx(expected.score)
     assert record["captioner"]["model"] == str(captioner_dir) and record["captioner"]["shared_with"]
     assert main(["score", *pair, *model_flags, "--captioner", str(captioner_dir)]) == 2
+
+
+def test_caption_each_hands_over_every_batch(captioner, folder, tmp_path):
+    """The hook a collection's caption column uses: each batch is saved as soon as it is made."""
+    from relsim.caption_files import caption_each
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG broken")
+    paths = [*images_of(folder)[:3], str(broken)]
+    saved = []
+    report = caption_each(captioner, paths, saved.append, batch_size=2, max_new_tokens=4)
+    assert [len(batch) for batch in saved] == [2, 1]
+    assert [path for batch in saved for path, _ in batch] == paths[:3]
+    expected = captioner.caption(paths[:3], max_new_tokens=4)
+    assert [caption for batch in saved for _, caption in batch] == expected
+    assert report.captioned == 3 and [p for p, _ in report.skipped] == [str(broken)]
