@@ -504,11 +504,12 @@ def _read_adapter(path: Path) -> tuple[dict, LoraWeights, torch.Tensor | None, t
     return config, lora, table, read_lm_head(path)
 
 
-def _generation_config(base_path: Path):
+def _generation_config(base_path: Path, body: nn.Module):
+    """The base's ``generation_config.json``, or (as transformers does without one) the model config's ids."""
     from transformers import GenerationConfig
 
     if not (base_path / "generation_config.json").is_file():
-        return None
+        return GenerationConfig.from_model_config(body.config)
     return GenerationConfig.from_pretrained(base_path, trust_remote_code=False)
 
 
@@ -584,7 +585,7 @@ def build_captioner(
         lora,
         base_weights=base_weights,
         embedding_rows=patch,
-        generation_config=_generation_config(base_path),
+        generation_config=_generation_config(base_path, body),
         fingerprint=fingerprint,
     )
 

@@ -429,3 +429,15 @@ def test_explain(shared, images):
     assert len(many) == 3 and many[0].caption_b == many[1].caption_b
     with pytest.raises(ValueError, match="as many images"):
         model.explain(images[:2], images[:1], text_model=text_model)
+
+
+def test_a_base_without_generation_config_stops_at_the_model_configs_eos(tmp_path, base_dir, captioner_dir, images):
+    bare = tmp_path / "base-without-generation-config"
+    bare.mkdir()
+    for file in base_dir.iterdir():
+        if file.name != "generation_config.json":
+            (bare / file.name).symlink_to(file)
+    captioner = load_tiny_captioner(captioner_dir, bare)
+    settings = GenerationSettings.from_config(captioner.generation_config, do_sample=False)
+    assert settings.eos_token_ids == (151645,) and settings.repetition_penalty == 1.0
+    assert len(captioner.generate_ids(images[0], max_new_tokens=4)) <= 4
