@@ -40,9 +40,9 @@ from . import __version__, fastpath, generation, preprocess
 from .caption_inputs import IMAGE_SIZE, TRAINING_PROMPT, CaptionPrompt, build_batch, prepare_image
 from .checkpoint import BaseShards, LoraWeights, read_adapter_config, read_lm_head, read_lora
 from .encoder import deduplicate, weights_lock
-from .errors import CheckpointError, ImageInputError, ModelNotFoundError
-from .hub import BASE_FILES, resolve
-from .pretrained import canonical_device, load_body, load_tokenizer, parse_dtype
+from .errors import CheckpointError, ImageInputError
+from .hub import resolve
+from .pretrained import canonical_device, load_body, load_tokenizer, parse_dtype, resolve_base
 from .registry import CAPTIONERS, DEFAULT_CAPTIONER, DEFAULT_TEXT_MODEL
 
 #: The only files of a captioner repo relsim fetches or reads. Upstream's checkpoint folder also holds trainer
@@ -630,14 +630,7 @@ def load_captioner(
         raise CheckpointError(f"{adapter.name!r} names no base model; pass base_model=")
     if base_revision is None and base_model is None:
         base_revision = pinned.get("base_revision")
-    try:
-        base = resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)
-    except (ModelNotFoundError, FileNotFoundError) as err:
-        if base_model is not None:
-            raise
-        raise ModelNotFoundError(
-            f"{err} -- {adapter.name!r} names the base model {base_name!r}; pass base_model= to load it from elsewhere"
-        ) from err
+    base = resolve_base(base_name, base_revision, named_by=None if base_model is not None else adapter.name, **hub)
     # revisions identify content (Hub commits, or content hashes of local directories)
     key = (adapter.path, adapter.revision, base.path, base.revision, dtype, str(device))
     with _CACHE_LOCK:

@@ -24,7 +24,7 @@ from . import __version__, fastpath
 from .checkpoint import QUERY_TOKEN, CheckpointError, merge_lora, open_safetensors, read_checkpoint, read_json
 from .encoder import Prompt, RelSimModel
 from .errors import ModelNotFoundError
-from .hub import ADAPTER_FILES, BASE_FILES, resolve
+from .hub import ADAPTER_FILES, BASE_FILES, ResolvedRepo, resolve
 from .preprocess import MODES
 from .registry import DEFAULT_BASE_MODEL, DEFAULT_MODEL, PRETRAINED  # noqa: F401  (re-exported)
 
@@ -152,15 +152,7 @@ def load(
         raise CheckpointError(f"{adapter.name!r} names no base model; pass base_model=")
     if base_revision is None and base_model is None:
         base_revision = checkpoint.config.get("base_revision") or pinned.get("base_revision")
-    try:
-        base = resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)
-    except (ModelNotFoundError, FileNotFoundError) as err:
-        if base_model is not None:
-            raise
-        raise ModelNotFoundError(
-            f"{err} -- {adapter.name!r} names the base model {base_name!r}; pass base_model= (--base-model) "
-            "to load the base from elsewhere"
-        ) from err
+    base = resolve_base(base_name, base_revision, named_by=None if base_model is not None else adapter.name, **hub)
 
     # revisions identify content (Hub commits, or content hashes of local directories)
     key = (adapter.path, adapter.revision, base.path, base.revision, mode, dtype, str(device), compile)
@@ -213,6 +205,20 @@ def quiet_transformers():
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def resolve_base(name: str | Path, revision: str | None, *, named_by: str | None = None, **hub) -> ResolvedRepo:
+    """The base model's files. ``named_by``: the adapter that named this base (rather than the caller); a base
+    that cannot be found then suggests ``base_model=`` (``--base-model``)."""
+    try:
+        return resolve(name, revision=revision, allow_patterns=BASE_FILES, **hub)
+    except (ModelNotFoundError, FileNotFoundError) as err:
+        if named_by is None:
+            raise
+        raise ModelNotFoundError(
+            f"{err} -- {named_by!r} names the base model {name!r}; pass base_model= (--base-model) "
+            "to load the base from elsewhere"
+        ) from err
 
 
 def load_tokenizer(path: Path):

@@ -107,6 +107,21 @@ def require_inputs(*paths: str) -> None:
             raise UsageError(f"{path}: no such file or directory")
 
 
+def collect_image_paths(args: argparse.Namespace) -> list[str]:
+    """The images named by ``args.inputs`` (``--recursive``, ``--extensions``); none found is a usage error."""
+    from ..retrieval import IMAGE_EXTENSIONS, collect_images
+
+    try:
+        extensions = args.extensions.split(",") if args.extensions else IMAGE_EXTENSIONS
+        paths = collect_images(args.inputs, recursive=args.recursive, extensions=extensions)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from err
+    if not paths:
+        hint = "" if args.recursive else " (add --recursive for subfolders)"
+        raise UsageError(f"no images found in {' '.join(args.inputs)}{hint}")
+    return paths
+
+
 # ------------------------------------------------------------------------------------------------- the model
 
 

@@ -19,6 +19,7 @@ from ._common import (
     EXIT_INTERRUPTED,
     EXIT_SKIPPED,
     UsageError,
+    collect_image_paths,
     command,
     device_from_args,
     dumps,
@@ -111,17 +112,8 @@ def _line(text: str) -> str:
 
 @command
 def _caption(args: argparse.Namespace) -> int:
-    from ..retrieval import IMAGE_EXTENSIONS, collect_images
-
     options = caption_options(args)
-    try:
-        extensions = args.extensions.split(",") if args.extensions else IMAGE_EXTENSIONS
-        paths = collect_images(args.inputs, recursive=args.recursive, extensions=extensions)
-    except (ValueError, FileNotFoundError) as err:
-        raise UsageError(str(err)) from err
-    if not paths:
-        hint = "" if args.recursive else " (add --recursive for subfolders)"
-        raise UsageError(f"no images found in {' '.join(args.inputs)}{hint}")
+    paths = collect_image_paths(args)
     if args.output:
         return _caption_to_file(args, paths, options)
     captioner = _load(args)
