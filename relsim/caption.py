@@ -65,7 +65,9 @@ class Caption:
 
     @classmethod
     def from_text(cls, text: str, *, truncated: bool = False) -> Caption:
-        """>>> Caption.from_text(" A {Fruit} cut open next to a {Planet}. ").placeholders
+        """A caption from generated text: whitespace stripped, ``{...}`` slots collected.
+
+        >>> Caption.from_text(" A {Fruit} cut open next to a {Planet}. ").placeholders
         ('Fruit', 'Planet')
         """
         text = text.strip()
@@ -86,6 +88,7 @@ class Explanation:
     caption_similarity: float
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values (caption texts), for JSON."""
         return {
             "score": self.score,
             "caption_a": self.caption_a.text,
@@ -165,14 +168,17 @@ class Captioner:
     # -- properties -----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """The device of the body it runs on."""
         return self.body.language_model.embed_tokens.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the body it runs on."""
         return self.body.language_model.embed_tokens.weight.dtype
 
     @property
     def lock(self) -> threading.Lock:
+        """The body's weights lock (``relsim.encoder.weights_lock``), held while it generates."""
         return weights_lock(self.body)
 
     def parameter_bytes(self) -> dict[str, int]:

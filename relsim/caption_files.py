@@ -52,9 +52,11 @@ class CaptionReport:
 
     @property
     def captions_per_second(self) -> float:
+        """Images captioned per second of the run."""
         return self.captioned / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values, for JSON."""
         data = asdict(self)
         data["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
         data["duplicates"] = [{"path": p, "image_hash": h} for p, h in self.duplicates]

@@ -112,6 +112,7 @@ class Generated:
 
     @property
     def stopped(self) -> bool:
+        """Whether a stop token ended the text (rather than ``max_new_tokens``)."""
         return self.stop_token is not None
 
 
@@ -162,6 +163,7 @@ class StepModel:
         self._cache_name = "cache" if "cache" in parameters else "past_key_values"
 
     def new_cache(self):
+        """An empty KV cache for this language model."""
         from transformers import DynamicCache
 
         return DynamicCache(config=self.language_model.config)
