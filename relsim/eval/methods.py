@@ -243,5 +243,7 @@ def build_method(name: str, options: MethodOptions) -> Method:
                 "caption skipped: it needs the anonymous captioner (relsim.load_captioner), "
                 "which this version of relsim does not have yet"
             )
-        raise MethodUnavailable("caption skipped: not wired to the captioner yet")
+        raise MethodUnavailable(
+            "caption skipped: the anonymous captioner (relsim.load_captioner) is not wired into the evaluation yet"
+        )
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(BUILTIN_METHODS)} or use --embeddings")
