@@ -49,8 +49,13 @@ def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="prepare training data")
     data_commands = data.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: (data.print_help(), EXIT_USAGE)[1])
-    dl = data_commands.add_parser("download", help="download the images of a captions JSONL")
-    dl.add_argument("jsonl")
+    dl = data_commands.add_parser(
+        "download",
+        help="download the images of a captions JSONL or of seed groups (upstream's seed_group.json)",
+        description="Fetch the images of a captions JSONL into DIRECTORY/{image_hash}.png, or those of a seed-group "
+        "JSON (a list of {anonymous_caption, image_urls}) into DIRECTORY/{group}/{i}.png. Reruns resume.",
+    )
+    dl.add_argument("jsonl", metavar="LIST", help="captions JSONL or seed-group JSON")
     dl.add_argument("directory")
     dl.add_argument("--workers", type=int, default=16)
     dl.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
