@@ -1,10 +1,12 @@
-"""``relsim train``, ``relsim data download|targets`` and ``relsim convert``: reproduce the paper's training.
+"""``relsim train``, ``relsim train-captioner``, ``relsim data download|targets`` and ``relsim convert``: reproduce
+the paper's two trainings (the embedder and the anonymous captioner).
 
 Importing this module needs neither peft nor a model: the heavy imports happen when a command runs.
 
 Example:
     $ relsim data download anonymous_captions_train.jsonl images/
     $ relsim train --config recipe.yaml --output-dir run
+    $ relsim train-captioner seed-groups/seed_group.json --output-dir captioner-run
     $ torchrun --nproc_per_node 8 -m relsim.cli train --config recipe.yaml
     $ relsim convert thaoshibe/relsim-qwenvl25-lora relsim-converted
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import TrainConfig, field_types
+from ..train.config import BaseConfig, TrainConfig, field_types
 from ._common import EXIT_USAGE, UsageError, command, print_json, require_inputs, warn
 
 
@@ -21,9 +23,9 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig().to_dict()
-    for name, (scalar, _optional, is_list) in field_types().items():
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseConfig] = TrainConfig) -> None:
+    defaults = cls().to_dict()
+    for name, (scalar, _optional, is_list) in field_types(cls).items():
         kwargs: dict = {"default": argparse.SUPPRESS, "dest": name, "help": f"default: {defaults[name]}"}
         if scalar is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -82,11 +84,11 @@ def register(subparsers) -> None:
     cv.set_defaults(func=_convert)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, cls: type[BaseConfig] = TrainConfig) -> BaseConfig:
     """Defaults, then ``--config``, then the flags given on the command line."""
-    names = set(field_types())
+    names = set(field_types(cls))
     overrides = {k: v for k, v in vars(args).items() if k in names}
-    return TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides)
+    return cls.from_file(args.config, **overrides) if args.config else cls.from_dict(overrides)
 
 
 @command
