@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import BaseConfig, TrainConfig, field_types
+from ..train.config import BaseConfig, CaptionerTrainConfig, TrainConfig, field_types
 from ._common import EXIT_USAGE, UsageError, command, print_json, require_inputs, warn
 
 
@@ -47,6 +47,19 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="a JSON or YAML file of TrainConfig options")
     _add_config_flags(p)
     p.set_defaults(func=_train)
+
+    cap = subparsers.add_parser(
+        "train-captioner",
+        help="fine-tune an anonymous captioner on seed groups (upstream's recipe by default)",
+        description="Train an anonymous captioner (LoRA on Qwen2.5-VL) on seed groups: upstream's seed_group.json, "
+        "a folder holding it and images/ (the Hub dataset layout), or a folder of seed-group folders each with "
+        "caption.txt. Options come from CONFIG (JSON or YAML) and flags; flags win. Run under torchrun for several "
+        "GPUs. See docs/training.md.",
+    )
+    cap.add_argument("config_file", nargs="?", metavar="CONFIG", help="a JSON or YAML file of options")
+    cap.add_argument("--config", help="the same as CONFIG")
+    _add_config_flags(cap, CaptionerTrainConfig)
+    cap.set_defaults(func=_train_captioner)
 
     data = subparsers.add_parser("data", help="prepare training data")
     data_commands = data.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
@@ -88,7 +101,16 @@ def config_from_args(args: argparse.Namespace, cls: type[BaseConfig] = TrainConf
     """Defaults, then ``--config``, then the flags given on the command line."""
     names = set(field_types(cls))
     overrides = {k: v for k, v in vars(args).items() if k in names}
-    return cls.from_file(args.config, **overrides) if args.config else cls.from_dict(overrides)
+    path = config_path(args)
+    return cls.from_file(path, **overrides) if path else cls.from_dict(overrides)
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    """``--config`` or the positional CONFIG (``relsim train-captioner``); both at once must agree."""
+    flag, positional = getattr(args, "config", None), getattr(args, "config_file", None)
+    if flag and positional and flag != positional:
+        raise UsageError(f"two configuration files given: {positional} and --config {flag}")
+    return flag or positional
 
 
 @command
@@ -99,7 +121,12 @@ def _train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if not config.train_jsonl or not config.image_dir:
         raise UsageError("train_jsonl and image_dir are required (in --config or as flags)")
-    result = train(config)
+    _print_result(train(config))
+    return 0
+
+
+def _print_result(result) -> None:
+    """The summary line of a training command (JSON): step, final checkpoint, evaluation, skipped images."""
     summary = {
         "step": result.step,
         "final": str(result.final) if result.final else None,
@@ -108,6 +135,18 @@ def _train(args: argparse.Namespace) -> int:
         "skipped_images": result.skipped,
     }
     print_json(summary)
+
+
+@command
+def _train_captioner(args: argparse.Namespace) -> int:
+    from ..train.loop import train
+
+    require_inputs(config_path(args))
+    config = config_from_args(args, CaptionerTrainConfig)
+    if not config.seed_groups:
+        raise UsageError("seed_groups is required (in CONFIG or as --seed-groups)")
+    require_inputs(config.seed_groups)
+    _print_result(train(config))
     return 0
 
 

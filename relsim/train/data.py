@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,16 +122,24 @@ class Batch:
 
 
 class CaptionImages(Dataset):
-    """``records[i]`` -> ``Sample(i, uint8 (3, 448, 448))``, prepared exactly like inference in train mode.
+    """``records[i]`` -> ``Sample(i, uint8 (3, 448, 448))``, prepared exactly like inference in train mode
+    (or by ``prepare_fn(path, index)``, e.g. the captioner's squash, :func:`relsim.caption_inputs.prepare_image`).
 
     A file that cannot be read gives ``Sample(i, None, reason)``; :func:`collate` drops it into
     ``Batch.skipped``.
     """
 
-    def __init__(self, records: list[Record], image_dir: str | Path, mode: str = "train") -> None:
+    def __init__(
+        self,
+        records: list[Record],
+        image_dir: str | Path,
+        mode: str = "train",
+        prepare_fn: Callable[[Path, int], torch.Tensor] | None = None,
+    ) -> None:
         self.records = records
         self.image_dir = Path(image_dir)
         self.mode = mode
+        self.prepare_fn = prepare_fn
 
     def __len__(self) -> int:
         return len(self.records)
@@ -138,6 +147,8 @@ class CaptionImages(Dataset):
     def __getitem__(self, index: int) -> Sample:
         path = self.image_dir / self.records[index].filename
         try:
+            if self.prepare_fn is not None:
+                return Sample(index, self.prepare_fn(path, index))
             return Sample(index, prepare(path, index, self.mode))
         except ImageInputError as err:
             return Sample(index, None, str(err))

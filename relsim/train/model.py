@@ -30,13 +30,15 @@ from ..encoder import Prompt, multimodal_inputs, query_states
 
 
 class HubNames(nn.Module):
-    """Holds the body as ``.model`` so peft names the LoRA keys as upstream's
-    ``Qwen2_5_VLForConditionalGeneration`` did (``base_model.model.model.language_model.layers...``),
-    without loading the 1 GB LM head."""
+    """Holds the body as ``.model`` (and the LM head, when given, as ``.lm_head``) so peft names the LoRA keys as
+    upstream's ``Qwen2_5_VLForConditionalGeneration`` did (``base_model.model.model.language_model.layers...``).
+    The embedder never loads the 1 GB LM head."""
 
-    def __init__(self, body: nn.Module) -> None:
+    def __init__(self, body: nn.Module, lm_head: nn.Module | None = None) -> None:
         super().__init__()
         self.model = body
+        if lm_head is not None:
+            self.lm_head = lm_head
 
 
 def load_tokenizer(path: str | Path):
@@ -112,13 +114,9 @@ def build_model(
     ``dtype`` is the frozen base weights' dtype; LoRA and the head are float32 (master weights).
     Initialisation is a function of ``seed`` only (made on the CPU, then moved).
     """
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as err:
-        raise ImportError('training needs peft: pip install "relsim[train]"', name="peft") from err
-
     from ..pretrained import load_body
 
+    require_peft()  # before the base's weights are read
     device = torch.device(device)
     body = load_body(Path(base_path), device, dtype)
     body.requires_grad_(False)
@@ -129,23 +127,57 @@ def build_model(
         raise ValueError(f"{QUERY_TOKEN} is token {query_id} but the base model has {rows} embedding rows")
     prompt = Prompt.from_tokenizer(tokenizer, QUERY_TOKEN, body.config.image_token_id)
 
-    targets = list(target_modules or ["q_proj", "v_proj"])
-    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets, bias="none")
     torch.manual_seed(seed)
     with torch.device("cpu"):
         projection = nn.Linear(body.config.text_config.hidden_size, projection_dim)
-    peft_model = get_peft_model(HubNames(body), config)
+    peft_model = add_lora(
+        HubNames(body),
+        body,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=target_modules,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+    model = TrainModel(peft_model, projection.to(device), prompt, autocast)
+    for p in model.trainable().values():
+        p.data = p.data.float()
+    return model, tokenizer
+
+
+def add_lora(
+    wrapper: nn.Module,
+    body: nn.Module,
+    *,
+    lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    target_modules: list[str] | None,
+    gradient_checkpointing: bool,
+):
+    """peft LoRA on ``wrapper`` (a :class:`HubNames` around ``body``), on language-model layers only, with
+    gradient checkpointing of the body when asked. LoRA's initialisation draws on the global torch RNG."""
+    LoraConfig, get_peft_model = require_peft()
+    targets = list(target_modules or ["q_proj", "v_proj"])
+    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets, bias="none")
+    peft_model = get_peft_model(wrapper, config)
     wrapped = [n for n, m in body.named_modules() if hasattr(m, "lora_A")]
     outside = [n for n in wrapped if not n.startswith("language_model.")]
     if not wrapped or outside:
         raise ValueError(f"LoRA target_modules {targets} must match language-model layers only; got {outside[:3]}")
-    model = TrainModel(peft_model, projection.to(device), prompt, autocast)
     if gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(body, "activation_checkpointing_enable"):  # the name since transformers 5.x
             body.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             body.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    for p in model.trainable().values():
-        p.data = p.data.float()
-    return model, tokenizer
+    return peft_model
+
+
+def require_peft():
+    """peft's ``LoraConfig`` and ``get_peft_model``, or an ImportError naming the extra to install."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError('training needs peft: pip install "relsim[train]"', name="peft") from err
+    return LoraConfig, get_peft_model
