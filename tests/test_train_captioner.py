@@ -154,12 +154,23 @@ def test_defaults_are_upstreams_recipe(tmp_path):
     assert TRAINING_PROMPT == UPSTREAM["training_prompt"]
 
 
-def test_cli_usage_errors(tmp_path, capsys):
-    assert main(["train-captioner"]) == 2
-    assert "seed_groups is required" in capsys.readouterr().err
-    assert main(["train-captioner", str(tmp_path / "nope.yaml")]) == 2
-    assert main(["train-captioner", "--seed-groups", str(tmp_path / "none")]) == 2
-    assert "no such file" in capsys.readouterr().err
+def test_cli_errors_are_one_line_with_their_exit_code(tmp_path, capsys):
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps([{"anonymous_caption": "c", "image_urls": []}]))
+    cases = [
+        (["train-captioner"], 2, "seed_groups is required"),
+        (["train-captioner", str(tmp_path / "nope.yaml")], 2, "nope.yaml"),
+        (["train-captioner", "--seed-groups", str(tmp_path / "none")], 2, "none: no such file"),
+        (["train-captioner", str(bad_json)], 1, "bad.json is not valid JSON"),
+        (["train-captioner", "--seed-groups", str(groups), "--output-dir", str(tmp_path / "r")], 1, "image_urls"),
+        (["train-captioner", "a.json", "--config", "b.json"], 2, "two configuration files"),
+    ]
+    for argv, expected, needle in cases:
+        assert main(argv) == expected, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("relsim train-captioner: error: ") and needle in err[0], err
 
 
 # -- labels and loss ---------------------------------------------------------------------------------------
