@@ -3,7 +3,8 @@ domain"): seed groups -> `relsim train-captioner` -> `relsim caption <folder> -o
 targets` -> `relsim train` -> `relsim embed` -> `relsim search`.
 
 The domain: two seed groups of two images each, a red family ("{Fruit} layers") and a blue one ("{Animals}
-queue"); the image set to caption holds new images of both families. Both trainings overfit (their loss falls to a
+queue"); the image set to caption holds new images of both families (JPEG files, which `relsim train` reads from
+the paths `relsim caption` recorded). Both trainings overfit (their loss falls to a
 fraction of where it started), the captioner writes each new image its family's caption, and a text search for
 either caption finds that family first. The tiny base's LM head is scaled up so that a two-layer, 64-wide model can
 make a confident prediction at all (random 0.1-scale rows over 152k tokens cannot); nothing else differs from the
@@ -78,8 +79,8 @@ def test_seed_groups_to_search(tmp_path):
         (seeds / name / "caption.txt").write_text(caption + "\n")
         for i in range(2):
             family_image(colour, 100 * f + i).save(seeds / name / f"{i}.png")
-        for i in range(3):  # the image set to caption: new images of each family
-            family_image(colour, 1000 + 100 * f + i).save(photos / f"{name}{i}.png")
+        for i in range(3):  # the image set to caption: new images of each family, JPEG files
+            family_image(colour, 1000 + 100 * f + i).save(photos / f"{name}{i}.jpg", quality=95)
 
     # 1. the captioner, on the seed groups
     recipe = {
@@ -113,11 +114,11 @@ def test_seed_groups_to_search(tmp_path):
     for r in records:
         assert r["caption"] == FAMILIES[r["image_hash"].rstrip("0123456789")][1], r
 
-    # 3. caption targets, 4. the embedder on the captioned images
+    # 3. caption targets, 4. the embedder on the captioned images (found where they were captioned)
     relsim("data", "targets", captions, "--cache-dir", tmp_path / "targets", "--text-model", text_model)
     relsim(
         "train",
-        *("--train-jsonl", captions, "--image-dir", photos, "--target-cache", tmp_path / "targets"),
+        *("--train-jsonl", captions, "--target-cache", tmp_path / "targets"),
         *("--text-model", text_model, "--base-model", base, "--output-dir", tmp_path / "embedder"),
         *("--eval-size", 0, "--batch-size", 6, "--max-steps", 8, "--lr", 3e-3, "--lora-dropout", 0),
         *("--no-gradient-checkpointing", "--num-workers", 0, "--log-every", 1, "--no-progress"),

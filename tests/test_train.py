@@ -245,6 +245,28 @@ def test_unreadable_images_are_skipped_and_counted(data):
     assert {r.image_hash for r in held} == {r.image_hash for r in split_eval(records[::-1], 2)[1]}  # order-free
 
 
+def test_records_with_a_path_are_read_from_it(data, tmp_path):
+    """`relsim caption -o` records where each image is: a record whose {image_hash}.png is not in the image folder
+    is read from its path (the folder's file wins when both exist)."""
+    photo(50, 40, seed=3).save(tmp_path / "elsewhere.jpg")
+    lines = [
+        json.dumps({"image_hash": "img00", "caption": "c", "path": str(tmp_path / "elsewhere.jpg")}),
+        json.dumps({"image_hash": "elsewhere", "caption": "c", "path": str(tmp_path / "elsewhere.jpg")}),
+        json.dumps({"image_hash": "gone", "caption": "c", "path": str(tmp_path / "gone.jpg")}),
+    ]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    records = read_jsonl(tmp_path / "c.jsonl")
+    have, missing = present(records, data["images"])
+    assert [r.image_hash for r in have] == ["img00", "elsewhere"] and [r.image_hash for r in missing] == ["gone"]
+    assert [r.image_hash for r in present(records, None)[0]] == ["img00", "elsewhere"]
+    pixels = CaptionImages(have, data["images"])
+    assert torch.equal(pixels[0].pixels, prepare(data["images"] / "img00.png", 0, "train"))
+    assert torch.equal(pixels[1].pixels, prepare(tmp_path / "elsewhere.jpg", 0, "train"))
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"image_hash": "a", "caption": "c", "path": 3}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1: path must be a string"):
+        read_jsonl(tmp_path / "bad.jsonl")
+
+
 # -- training -------------------------------------------------------------------------------------------
 
 

@@ -119,8 +119,8 @@ def _train(args: argparse.Namespace) -> int:
 
     require_inputs(args.config)
     config = config_from_args(args)
-    if not config.train_jsonl or not config.image_dir:
-        raise UsageError("train_jsonl and image_dir are required (in --config or as flags)")
+    if not config.train_jsonl:
+        raise UsageError("train_jsonl is required (in --config or as flags)")
     _print_result(train(config))
     return 0
 

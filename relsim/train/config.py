@@ -175,7 +175,8 @@ class TrainConfig(BaseConfig):
     train_jsonl: str = ""
     """Anonymous-captions JSONL: one ``{"image_hash", "caption", "url_link"}`` object per line."""
     image_dir: str = ""
-    """Folder of ``{image_hash}.png`` files (``relsim data download`` fills it)."""
+    """Folder of ``{image_hash}.png`` files (``relsim data download`` fills it). A record with a ``path`` (what
+    ``relsim caption -o`` writes) is read from that path when the folder lacks its file (or is unset)."""
     eval_jsonl: str | None = None
     """Held-out JSONL (images in ``image_dir``); when unset, ``eval_size`` records of ``train_jsonl`` are held out."""
     eval_size: int = 1000

@@ -35,8 +35,8 @@ class EmbedderTrainer(Trainer):
 
     def load_data(self) -> None:
         c = self.config
-        if not c.train_jsonl or not c.image_dir:
-            raise ValueError("train_jsonl and image_dir must be set")
+        if not c.train_jsonl:
+            raise ValueError("train_jsonl must be set")
         records = read_jsonl(c.train_jsonl)
         if c.eval_jsonl:
             train_records, eval_records = records, read_jsonl(c.eval_jsonl)
@@ -46,7 +46,8 @@ class EmbedderTrainer(Trainer):
         eval_records, eval_missing = present(eval_records, c.image_dir)
         if missing or eval_missing:
             self.log.info(
-                f"{len(missing) + len(eval_missing)} images missing from {c.image_dir} are skipped "
+                f"{len(missing) + len(eval_missing)} images missing from {c.image_dir or 'their recorded paths'} "
+                "are skipped "
                 f"(train {len(missing)}, eval {len(eval_missing)}), e.g. {[r.filename for r in missing[:3]]}"
             )
         self.train_records, self.eval_records = train_records, eval_records
