@@ -375,6 +375,29 @@ def test_resume_reproduces_the_uninterrupted_run(run, data, base_dir, text_dir, 
     assert first.losses == pytest.approx(losses[:1], abs=1e-6)
 
 
+def test_optimizer_state_round_trips_without_pickle(tmp_path):
+    """AdamW's state as safetensors + JSON, bit for bit; a checkpoint with the older optimizer.pt still resumes."""
+    from relsim.train.state import load_optimizer, save_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        model(torch.randn(5, 4)).square().sum().backward()
+        optimizer.step()
+    save_optimizer(tmp_path, optimizer)
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    for name in ("safetensors", "pt"):
+        if name == "pt":
+            (tmp_path / "optimizer.safetensors").unlink()
+        fresh = torch.optim.AdamW(model.parameters(), lr=1.0)
+        load_optimizer(tmp_path, fresh, torch.device("cpu"))
+        got, expected = fresh.state_dict(), optimizer.state_dict()
+        assert got["param_groups"] == expected["param_groups"], name
+        for i, state in expected["state"].items():
+            assert all(torch.equal(state[k], got["state"][i][k]) for k in state), name
+
+
 def test_loss_falls_on_a_repeated_batch(data, base_dir, text_dir, target_cache, tmp_path):
     """Overfit check: four images, batch 4, every step the same batch."""
     subset = tmp_path / "four.jsonl"

@@ -326,7 +326,9 @@ def test_run_writes_the_published_captioners_layout(run, base_dir):
     config = json.loads((final / "relsim_config.json").read_text())
     assert config["kind"] == "anonymous-captioner" and config["prompt"] == TRAINING_PROMPT
     assert config["step"] == 3 and "caption_cosine" in config["eval"] and config["recipe"]["lr"] == 5e-3
-    assert (out / "checkpoint-3" / "trainer_state" / "optimizer.pt").is_file()
+    assert (out / "checkpoint-3" / "trainer_state" / "optimizer.safetensors").is_file()
+    resume_files = [p.name for p in (out / "checkpoint-3").rglob("*") if p.is_file()]
+    assert not [n for n in resume_files if n.endswith((".pt", ".pth", ".bin", ".pkl"))], resume_files
     with pytest.raises(relsim.CheckpointError, match="load_captioner"):
         relsim.load(final, device="cpu")
 
@@ -401,10 +403,10 @@ def test_resume_is_bit_identical(groups, base_dir, text_dir, tmp_path):
     a = load_file(str(tmp_path / "straight" / "checkpoint-4" / "trainer_state" / "trainable.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "checkpoint-4" / "trainer_state" / "trainable.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    opt_a = torch.load(tmp_path / "straight" / "checkpoint-4" / "trainer_state" / "optimizer.pt", weights_only=True)
-    opt_b = torch.load(tmp_path / "resumed" / "checkpoint-4" / "trainer_state" / "optimizer.pt", weights_only=True)
-    for k, state in opt_a["state"].items():
-        assert all(torch.equal(state[name], opt_b["state"][k][name]) for name in state)
+    opt_a = load_file(str(tmp_path / "straight" / "checkpoint-4" / "trainer_state" / "optimizer.safetensors"))
+    opt_b = load_file(str(tmp_path / "resumed" / "checkpoint-4" / "trainer_state" / "optimizer.safetensors"))
+    assert set(opt_a) == set(opt_b) and len(opt_a) == 3 * len(a)  # step, exp_avg, exp_avg_sq per parameter
+    assert all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
     with pytest.raises(ValueError, match="different data"):
         (groups / "group0" / "caption.txt").write_text("another caption")
         try:
