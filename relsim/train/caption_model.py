@@ -32,7 +32,7 @@ from torch import nn
 from .. import generation, preprocess
 from ..caption_inputs import CaptionPrompt, build_batch, sequence_positions
 from ..checkpoint import BaseShards
-from .model import HubNames, add_lora, require_peft
+from .model import HubNames, LoraModel, add_lora, require_peft
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
@@ -103,38 +103,20 @@ def training_batch(
     return TrainingBatch(input_ids, positions, torch.cat(sources), torch.cat(targets))
 
 
-class CaptionerTrainModel(nn.Module):
+class CaptionerTrainModel(LoraModel):
     """Trainable captioner. ``forward(pixel_values, grid_thw, answers)`` -> (summed answer-token cross-entropy,
     answer tokens, correctly predicted answer tokens); the sum is float32 and carries the gradient."""
 
     def __init__(
         self, peft_model: nn.Module, prompt: CaptionPrompt, pad_token_id: int, autocast: torch.dtype | None
     ) -> None:
-        super().__init__()
-        self.peft = peft_model
+        super().__init__(peft_model, autocast)
         self.prompt = prompt
         self.pad_token_id = pad_token_id
-        self.autocast = autocast
-
-    @property
-    def body(self) -> nn.Module:
-        """The ``Qwen2_5_VLModel`` (with LoRA layers injected in place)."""
-        return self.peft.base_model.model.model
 
     @property
     def lm_head(self) -> torch.Tensor:
         return self.peft.base_model.model.lm_head.weight
-
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.device
-
-    def trainable(self) -> dict[str, nn.Parameter]:
-        return {name: p for name, p in self.named_parameters() if p.requires_grad}
-
-    def _autocast(self):
-        dtype = self.autocast or torch.float32
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast is not None)
 
     def input_embeddings(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings of ``ids`` with the vision tower's features in place of ``<|image_pad|>``."""
@@ -149,13 +131,10 @@ class CaptionerTrainModel(nn.Module):
         self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, answers: Sequence[Sequence[int]]
     ) -> tuple[torch.Tensor, int, int]:
         if grid_thw.shape[0] == 0:
-            # A process whose micro-batch was all unreadable images still joins the step (DDP needs every
-            # trainable parameter in the graph): zero loss, zero gradients.
-            anchor = sum(p.sum() for p in self.trainable().values()) * 0.0
-            return anchor.float(), 0, 0
+            return self.anchor().float(), 0, 0
         batch = training_batch(self.prompt, grid_thw, answers, self.pad_token_id)
         ids = batch.input_ids.to(self.device)
-        with self._autocast():
+        with self.autocast_context():
             # Nothing before the first LoRA layer is trained: the vision tower and the embedding lookup run
             # without building a graph (same values, less memory).
             with torch.no_grad():
@@ -183,7 +162,7 @@ def greedy_captions(
     batch = build_batch([model.prompt] * len(pixels), grids, model.pad_token_id)
     ids = batch.input_ids.to(model.device)
     language_model = model.body.language_model
-    with model._autocast():
+    with model.autocast_context():
         embeds = model.input_embeddings(pixel_values, grids, ids)
         step = generation.StepModel(language_model, model.lm_head, language_model.embed_tokens)
         mask = None if batch.attention_mask is None else batch.attention_mask.to(model.device)
@@ -253,6 +232,5 @@ def build_captioner_model(
         gradient_checkpointing=gradient_checkpointing,
     )
     model = CaptionerTrainModel(peft_model, chat, int(pad), autocast)
-    for p in model.trainable().values():
-        p.data = p.data.float()
+    model.master_weights()
     return model, tokenizer

@@ -86,19 +86,7 @@ class CaptionerTrainer(Trainer):
 
         c = self.config
         base = self.resolve_base()
-        model, self.tokenizer = build_captioner_model(
-            base.path,
-            prompt=self.prompt_text,
-            device=self.device,
-            dtype=self.dtype,
-            autocast=self.autocast,
-            lora_r=c.lora_r,
-            lora_alpha=c.lora_alpha,
-            lora_dropout=c.lora_dropout,
-            target_modules=c.lora_target_modules,
-            seed=c.seed,
-            gradient_checkpointing=c.gradient_checkpointing,
-        )
+        model, self.tokenizer = build_captioner_model(base.path, prompt=self.prompt_text, **self.model_options())
         tokens: dict[str, list[int]] = {}
         for image in self.train_records + self.eval_records:
             if image.caption not in tokens:

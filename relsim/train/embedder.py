@@ -76,19 +76,7 @@ class EmbedderTrainer(Trainer):
     def build_model(self) -> nn.Module:
         c = self.config
         base = self.resolve_base()
-        model, self.tokenizer = build_model(
-            base.path,
-            device=self.device,
-            dtype=self.dtype,
-            autocast=self.autocast,
-            lora_r=c.lora_r,
-            lora_alpha=c.lora_alpha,
-            lora_dropout=c.lora_dropout,
-            target_modules=c.lora_target_modules,
-            projection_dim=c.projection_dim,
-            seed=c.seed,
-            gradient_checkpointing=c.gradient_checkpointing,
-        )
+        model, self.tokenizer = build_model(base.path, projection_dim=c.projection_dim, **self.model_options())
         if self.train_targets.shape[1] != c.projection_dim:
             dim = self.train_targets.shape[1]
             raise ValueError(f"caption targets are {dim}-d but projection_dim is {c.projection_dim}")

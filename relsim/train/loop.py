@@ -196,6 +196,21 @@ class Trainer:
             self.base = resolve(c.base_model, revision=c.base_revision, allow_patterns=BASE_FILES)
         return self.base
 
+    def model_options(self) -> dict[str, Any]:
+        """The device, precision and LoRA options both models' builders take."""
+        c = self.config
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "autocast": self.autocast,
+            "lora_r": c.lora_r,
+            "lora_alpha": c.lora_alpha,
+            "lora_dropout": c.lora_dropout,
+            "target_modules": c.lora_target_modules,
+            "seed": c.seed,
+            "gradient_checkpointing": c.gradient_checkpointing,
+        }
+
     def _setup(self) -> None:
         c = self.config
         self.load_data()

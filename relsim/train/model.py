@@ -51,14 +51,13 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-class TrainModel(nn.Module):
-    """Trainable relsim model. ``forward(pixel_values, grid_thw)`` -> (B, dim) L2-normalised float32."""
+class LoraModel(nn.Module):
+    """What both trained models share: the peft-wrapped body (:class:`HubNames`), autocast, the trainable
+    parameters (float32 master weights) and the zero-loss anchor of an empty micro-batch."""
 
-    def __init__(self, peft_model: nn.Module, projection: nn.Linear, prompt: Prompt, autocast: torch.dtype | None):
+    def __init__(self, peft_model: nn.Module, autocast: torch.dtype | None) -> None:
         super().__init__()
         self.peft = peft_model
-        self.projection = projection
-        self.prompt = prompt
         self.autocast = autocast
 
     @property
@@ -68,7 +67,7 @@ class TrainModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.projection.weight.device
+        return self.body.language_model.embed_tokens.weight.device
 
     @property
     def weights_dtype(self) -> torch.dtype:
@@ -77,14 +76,39 @@ class TrainModel(nn.Module):
     def trainable(self) -> dict[str, nn.Parameter]:
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
+    def autocast_context(self):
+        """bf16 autocast when training in bf16, else nothing."""
+        dtype = self.autocast or torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast is not None)
+
+    def anchor(self) -> torch.Tensor:
+        """A zero that depends on every trainable parameter. A process whose micro-batch was all unreadable
+        images still joins the step (DDP needs every trainable parameter in the graph): zero gradients."""
+        return sum(p.sum() for p in self.trainable().values()) * 0.0
+
+    def master_weights(self) -> None:
+        """The trainable parameters as float32 master weights (the frozen ones keep the base's dtype)."""
+        for p in self.trainable().values():
+            p.data = p.data.float()
+
+
+class TrainModel(LoraModel):
+    """Trainable relsim model. ``forward(pixel_values, grid_thw)`` -> (B, dim) L2-normalised float32."""
+
+    def __init__(self, peft_model: nn.Module, projection: nn.Linear, prompt: Prompt, autocast: torch.dtype | None):
+        super().__init__(peft_model, autocast)
+        self.projection = projection
+        self.prompt = prompt
+
+    @property
+    def device(self) -> torch.device:
+        return self.projection.weight.device
+
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         device = self.device
         if grid_thw.shape[0] == 0:
-            # A process whose micro-batch was all unreadable images still joins the step (DDP needs every
-            # trainable parameter in the graph): zero rows, zero gradients.
-            anchor = sum(p.sum() for p in self.trainable().values()) * 0.0
-            return torch.zeros(0, self.projection.out_features, device=device) + anchor
-        with torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            return torch.zeros(0, self.projection.out_features, device=device) + self.anchor()
+        with self.autocast_context():
             # Nothing before the first LoRA layer is trained: the vision tower and the embedding lookup
             # run without building a graph (same values, less memory).
             with torch.no_grad():
@@ -140,8 +164,7 @@ def build_model(
         gradient_checkpointing=gradient_checkpointing,
     )
     model = TrainModel(peft_model, projection.to(device), prompt, autocast)
-    for p in model.trainable().values():
-        p.data = p.data.float()
+    model.master_weights()
     return model, tokenizer
 
 
