@@ -373,9 +373,8 @@ def _settings(base_dir: Path, max_new_tokens: int):
     from relsim.generation import GenerationSettings
     from relsim.train.caption_model import base_generation_config
 
-    return GenerationSettings.from_config(
-        base_generation_config(base_dir), do_sample=False, max_new_tokens=max_new_tokens
-    )
+    config = base_generation_config(base_dir, None)  # the fixture base has a generation_config.json
+    return GenerationSettings.from_config(config, do_sample=False, max_new_tokens=max_new_tokens)
 
 
 def test_load_captioner_reads_the_checkpoint(run, base_dir, trained, groups, captioner_dir):
@@ -456,3 +455,24 @@ def test_captioner_card_front_matter_names_a_hub_base():
     front = card.split("---")[1]
     assert 'base_model: "Qwen/Qwen2.5-VL-7B-Instruct"' in front and "pipeline_tag: image-to-text" in front
     assert "No held-out evaluation was recorded." in card and "upstream's training prompt" in card
+
+
+def test_captioner_card_usage_example_runs(run, offline_hub, tmp_path, monkeypatch, capsys):
+    """The card's Python example, run against the trained checkpoint filed in the offline HF cache under a repo id."""
+    import re
+    import shutil
+
+    from relsim.hub import write_model_card
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(run["out"] / "final", checkpoint)
+    card = write_model_card(checkpoint, repo_id="me/captioner-tiny").read_text()
+    tiny.populate_hf_cache(offline_hub["home"] / "hub", "me/captioner-tiny", checkpoint)
+    (code,) = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    colour_image(COLOURS[1], 7).save(tmp_path / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md (captioner card)", "exec"), namespace)
+    expected = relsim.load_captioner(checkpoint, device="cpu", dtype=torch.float32).caption("a.jpg")
+    assert namespace["caption"] == expected and namespace["captioner"].fingerprint["model"] == "me/captioner-tiny"
+    assert expected.text in capsys.readouterr().out

@@ -169,12 +169,13 @@ def greedy_captions(
         return generation.generate(step, embeds, batch.positions.to(model.device), mask, ids, settings)
 
 
-def base_generation_config(base_path: str | Path):
-    """The base model's ``GenerationConfig`` (what ``generate()`` and relsim's captioner merge in), or None."""
+def base_generation_config(base_path: str | Path, body: nn.Module):
+    """The base model's ``GenerationConfig`` (what ``generate()`` and relsim's captioner merge in); without a
+    ``generation_config.json``, the model config's token ids, as transformers does."""
     from transformers import GenerationConfig
 
     if not (Path(base_path) / "generation_config.json").is_file():
-        return None
+        return GenerationConfig.from_model_config(body.config)
     return GenerationConfig.from_pretrained(base_path, trust_remote_code=False)
 
 

@@ -94,7 +94,7 @@ class CaptionerTrainer(Trainer):
         self.answers = [tokens[i.caption] for i in self.train_records]
         self.eval_answers = [tokens[i.caption] for i in self.eval_records]
         self.settings = generation.GenerationSettings.from_config(
-            base_generation_config(base.path), do_sample=False, max_new_tokens=c.max_new_tokens
+            base_generation_config(base.path, model.body), do_sample=False, max_new_tokens=c.max_new_tokens
         )
         self.text_encoder = None
         return model
