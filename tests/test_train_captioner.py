@@ -391,19 +391,20 @@ def test_load_captioner_reads_the_checkpoint(run, base_dir, trained, groups, cap
 
 
 def test_resume_is_bit_identical(groups, base_dir, text_dir, tmp_path):
-    """2 steps, stop, resume to 4 == 4 steps straight: parameters, AdamW state and losses, bit for bit
-    (LoRA dropout on, two accumulated micro-batches per step, a warm-up, an epoch boundary crossed)."""
-    common = dict(max_steps=4, eval_fraction=0.0, eval_every=100, warmup_steps=2, lora_dropout=0.1)
+    """1 step, stop, resume to 3 == 3 steps straight: parameters, AdamW state and losses, bit for bit
+    (LoRA dropout on, two accumulated micro-batches per step, a warm-up, an epoch boundary crossed: 9 images
+    make 2 steps of 4 per epoch)."""
+    common = dict(max_steps=3, eval_fraction=0.0, eval_every=100, warmup_steps=2, lora_dropout=0.1)
     straight = train(config(groups, base_dir, text_dir, tmp_path / "straight", **common))
-    first = train(config(groups, base_dir, text_dir, tmp_path / "resumed", stop_after_step=2, **common))
-    assert first.final is None and first.last_checkpoint == tmp_path / "resumed" / "checkpoint-2"
+    first = train(config(groups, base_dir, text_dir, tmp_path / "resumed", stop_after_step=1, **common))
+    assert first.final is None and first.last_checkpoint == tmp_path / "resumed" / "checkpoint-1"
     second = train(config(groups, base_dir, text_dir, tmp_path / "resumed", resume="latest", **common))
-    assert second.step == 4 and first.losses + second.losses == straight.losses
-    a = load_file(str(tmp_path / "straight" / "checkpoint-4" / "trainer_state" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "checkpoint-4" / "trainer_state" / "trainable.safetensors"))
+    assert second.step == 3 and first.losses + second.losses == straight.losses
+    a = load_file(str(tmp_path / "straight" / "checkpoint-3" / "trainer_state" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "checkpoint-3" / "trainer_state" / "trainable.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    opt_a = load_file(str(tmp_path / "straight" / "checkpoint-4" / "trainer_state" / "optimizer.safetensors"))
-    opt_b = load_file(str(tmp_path / "resumed" / "checkpoint-4" / "trainer_state" / "optimizer.safetensors"))
+    opt_a = load_file(str(tmp_path / "straight" / "checkpoint-3" / "trainer_state" / "optimizer.safetensors"))
+    opt_b = load_file(str(tmp_path / "resumed" / "checkpoint-3" / "trainer_state" / "optimizer.safetensors"))
     assert set(opt_a) == set(opt_b) and len(opt_a) == 3 * len(a)  # step, exp_avg, exp_avg_sq per parameter
     assert all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
     with pytest.raises(ValueError, match="different data"):

@@ -190,6 +190,7 @@ class TrainConfig(BaseConfig):
     """The contrastive negatives of one loss are ``micro_batch_size * world_size`` images."""
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field (the shared ones, then the embedder's)."""
         super().validate()
         if self.projection_dim < 1:
             raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
@@ -239,6 +240,7 @@ class CaptionerTrainConfig(BaseConfig):
     eval_batch_size: int = 8
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field (the shared ones, then the captioner's)."""
         super().validate()
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
