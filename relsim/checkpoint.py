@@ -310,6 +310,10 @@ def read_checkpoint(path: str | Path) -> RelSimCheckpoint:
     path = Path(path)
     adapter_config = read_adapter_config(path)
     relsim_config = read_json(path / RELSIM_CONFIG) if (path / RELSIM_CONFIG).is_file() else {}
+    if relsim_config.get("kind") == CAPTIONER_KIND:
+        raise CheckpointError(
+            f"{str(path)!r} is an anonymous captioner, not a relsim embedder: load it with relsim.load_captioner()"
+        )
     weight, bias, extras = read_projection(path)
     if weight.ndim != 2 or bias.shape != (weight.shape[0],):
         raise CheckpointError(f"{str(path)!r}: projection weight {tuple(weight.shape)} and bias {tuple(bias.shape)}")
@@ -405,6 +409,21 @@ def copy_processor_files(base_path: str | Path, path: str | Path) -> None:
             shutil.copy(source, target)
 
 
+def write_adapter_files(path: str | Path, *, peft_model, tokenizer, base) -> str:
+    """The files an embedder and a captioner checkpoint share: the LoRA adapter naming the base, the tokenizer and
+    the base's processor files. Returns the base's name as recorded (a Hub id, or a local base's absolute path).
+
+    ``base`` is the :class:`relsim.hub.ResolvedRepo` of the base model.
+    """
+    path = Path(path)
+    base_name = str(base.path) if base.is_local else base.name
+    # upstream's peft code reads `revision` as a Hub revision: a local base's content hash stays out of it
+    write_adapter(path, peft_model, base_model=base_name, base_revision=None if base.is_local else base.revision)
+    tokenizer.save_pretrained(str(path))
+    copy_processor_files(base.path, path)
+    return base_name
+
+
 def write_checkpoint(
     path: str | Path,
     *,
@@ -426,15 +445,11 @@ def write_checkpoint(
     from . import __version__
 
     path = Path(path)
-    base_name = str(base.path) if base.is_local else base.name
-    # upstream's peft code reads `revision` as a Hub revision: a local base's content hash stays out of it
-    write_adapter(path, peft_model, base_model=base_name, base_revision=None if base.is_local else base.revision)
+    base_name = write_adapter_files(path, peft_model=peft_model, tokenizer=tokenizer, base=base)
     weight = projection.weight.detach().float().cpu().contiguous()
     bias = projection.bias.detach().float().cpu().contiguous()
     write_projection(path, weight, bias)
     write_upstream_projection(path, weight, bias, query_token_id)
-    tokenizer.save_pretrained(str(path))
-    copy_processor_files(base.path, path)
     write_relsim_config(
         path,
         {
@@ -449,6 +464,36 @@ def write_checkpoint(
             **(extra or {}),
         },
     )
+    return path
+
+
+#: ``relsim_config.json``'s ``kind`` of an anonymous-captioner checkpoint (an embedder's has none).
+CAPTIONER_KIND = "anonymous-captioner"
+
+
+def write_captioner_checkpoint(
+    path: str | Path,
+    *,
+    peft_model,
+    tokenizer,
+    base,
+    recipe: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write an anonymous-captioner checkpoint in the published captioner's layout (``adapter_config.json``,
+    ``adapter_model.safetensors`` with LoRA factors only, tokenizer and processor files; no pickles), which
+    ``relsim.load_captioner(path)`` and upstream's peft code read, plus ``relsim_config.json`` (``kind``, base id
+    and revision, prompt, recipe, evaluation, version) for the model card and ``relsim push-to-hub``.
+
+    >>> write_captioner_checkpoint("run/final", peft_model=m.peft, tokenizer=tok, base=base,  # doctest: +SKIP
+    ...                            recipe=cfg.to_dict())
+    """
+    from . import __version__
+
+    path = Path(path)
+    base_name = write_adapter_files(path, peft_model=peft_model, tokenizer=tokenizer, base=base)
+    config = {"kind": CAPTIONER_KIND, "base_model": base_name, "base_revision": base.revision, "recipe": recipe}
+    write_relsim_config(path, {**config, "relsim_version": __version__, **(extra or {})})
     return path
 
 

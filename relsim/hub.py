@@ -27,7 +27,7 @@ from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from . import __version__
-from .checkpoint import RELSIM_CONFIG, TRAINER_STATE_DIR
+from .checkpoint import CAPTIONER_KIND, RELSIM_CONFIG, TRAINER_STATE_DIR
 from .errors import ModelNotFoundError
 
 #: How relsim identifies itself to the Hub (as open_clip and timm do).
@@ -280,7 +280,11 @@ def model_card(config: dict[str, Any], *, repo_id: str | None = None, license: s
 
     >>> model_card({"base_model": "Qwen/Qwen2.5-VL-7B-Instruct"}, repo_id="me/relsim-x").splitlines()[1]
     'library_name: relsim'
+
+    An anonymous captioner's config (``kind: anonymous-captioner``) gets :func:`captioner_card`.
     """
+    if config.get("kind") == CAPTIONER_KIND:
+        return captioner_card(config, repo_id=repo_id, license=license)
     base = str(config.get("base_model") or "")
     recipe = config.get("recipe") or {}
     front = card_front_matter(base_model=base, license=license, tags=TAGS, pipeline_tag="image-feature-extraction")
@@ -330,6 +334,112 @@ def model_card(config: dict[str, Any], *, repo_id: str | None = None, license: s
         "```",
         "",
     ]
+    return "\n".join(front + body)
+
+
+#: Tags of a captioner's card.
+CAPTIONER_TAGS = [
+    "relsim",
+    "anonymous-captioner",
+    "relational-similarity",
+    "image-to-text",
+    "qwen2.5-vl",
+    "lora",
+    "peft",
+]
+#: Recipe keys shown in a captioner card's training table, in this order.
+CAPTIONER_CARD_KEYS = [
+    "base_model",
+    "base_revision",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "batch_size",
+    "micro_batch_size",
+    "epochs",
+    "max_steps",
+    "lr",
+    "lr_schedule",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip",
+    "precision",
+    "seed",
+    "eval_fraction",
+]
+#: The usage example of a captioner card; ``{repo}`` is the checkpoint's repo id.
+CAPTIONER_USAGE = """
+import relsim
+
+captioner = relsim.load_captioner("{repo}")
+caption = captioner.caption("a.jpg")  # greedy decoding, as in the training's evaluation
+print(caption.text, caption.placeholders)
+"""
+
+
+def captioner_card(config: dict[str, Any], *, repo_id: str | None = None, license: str = "apache-2.0") -> str:
+    """The README.md of an anonymous-captioner checkpoint (``relsim train-captioner``), from its
+    ``relsim_config.json``.
+
+    >>> card = captioner_card({"kind": "anonymous-captioner", "base_model": "Qwen/Qwen2.5-VL-7B-Instruct"})
+    >>> "pipeline_tag: image-to-text" in card
+    True
+    """
+    base = str(config.get("base_model") or "")
+    recipe = config.get("recipe") or {}
+    front = card_front_matter(base_model=base, license=license, tags=CAPTIONER_TAGS, pipeline_tag="image-to-text")
+    name = repo_id or "path/to/this/checkpoint"
+    body = [
+        f"# {repo_id.split('/')[-1] if repo_id else 'relsim anonymous captioner'}",
+        "",
+        'An anonymous captioner in the sense of relsim (Nguyen et al., "Relational Visual Similarity", arXiv '
+        f"2512.07833): {base or 'Qwen2.5-VL'} with LoRA on the language model's q_proj/v_proj, fine-tuned on seed "
+        "groups (images that share one caption) to write an image's relational logic with the objects left out "
+        '("A {Fruit} cut open to show its layers"). Its captions are the training targets of a relsim embedder.',
+        "",
+        *usage_section(CAPTIONER_USAGE.format(repo=name)),
+        "From the command line, JSON lines in the format `relsim data targets` and `relsim train` read:",
+        "",
+        "```bash",
+        f"relsim caption photos/ -r --model {name} -o captions.jsonl",
+        "```",
+        "",
+    ]
+    prompt = config.get("prompt")
+    if prompt:
+        body += [
+            "The prompt it was trained with (relsim's default is upstream's training prompt; pass another one to "
+            "`caption(prompt=...)` / `relsim caption --prompt`):",
+            "",
+            "```text",
+            prompt.rstrip("\n"),
+            "```",
+            "",
+        ]
+    body += ["## Training", "", "| option | value |", "| --- | --- |"]
+    rows = {**recipe, "base_model": base, "base_revision": config.get("base_revision")}
+    body += [f"| {key} | `{rows[key]}` |" for key in CAPTIONER_CARD_KEYS if rows.get(key) is not None]
+    for key, label in (("step", "step"), ("train_images", "train_images"), ("seed_groups", "seed groups")):
+        if config.get(key) is not None:
+            body.append(f"| {label} | `{config[key]}` |")
+    if config.get("relsim_version") is not None:
+        body.append(f"| relsim_version | `{config['relsim_version']}` |")
+    metrics = config.get("eval") or {}
+    body += ["", "## Evaluation", ""]
+    if metrics:
+        body += [
+            "On held-out seed groups: the teacher-forced loss and token accuracy of the caption, and greedy captions "
+            "of a fixed sample of held-out images compared with their reference captions by the cosine of their "
+            f"all-MiniLM-L6-v2 embeddings ({int(metrics.get('images', 0))} held-out images):",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+        ]
+        body += [f"| {k} | {v:.4f} |" for k, v in metrics.items() if k not in ("images", "skipped")]
+    else:
+        body.append("No held-out evaluation was recorded.")
+    body += ["", "## Training configuration", "", "```json", json.dumps(recipe, indent=2, sort_keys=True), "```", ""]
     return "\n".join(front + body)
 
 

@@ -68,3 +68,12 @@ def test_bench_cli_start(tmp_path):
     rows = json.loads((tmp_path / "cli_start.json").read_text())["rows"]
     assert [row["command"] for row in rows][1:3] == ["relsim --version", "relsim --help"]
     assert all(row["seconds"] > 0 for row in rows)
+
+
+def test_bench_train_tiny_steps(tmp_path):
+    """The training-step benchmark (docs/training.md's 7B estimates on a GPU) runs its tiny CPU smoke test."""
+    run_script("bench_train.py", "--tiny", "--steps", "1", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "bench_train-tiny.json").read_text())["rows"]
+    kinds = {(r["model"], r["gradient_checkpointing"]) for r in rows}
+    assert kinds == {("captioner", True), ("captioner", False), ("embedder", True)}
+    assert all(r["images_per_s"] > 0 and r["tflop_per_image"] >= 0 for r in rows)

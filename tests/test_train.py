@@ -245,6 +245,28 @@ def test_unreadable_images_are_skipped_and_counted(data):
     assert {r.image_hash for r in held} == {r.image_hash for r in split_eval(records[::-1], 2)[1]}  # order-free
 
 
+def test_records_with_a_path_are_read_from_it(data, tmp_path):
+    """`relsim caption -o` records where each image is: a record whose {image_hash}.png is not in the image folder
+    is read from its path (the folder's file wins when both exist)."""
+    photo(50, 40, seed=3).save(tmp_path / "elsewhere.jpg")
+    lines = [
+        json.dumps({"image_hash": "img00", "caption": "c", "path": str(tmp_path / "elsewhere.jpg")}),
+        json.dumps({"image_hash": "elsewhere", "caption": "c", "path": str(tmp_path / "elsewhere.jpg")}),
+        json.dumps({"image_hash": "gone", "caption": "c", "path": str(tmp_path / "gone.jpg")}),
+    ]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    records = read_jsonl(tmp_path / "c.jsonl")
+    have, missing = present(records, data["images"])
+    assert [r.image_hash for r in have] == ["img00", "elsewhere"] and [r.image_hash for r in missing] == ["gone"]
+    assert [r.image_hash for r in present(records, None)[0]] == ["img00", "elsewhere"]
+    pixels = CaptionImages(have, data["images"])
+    assert torch.equal(pixels[0].pixels, prepare(data["images"] / "img00.png", 0, "train"))
+    assert torch.equal(pixels[1].pixels, prepare(tmp_path / "elsewhere.jpg", 0, "train"))
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"image_hash": "a", "caption": "c", "path": 3}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1: path must be a string"):
+        read_jsonl(tmp_path / "bad.jsonl")
+
+
 # -- training -------------------------------------------------------------------------------------------
 
 
@@ -351,6 +373,29 @@ def test_resume_reproduces_the_uninterrupted_run(run, data, base_dir, text_dir, 
     losses = [m["train/loss"] for m in run["metrics"] if "train/loss" in m]
     assert second.losses == pytest.approx(losses[1:], abs=1e-6)
     assert first.losses == pytest.approx(losses[:1], abs=1e-6)
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path):
+    """AdamW's state as safetensors + JSON, bit for bit; a checkpoint with the older optimizer.pt still resumes."""
+    from relsim.train.state import load_optimizer, save_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        model(torch.randn(5, 4)).square().sum().backward()
+        optimizer.step()
+    save_optimizer(tmp_path, optimizer)
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    for name in ("safetensors", "pt"):
+        if name == "pt":
+            (tmp_path / "optimizer.safetensors").unlink()
+        fresh = torch.optim.AdamW(model.parameters(), lr=1.0)
+        load_optimizer(tmp_path, fresh, torch.device("cpu"))
+        got, expected = fresh.state_dict(), optimizer.state_dict()
+        assert got["param_groups"] == expected["param_groups"], name
+        for i, state in expected["state"].items():
+            assert all(torch.equal(state[k], got["state"][i][k]) for k in state), name
 
 
 def test_loss_falls_on_a_repeated_batch(data, base_dir, text_dir, target_cache, tmp_path):

@@ -6,14 +6,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import photo
+from conftest import QuietHandler, photo, serve
 from PIL import Image
 
 from relsim.cli import main
@@ -31,19 +29,9 @@ JPEG = _encoded(photo(48, 64, seed=9), "JPEG")
 TRUNCATED = GOOD["good0"][: len(GOOD["good0"]) // 2]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     hits: Counter = Counter()
     flaky_failures = 1
-
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
-    def _send(self, status: int, body: bytes = b"", kind: str = "image/png") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         name = self.path.strip("/").split(".")[0]
@@ -69,16 +57,8 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     _Handler.hits = Counter()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve(_Handler) as url:
+        yield url
 
 
 def _jsonl(path: Path, base: str, names: list[str]) -> Path:

@@ -1,10 +1,12 @@
-"""``relsim train``, ``relsim data download|targets`` and ``relsim convert``: reproduce the paper's training.
+"""``relsim train``, ``relsim train-captioner``, ``relsim data download|targets`` and ``relsim convert``: reproduce
+the paper's two trainings (the embedder and the anonymous captioner).
 
 Importing this module needs neither peft nor a model: the heavy imports happen when a command runs.
 
 Example:
     $ relsim data download anonymous_captions_train.jsonl images/
     $ relsim train --config recipe.yaml --output-dir run
+    $ relsim train-captioner seed-groups/seed_group.json --output-dir captioner-run
     $ torchrun --nproc_per_node 8 -m relsim.cli train --config recipe.yaml
     $ relsim convert thaoshibe/relsim-qwenvl25-lora relsim-converted
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import TrainConfig, field_types
+from ..train.config import BaseConfig, CaptionerTrainConfig, TrainConfig, field_types
 from ._common import EXIT_USAGE, UsageError, command, print_json, require_inputs, warn
 
 
@@ -21,9 +23,9 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig().to_dict()
-    for name, (scalar, _optional, is_list) in field_types().items():
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseConfig] = TrainConfig) -> None:
+    defaults = cls().to_dict()
+    for name, (scalar, _optional, is_list) in field_types(cls).items():
         kwargs: dict = {"default": argparse.SUPPRESS, "dest": name, "help": f"default: {defaults[name]}"}
         if scalar is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -46,11 +48,29 @@ def register(subparsers) -> None:
     _add_config_flags(p)
     p.set_defaults(func=_train)
 
+    cap = subparsers.add_parser(
+        "train-captioner",
+        help="fine-tune an anonymous captioner on seed groups (upstream's recipe by default)",
+        description="Train an anonymous captioner (LoRA on Qwen2.5-VL) on seed groups: upstream's seed_group.json, "
+        "a folder holding it and images/ (the Hub dataset layout), or a folder of seed-group folders each with "
+        "caption.txt. Options come from CONFIG (JSON or YAML) and flags; flags win. Run under torchrun for several "
+        "GPUs. See docs/training.md.",
+    )
+    cap.add_argument("config_file", nargs="?", metavar="CONFIG", help="a JSON or YAML file of options")
+    cap.add_argument("--config", help="the same as CONFIG")
+    _add_config_flags(cap, CaptionerTrainConfig)
+    cap.set_defaults(func=_train_captioner)
+
     data = subparsers.add_parser("data", help="prepare training data")
     data_commands = data.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: (data.print_help(), EXIT_USAGE)[1])
-    dl = data_commands.add_parser("download", help="download the images of a captions JSONL")
-    dl.add_argument("jsonl")
+    dl = data_commands.add_parser(
+        "download",
+        help="download the images of a captions JSONL or of seed groups (upstream's seed_group.json)",
+        description="Fetch the images of a captions JSONL into DIRECTORY/{image_hash}.png, or those of a seed-group "
+        "JSON (a list of {anonymous_caption, image_urls}) into DIRECTORY/{group}/{i}.png. Reruns resume.",
+    )
+    dl.add_argument("jsonl", metavar="LIST", help="captions JSONL or seed-group JSON")
     dl.add_argument("directory")
     dl.add_argument("--workers", type=int, default=16)
     dl.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
@@ -77,11 +97,20 @@ def register(subparsers) -> None:
     cv.set_defaults(func=_convert)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, cls: type[BaseConfig] = TrainConfig) -> BaseConfig:
     """Defaults, then ``--config``, then the flags given on the command line."""
-    names = set(field_types())
+    names = set(field_types(cls))
     overrides = {k: v for k, v in vars(args).items() if k in names}
-    return TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides)
+    path = config_path(args)
+    return cls.from_file(path, **overrides) if path else cls.from_dict(overrides)
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    """``--config`` or the positional CONFIG (``relsim train-captioner``); both at once must agree."""
+    flag, positional = getattr(args, "config", None), getattr(args, "config_file", None)
+    if flag and positional and flag != positional:
+        raise UsageError(f"two configuration files given: {positional} and --config {flag}")
+    return flag or positional
 
 
 @command
@@ -90,9 +119,14 @@ def _train(args: argparse.Namespace) -> int:
 
     require_inputs(args.config)
     config = config_from_args(args)
-    if not config.train_jsonl or not config.image_dir:
-        raise UsageError("train_jsonl and image_dir are required (in --config or as flags)")
-    result = train(config)
+    if not config.train_jsonl:
+        raise UsageError("train_jsonl is required (in --config or as flags)")
+    _print_result(train(config))
+    return 0
+
+
+def _print_result(result) -> None:
+    """The summary line of a training command (JSON): step, final checkpoint, evaluation, skipped images."""
     summary = {
         "step": result.step,
         "final": str(result.final) if result.final else None,
@@ -101,6 +135,18 @@ def _train(args: argparse.Namespace) -> int:
         "skipped_images": result.skipped,
     }
     print_json(summary)
+
+
+@command
+def _train_captioner(args: argparse.Namespace) -> int:
+    from ..train.loop import train
+
+    require_inputs(config_path(args))
+    config = config_from_args(args, CaptionerTrainConfig)
+    if not config.seed_groups:
+        raise UsageError("seed_groups is required (in CONFIG or as --seed-groups)")
+    require_inputs(config.seed_groups)
+    _print_result(train(config))
     return 0
 
 

@@ -1,6 +1,9 @@
-"""relsim.train: a minimal, correct reproduction of the paper's fine-tuning (``pip install "relsim[train]"``).
+"""relsim.train: a minimal, correct reproduction of the paper's two fine-tunings (``pip install "relsim[train]"``):
+the relsim embedder (:class:`TrainConfig`, ``relsim train``) and the anonymous captioner
+(:class:`CaptionerTrainConfig`, ``relsim train-captioner``), on one training loop.
 
-Recipe and commands: docs/training.md. Checkpoints load with ``relsim.load(directory)``.
+Recipes and commands: docs/training.md. Checkpoints load with ``relsim.load(directory)`` and
+``relsim.load_captioner(directory)``.
 
 Example:
     >>> from relsim.train import TrainConfig, train
@@ -13,15 +16,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .config import TrainConfig
+from .config import CaptionerTrainConfig, TrainConfig
 
 if TYPE_CHECKING:
     from .loop import TrainResult
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "CaptionerTrainConfig", "train"]
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(config: TrainConfig | CaptionerTrainConfig) -> TrainResult:
     """Run training; see :func:`relsim.train.loop.train`."""
     from .loop import train as _train
 

@@ -1,9 +1,11 @@
-"""Training configuration: one dataclass, read from JSON or YAML, overridable from the command line.
+"""Training configuration: a dataclass per model, read from JSON or YAML, overridable from the command line.
 
-The defaults are the paper's recipe (docs/architecture.md, §1): LoRA r=16 / alpha=32 / dropout 0.05 on
-q_proj and v_proj, a Linear(3584, 384) head, InfoNCE at temperature 0.07 against frozen
-all-MiniLM-L6-v2 caption embeddings, AdamW lr 1e-4 / weight decay 0.01, cosine schedule, grad-norm clip
-1.0, bf16, batch 64, 3 epochs.
+:class:`BaseConfig` holds what every run shares (optimiser, schedule, logs, checkpoints, LoRA).
+:class:`TrainConfig` is the embedder's run; its defaults are the paper's recipe (docs/architecture.md, §1):
+LoRA r=16 / alpha=32 / dropout 0.05 on q_proj and v_proj, a Linear(3584, 384) head, InfoNCE at temperature
+0.07 against frozen all-MiniLM-L6-v2 caption embeddings, AdamW lr 1e-4 / weight decay 0.01, cosine schedule,
+grad-norm clip 1.0, bf16, batch 64, 3 epochs. :class:`CaptionerTrainConfig` is the anonymous captioner's run,
+with upstream's captioner recipe as its defaults.
 
 Example:
     >>> cfg = TrainConfig(train_jsonl="captions.jsonl", image_dir="images", output_dir="run")
@@ -21,29 +23,22 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..registry import DEFAULT_BASE_MODEL, DEFAULT_TEXT_MODEL
 
+_Config = TypeVar("_Config", bound="BaseConfig")
 PRECISIONS = ("auto", "bf16", "fp32")
+LR_SCHEDULES = ("cosine", "linear")
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs; ``TrainConfig.to_dict()`` is recorded in every checkpoint."""
+class BaseConfig:
+    """What every relsim training run shares (the loop, optimiser, logs, checkpoints). The model-specific
+    configurations, :class:`TrainConfig` (the embedder) and :class:`CaptionerTrainConfig`, add their data and
+    model options and set their own recipe's defaults."""
 
-    # -- data -----------------------------------------------------------------------------------------
-    train_jsonl: str = ""
-    """Anonymous-captions JSONL: one ``{"image_hash", "caption", "url_link"}`` object per line."""
-    image_dir: str = ""
-    """Folder of ``{image_hash}.png`` files (``relsim data download`` fills it)."""
-    eval_jsonl: str | None = None
-    """Held-out JSONL (images in ``image_dir``); when unset, ``eval_size`` records of ``train_jsonl`` are held out."""
-    eval_size: int = 1000
-    """Records held out from ``train_jsonl`` when ``eval_jsonl`` is unset (a stable choice: by hash of image_hash)."""
     output_dir: str = "relsim-run"
-    target_cache: str | None = None
-    """Directory of the caption-embedding cache; default ``{output_dir}/targets``."""
 
     # -- model ----------------------------------------------------------------------------------------
     base_model: str = DEFAULT_BASE_MODEL
@@ -54,8 +49,6 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    projection_dim: int = 384
-    temperature: float = 0.07
 
     # -- optimisation ---------------------------------------------------------------------------------
     epochs: int = 3
@@ -66,13 +59,15 @@ class TrainConfig:
     batch_size: int = 64
     """Images per optimiser step, over all processes."""
     micro_batch_size: int | None = None
-    """Images per forward per process; default ``batch_size // world_size`` (no accumulation). The
-    contrastive negatives of one loss are ``micro_batch_size * world_size`` images."""
+    """Images per forward per process; default ``batch_size // world_size`` (no accumulation)."""
     lr: float = 1e-4
     weight_decay: float = 0.01
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
     warmup_steps: int = 0
+    lr_schedule: str = "cosine"
+    """``cosine`` (linear warm-up from lr/(warmup+1), then cosine to 0) or ``linear`` (transformers' default
+    schedule: warm-up from 0, then linear to 0)."""
     grad_clip: float = 1.0
     precision: str = "auto"
     """``bf16`` (base weights in bf16, bf16 autocast; LoRA and head kept in float32), ``fp32``, or ``auto``
@@ -91,6 +86,10 @@ class TrainConfig:
     keep_checkpoints: int | None = None
     """Keep only the newest N ``checkpoint-*`` directories (default: keep all)."""
     tensorboard: bool = False
+    """Also write the logs to ``output_dir/tensorboard`` (needs ``pip install tensorboard``)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs ``pip install wandb`` and a login; ``WANDB_MODE=offline`` works)."""
+    wandb_project: str | None = None
     progress: bool | None = None
     """tqdm progress bar; default: when stderr is a terminal."""
     resume: str | None = None
@@ -104,7 +103,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        positive = ("lora_r", "projection_dim", "batch_size", "eval_batch_size", "log_every", "eval_every")
+        positive = ("lora_r", "batch_size", "eval_batch_size", "log_every", "eval_every")
         for name in positive + ("save_every", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -114,14 +113,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1 or unset, got {value}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.temperature <= 0 or self.lr <= 0:
-            raise ValueError("temperature and lr must be > 0")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if len(self.adam_betas) != 2:
             raise ValueError(f"adam_betas must be two numbers, got {self.adam_betas}")
-        if self.eval_size < 0 or self.warmup_steps < 0 or self.num_workers < 0 or self.grad_clip < 0:
-            raise ValueError("eval_size, warmup_steps, num_workers and grad_clip must be >= 0")
+        if self.warmup_steps < 0 or self.num_workers < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps, num_workers, grad_clip and weight_decay must be >= 0")
 
     # -- (de)serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -129,7 +130,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls: type[_Config], values: dict[str, Any]) -> _Config:
         """Build from a mapping; unknown keys are an error (a typo must not silently train the default)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
@@ -138,7 +139,7 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+    def from_file(cls: type[_Config], path: str | Path, **overrides: Any) -> _Config:
         """Read a ``.json`` or ``.yaml``/``.yml`` file (YAML needs PyYAML); ``overrides`` win over the file."""
         path = Path(path)
         text = path.read_text()
@@ -166,11 +167,94 @@ class TrainConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def field_types() -> dict[str, tuple[type, bool, bool]]:
-    """``name -> (scalar type, optional, is_list)`` for every option, for building command-line flags."""
-    hints = typing.get_type_hints(TrainConfig)
+@dataclass
+class TrainConfig(BaseConfig):
+    """The embedder's run (``relsim train``); ``TrainConfig.to_dict()`` is recorded in every checkpoint."""
+
+    # -- data -----------------------------------------------------------------------------------------
+    train_jsonl: str = ""
+    """Anonymous-captions JSONL: one ``{"image_hash", "caption", "url_link"}`` object per line."""
+    image_dir: str = ""
+    """Folder of ``{image_hash}.png`` files (``relsim data download`` fills it). A record with a ``path`` (what
+    ``relsim caption -o`` writes) is read from that path when the folder lacks its file (or is unset)."""
+    eval_jsonl: str | None = None
+    """Held-out JSONL (images in ``image_dir``); when unset, ``eval_size`` records of ``train_jsonl`` are held out."""
+    eval_size: int = 1000
+    """Records held out from ``train_jsonl`` when ``eval_jsonl`` is unset (a stable choice: by hash of image_hash)."""
+    target_cache: str | None = None
+    """Directory of the caption-embedding cache; default ``{output_dir}/targets``."""
+
+    # -- model ----------------------------------------------------------------------------------------
+    projection_dim: int = 384
+    temperature: float = 0.07
+    """The contrastive negatives of one loss are ``micro_batch_size * world_size`` images."""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field (the shared ones, then the embedder's)."""
+        super().validate()
+        if self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.eval_size < 0:
+            raise ValueError(f"eval_size must be >= 0, got {self.eval_size}")
+
+
+@dataclass
+class CaptionerTrainConfig(BaseConfig):
+    """The anonymous captioner's run (``relsim train-captioner``). The defaults are upstream's recipe
+    (``anonymous_caption/config.yaml``): LoRA r16/alpha32/dropout 0.05 on q_proj/v_proj, AdamW lr 2e-4 without
+    weight decay, 50 warm-up steps then linear decay (transformers' Trainer schedule), batch 32, 50 epochs,
+    seed 42; bf16 where upstream used fp16 (docs/training.md says why).
+
+    >>> cfg = CaptionerTrainConfig(seed_groups="seed-groups/seed_group.json")
+    >>> cfg.lr, cfg.batch_size, cfg.epochs, cfg.warmup_steps, cfg.seed, cfg.lr_schedule
+    (0.0002, 32, 50, 50, 42, 'linear')
+    """
+
+    output_dir: str = "relsim-captioner-run"
+    # -- data -----------------------------------------------------------------------------------------
+    seed_groups: str = ""
+    """Upstream's seed-group JSON, a folder holding it (the Hub dataset layout), or a folder of seed-group
+    folders (each with ``caption.txt`` and images); see :mod:`relsim.train.seed_groups`."""
+    image_dir: str | None = None
+    """Where the JSON's images are (``{group}/{i}.png``); default ``images/`` next to the JSON."""
+    eval_fraction: float = 0.05
+    """Share of seed groups held out (whole groups, chosen by hash of their names); 0: none."""
+    eval_captions: int = 16
+    """Held-out images captioned greedily at every evaluation (a fixed sample), logged with their reference."""
+    prompt: str | None = None
+    """The user prompt; default upstream's training prompt (``relsim.caption_inputs.TRAINING_PROMPT``)."""
+    max_new_tokens: int = 128
+
+    # -- upstream's recipe ----------------------------------------------------------------------------
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    lr_schedule: str = "linear"
+    seed: int = 42
+    eval_every: int = 50
+    save_every: int = 100
+    eval_batch_size: int = 8
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field (the shared ones, then the captioner's)."""
+        super().validate()
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.eval_captions < 0 or self.max_new_tokens < 1:
+            raise ValueError("eval_captions must be >= 0 and max_new_tokens >= 1")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("prompt must be a non-empty text or unset (upstream's training prompt)")
+
+
+def field_types(cls: type[BaseConfig] = TrainConfig) -> dict[str, tuple[type, bool, bool]]:
+    """``name -> (scalar type, optional, is_list)`` for every option of ``cls``, for building command-line flags."""
+    hints = typing.get_type_hints(cls)
     out = {}
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         hint = hints[f.name]
         args = typing.get_args(hint)
         optional = isinstance(hint, types.UnionType) and type(None) in args

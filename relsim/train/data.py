@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class Record:
     caption: str | None
     """``None`` only in lists read with ``require_caption=False`` (image lists such as upstream's retrieval pool)."""
     url: str | None = None
+    path: str | None = None
+    """Where the image was when it was captioned (``relsim caption -o`` records it): read from there when
+    ``{image_dir}/{image_hash}.png`` does not exist."""
 
     @property
     def filename(self) -> str:
@@ -44,7 +48,9 @@ def read_jsonl(path: str | Path, *, require_caption: bool = True) -> list[Record
 
     ``image_hash`` must be a plain file name stem (letters, digits, ``_ . -``): it names a file on disk.
     With ``require_caption=False`` the ``caption`` key may be absent (upstream's ``random_images_14k.jsonl``
-    has only ``image_hash`` and ``url_link``); its records then have ``caption=None``.
+    has only ``image_hash`` and ``url_link``); its records then have ``caption=None``. An optional ``path``
+    (what ``relsim caption -o`` writes) says where the image is when the image folder has no
+    ``{image_hash}.png``; a relative path is relative to the current directory, as ``relsim caption`` wrote it.
     """
     path = Path(path)
     records: dict[str, Record] = {}
@@ -64,7 +70,9 @@ def read_jsonl(path: str | Path, *, require_caption: bool = True) -> list[Record
                 raise ValueError(f"{path}:{number}: image_hash {image_hash!r} is not a safe file name")
             if not isinstance(caption, str) and (require_caption or caption is not None):
                 raise ValueError(f"{path}:{number}: caption must be a string")
-            records.setdefault(image_hash, Record(image_hash, caption, obj.get("url_link")))
+            if not isinstance(obj.get("path"), (str, type(None))):
+                raise ValueError(f"{path}:{number}: path must be a string")
+            records.setdefault(image_hash, Record(image_hash, caption, obj.get("url_link"), obj.get("path")))
     return list(records.values())
 
 
@@ -83,12 +91,22 @@ def split_eval(records: list[Record], eval_size: int) -> tuple[list[Record], lis
     return [r for r in records if r.image_hash not in held], [r for r in records if r.image_hash in held]
 
 
-def present(records: list[Record], image_dir: str | Path) -> tuple[list[Record], list[Record]]:
-    """Split records into those whose image file exists and those whose file is missing."""
-    image_dir = Path(image_dir)
+def locate(record, image_dir: str | Path | None) -> Path | None:
+    """The image file of ``record``: ``{image_dir}/{filename}`` when it exists, else the record's own ``path``
+    when that exists, else None."""
+    if image_dir:
+        file = Path(image_dir) / record.filename
+        if file.is_file():
+            return file
+    own = getattr(record, "path", None)
+    return Path(own) if own and Path(own).is_file() else None
+
+
+def present(records: list, image_dir: str | Path | None) -> tuple[list, list]:
+    """Split records into those whose image file exists (see :func:`locate`) and those whose file is missing."""
     have, missing = [], []
     for r in records:
-        (have if (image_dir / r.filename).is_file() else missing).append(r)
+        (have if locate(r, image_dir) is not None else missing).append(r)
     return have, missing
 
 
@@ -121,23 +139,34 @@ class Batch:
 
 
 class CaptionImages(Dataset):
-    """``records[i]`` -> ``Sample(i, uint8 (3, 448, 448))``, prepared exactly like inference in train mode.
+    """``records[i]`` -> ``Sample(i, uint8 (3, 448, 448))``, prepared exactly like inference in train mode
+    (or by ``prepare_fn(path, index)``, e.g. the captioner's squash, :func:`relsim.caption_inputs.prepare_image`).
 
     A file that cannot be read gives ``Sample(i, None, reason)``; :func:`collate` drops it into
     ``Batch.skipped``.
     """
 
-    def __init__(self, records: list[Record], image_dir: str | Path, mode: str = "train") -> None:
+    def __init__(
+        self,
+        records: list[Record],
+        image_dir: str | Path | None,
+        mode: str = "train",
+        prepare_fn: Callable[[Path, int], torch.Tensor] | None = None,
+    ) -> None:
         self.records = records
-        self.image_dir = Path(image_dir)
+        self.image_dir = image_dir
         self.mode = mode
+        self.prepare_fn = prepare_fn
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> Sample:
-        path = self.image_dir / self.records[index].filename
+        record = self.records[index]
+        path = locate(record, self.image_dir) or Path(self.image_dir or ".") / record.filename
         try:
+            if self.prepare_fn is not None:
+                return Sample(index, self.prepare_fn(path, index))
             return Sample(index, prepare(path, index, self.mode))
         except ImageInputError as err:
             return Sample(index, None, str(err))

@@ -82,6 +82,15 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(rows), sum(sizes[: e.rank])
 
 
+def gather_objects(items: list) -> list:
+    """Every process's ``items`` (picklable, e.g. generated captions), concatenated in rank order, on every process."""
+    if env().world == 1:
+        return list(items)
+    parts: list = [None] * env().world
+    dist.all_gather_object(parts, list(items))
+    return [item for part in parts for item in part]
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over processes (a copy; for logging and metrics)."""
     values = values.clone()

@@ -1,4 +1,6 @@
-"""``relsim data download``: fetch the images of a JSONL (``image_hash``, ``url_link``) into ``{image_hash}.png``.
+"""``relsim data download``: fetch the images of a JSONL (``image_hash``, ``url_link``) into ``{image_hash}.png``,
+or those of upstream's seed-group JSON into ``{group}/{i}.png`` (the Hub dataset layout; see
+:mod:`relsim.train.seed_groups`).
 
 Concurrent (threads), with per-request timeouts, retries with exponential back-off for transient
 failures (timeouts, connection errors, HTTP 408/425/429/5xx, undecodable bodies), a size cap, and a
@@ -36,6 +38,7 @@ from PIL import Image
 
 from ..preprocess import ImageInputError, decode
 from .data import Record, read_jsonl
+from .seed_groups import SeedImage, is_seed_group_file, read_seed_group_json
 
 USER_AGENT = "relsim-data-download/1 (+https://pypi.org/project/relsim/)"
 FAILURES_FILE = "download_failures.jsonl"
@@ -117,13 +120,16 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _download_one(record: Record, out: Path, *, timeout: float, retries: int, backoff: float, max_bytes: int) -> None:
+def _download_one(
+    record: Record | SeedImage, out: Path, *, timeout: float, retries: int, backoff: float, max_bytes: int
+) -> None:
     if not record.url:
         raise PermanentError("no url_link")
     attempt = 0
     while True:
         try:
             png = to_png(fetch(record.url, timeout=timeout, max_bytes=max_bytes), record.filename)
+            (out / record.filename).parent.mkdir(parents=True, exist_ok=True)
             write_atomic(out / record.filename, png)
             return
         except PermanentError:
@@ -153,8 +159,14 @@ def _is_valid(path: Path) -> bool:
         return False
 
 
+def _failure(record: Record | SeedImage, reason: str) -> dict[str, str]:
+    if isinstance(record, SeedImage):
+        return {"image": record.file, "group": record.group, "url": record.url or "", "reason": reason}
+    return {"image_hash": record.image_hash, "url": record.url or "", "reason": reason}
+
+
 def download_images(
-    jsonl: str | Path | list[Record],
+    jsonl: str | Path | list[Record] | list[SeedImage],
     out_dir: str | Path,
     *,
     workers: int = 16,
@@ -166,7 +178,10 @@ def download_images(
     limit: int | None = None,
     progress: bool | None = None,
 ) -> DownloadReport:
-    """Download every record's image to ``out_dir/{image_hash}.png``; see the module docstring."""
+    """Download every record's image to ``out_dir/{image_hash}.png`` (a seed-group JSON's to
+    ``out_dir/{group}/{i}.png``); see the module docstring."""
+    if not isinstance(jsonl, list) and is_seed_group_file(jsonl):
+        jsonl = read_seed_group_json(jsonl)
     records = read_jsonl(jsonl, require_caption=False) if not isinstance(jsonl, list) else jsonl
     records = records[:limit] if limit is not None else records
     out = Path(out_dir)
@@ -195,13 +210,12 @@ def download_images(
                 if error is None:
                     report.downloaded += 1
                 else:
-                    failure = {"image_hash": record.image_hash, "url": record.url or "", "reason": str(error)}
-                    report.failed.append(failure)
+                    report.failed.append(_failure(record, str(error)))
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
-    report.failed.sort(key=lambda f: f["image_hash"])
+    report.failed.sort(key=lambda f: f.get("image_hash") or f["image"])
     failures = out / FAILURES_FILE
     if report.failed:
         write_atomic(failures, "".join(json.dumps(f) + "\n" for f in report.failed).encode())

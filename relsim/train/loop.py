@@ -1,9 +1,15 @@
-"""``train(config)``: the training loop (single process, or one process per GPU under torchrun).
+"""The training loop both relsim models share: single process, or one process per GPU under torchrun.
 
-One optimiser step = ``batch_size`` images over all processes, cut into ``micro_batch_size`` forwards
-per process (gradient accumulation when there are several). Data order is a function of the seed and
-the epoch only; resuming restores parameters, AdamW, the schedule, every RNG and the data position, so
-k steps + resume gives the same parameters as an uninterrupted run.
+:class:`Trainer` owns everything that does not depend on what is trained: the process group and DDP, AdamW,
+the learning-rate schedule, gradient accumulation and clipping, the data order, logs, evaluation cadence,
+checkpoints and exact resume. A model's trainer (:class:`relsim.train.embedder.EmbedderTrainer`,
+:class:`relsim.train.captioner.CaptionerTrainer`) supplies the data, the model, the loss of a micro-batch, the
+held-out evaluation and the files of a checkpoint.
+
+One optimiser step = ``batch_size`` images over all processes, cut into ``micro_batch_size`` forwards per
+process (gradient accumulation when there are several). Data order is a function of the seed and the epoch
+only; resuming restores parameters, AdamW, the schedule, every RNG and the data position, so k steps + resume
+gives the same parameters as an uninterrupted run.
 
 Example:
     >>> from relsim.train import TrainConfig, train
@@ -26,19 +32,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import write_checkpoint
-from ..hub import BASE_FILES, resolve, write_model_card
+from ..hub import BASE_FILES, resolve
 from ..preprocess import patchify
 from . import distributed
 from . import state as trainer_state
-from .config import TrainConfig
-from .data import Batch, CaptionImages, MicroBatches, Record, collate, fingerprint, present, read_jsonl, split_eval
+from .config import BaseConfig, CaptionerTrainConfig, TrainConfig
+from .data import Batch, MicroBatches, collate
 from .logs import Logger
-from .model import build_model
-from .objective import info_nce, retrieval_metrics
-from .targets import caption_targets, resolve_text_model
 
 
 @dataclass
@@ -67,13 +70,39 @@ class Cosine:
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train a relsim model as ``config`` says; see the module docstring and docs/training.md."""
+class Linear:
+    """transformers' default schedule (``get_linear_schedule_with_warmup``): warm-up from 0, then linear to 0.
+
+    >>> [Linear(10, 2)(s) for s in (0, 1, 2, 6, 10)]
+    [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+
+    def __init__(self, total: int, warmup: int = 0) -> None:
+        self.total, self.warmup = total, warmup
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
+
+
+SCHEDULES = {"cosine": Cosine, "linear": Linear}
+
+
+def train(config: BaseConfig) -> TrainResult:
+    """Train the model ``config`` describes: a relsim embedder (:class:`TrainConfig`) or an anonymous captioner
+    (:class:`CaptionerTrainConfig`); see docs/training.md."""
+    if isinstance(config, CaptionerTrainConfig):
+        from .captioner import CaptionerTrainer as trainer_class
+    elif isinstance(config, TrainConfig):
+        from .embedder import EmbedderTrainer as trainer_class
+    else:
+        raise TypeError(f"expected a TrainConfig or CaptionerTrainConfig, got {type(config).__name__}")
     config.validate()
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     env, device = distributed.setup(config.device)
     try:
-        return _Run(config, env, device).run()
+        return trainer_class(config, env, device).run()
     finally:
         if owns_group:
             distributed.cleanup()
@@ -85,8 +114,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class _Run:
-    def __init__(self, config: TrainConfig, env: distributed.Env, device: torch.device) -> None:
+class Trainer:
+    """A training run. Subclasses implement the methods under "the model's part" below."""
+
+    #: The progress bar's label.
+    name = "relsim train"
+
+    def __init__(self, config: BaseConfig, env: distributed.Env, device: torch.device) -> None:
         self.config, self.env, self.device = config, env, device
         self.out = Path(config.output_dir)
         if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
@@ -96,67 +130,94 @@ class _Run:
         if env.main:
             self.out.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
-        self.log = Logger(self.out, enabled=env.main, tensorboard=config.tensorboard)
+        self.log = Logger(
+            self.out,
+            enabled=env.main,
+            tensorboard=config.tensorboard,
+            wandb_project=(config.wandb_project or "relsim") if config.wandb else None,
+            config=config.to_dict(),
+        )
         self.skipped = 0
+        self.train_records: list = []
+        self.model: nn.Module | None = None
+
+    # -- the model's part ------------------------------------------------------------------------------
+    def load_data(self) -> None:
+        """Set ``self.train_records`` (each with a ``filename``) and whatever evaluation needs."""
+        raise NotImplementedError
+
+    def dataset(self, records: list) -> Dataset:
+        """The images of ``records``: ``dataset[i]`` is a :class:`relsim.train.data.Sample` of record ``i``."""
+        raise NotImplementedError
+
+    def data_fingerprint(self) -> str:
+        """Identifies the training data (a resume refuses a checkpoint trained on other data)."""
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        """The model; its ``trainable()`` gives the parameters to optimise (LoRA and any head)."""
+        raise NotImplementedError
+
+    def begin_step(self, batches: list[Batch]) -> None:
+        """Called with all micro-batches of this process for a step, before the first forward."""
+
+    def micro_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to back-propagate for one micro-batch, and detached numbers to log.
+
+        The loss is scaled so that the gradients summed over a step's micro-batches and averaged by DDP over
+        processes are the gradient of the step's loss. The numbers are summed over micro-batches and
+        processes and handed to :meth:`summarise`.
+        """
+        raise NotImplementedError
+
+    def summarise(self, sums: dict[str, float]) -> dict[str, float]:
+        """The step's logged values (``loss`` first) from the summed numbers of :meth:`micro_step`."""
+        raise NotImplementedError
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out metrics (every process takes part); ``{}`` when there is nothing held out."""
+        return {}
+
+    def write_model(self, directory: Path, step: int, eval_metrics: dict[str, float]) -> Path:
+        """Write the inference checkpoint files into ``directory``."""
+        raise NotImplementedError
+
+    def finish_model(self, directory: Path) -> None:
+        """Called on the final checkpoint after :meth:`write_model` (the model card, ...)."""
 
     # -- setup ----------------------------------------------------------------------------------------
-    def _data(self) -> None:
-        c = self.config
-        if not c.train_jsonl or not c.image_dir:
-            raise ValueError("train_jsonl and image_dir must be set")
-        records = read_jsonl(c.train_jsonl)
-        if c.eval_jsonl:
-            train_records, eval_records = records, read_jsonl(c.eval_jsonl)
-        else:
-            train_records, eval_records = split_eval(records, c.eval_size)
-        train_records, missing = present(train_records, c.image_dir)
-        eval_records, eval_missing = present(eval_records, c.image_dir)
-        if missing or eval_missing:
-            self.log.info(
-                f"{len(missing) + len(eval_missing)} images missing from {c.image_dir} are skipped "
-                f"(train {len(missing)}, eval {len(eval_missing)}), e.g. {[r.filename for r in missing[:3]]}"
-            )
-        if len(train_records) < c.batch_size:
-            raise ValueError(f"{len(train_records)} training images with a file, fewer than batch_size {c.batch_size}")
-        self.train_records, self.eval_records = train_records, eval_records
-        self.missing = len(missing) + len(eval_missing)
-        self.log.info(f"data: {len(train_records)} training images, {len(eval_records)} held out")
-
-        cache = Path(c.target_cache) if c.target_cache else self.out / "targets"
-        captions = [r.caption for r in train_records + eval_records]
-        self.text_model = resolve_text_model(c.text_model, c.text_revision)
-        kwargs = dict(cache_dir=cache, text_model=self.text_model, device=self.device)
-        if self.env.main:  # one process encodes; the others read the cache it wrote
-            targets = caption_targets(captions, **kwargs)
-        distributed.barrier()
-        if not self.env.main:
-            targets = caption_targets(captions, **kwargs)
-        self.train_targets = targets[: len(train_records)]
-        self.eval_targets = targets[len(train_records) :]
-
-    def _model(self) -> None:
+    def resolve_base(self):
+        """The base model on disk; the main process downloads it, the others wait and read its cache."""
         c = self.config
         if self.env.main:
             self.base = resolve(c.base_model, revision=c.base_revision, allow_patterns=BASE_FILES)
         distributed.barrier()
         if not self.env.main:
             self.base = resolve(c.base_model, revision=c.base_revision, allow_patterns=BASE_FILES)
-        self.model, self.tokenizer = build_model(
-            self.base.path,
-            device=self.device,
-            dtype=self.dtype,
-            autocast=self.autocast,
-            lora_r=c.lora_r,
-            lora_alpha=c.lora_alpha,
-            lora_dropout=c.lora_dropout,
-            target_modules=c.lora_target_modules,
-            projection_dim=c.projection_dim,
-            seed=c.seed,
-            gradient_checkpointing=c.gradient_checkpointing,
-        )
-        if self.train_targets.shape[1] != c.projection_dim:
-            dim = self.train_targets.shape[1]
-            raise ValueError(f"caption targets are {dim}-d but projection_dim is {c.projection_dim}")
+        return self.base
+
+    def model_options(self) -> dict[str, Any]:
+        """The device, precision and LoRA options both models' builders take."""
+        c = self.config
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "autocast": self.autocast,
+            "lora_r": c.lora_r,
+            "lora_alpha": c.lora_alpha,
+            "lora_dropout": c.lora_dropout,
+            "target_modules": c.lora_target_modules,
+            "seed": c.seed,
+            "gradient_checkpointing": c.gradient_checkpointing,
+        }
+
+    def _setup(self) -> None:
+        c = self.config
+        self.load_data()
+        if len(self.train_records) < c.batch_size:  # before the model is loaded: fail fast
+            count = len(self.train_records)
+            raise ValueError(f"{count} training images with a file, fewer than batch_size {c.batch_size}")
+        self.model = self.build_model()
         self.ddp = self.model
         if self.env.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -172,7 +233,7 @@ class _Run:
             params, lr=c.lr, betas=tuple(c.adam_betas), eps=c.adam_eps, weight_decay=c.weight_decay
         )
         self.micro = c.micro_batch_size or c.batch_size // self.env.world
-        if c.batch_size % (self.micro * self.env.world):
+        if self.micro < 1 or c.batch_size % (self.micro * self.env.world):
             raise ValueError(
                 f"batch_size {c.batch_size} must be a multiple of "
                 f"micro_batch_size {self.micro} x {self.env.world} processes"
@@ -180,14 +241,18 @@ class _Run:
         self.accumulation = c.batch_size // (self.micro * self.env.world)
         self.steps_per_epoch = len(self.train_records) // c.batch_size
         self.total = c.max_steps or c.epochs * self.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, Cosine(self.total, c.warmup_steps))
+        schedule = SCHEDULES[c.lr_schedule](self.total, c.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         trainable = sum(p.numel() for p in params)
         self.log.info(
             f"model: {trainable:,} trainable parameters; {self.total} steps of {c.batch_size} images "
-            f"({self.accumulation} x {self.micro} per process x {self.env.world} processes; "
-            f"{self.micro * self.env.world} contrastive negatives per loss); "
-            f"precision {'bf16' if self.autocast else 'fp32'} on {self.device}"
+            f"({self.accumulation} x {self.micro} per process x {self.env.world} processes{self.batch_note()}); "
+            f"{c.lr_schedule} schedule, precision {'bf16' if self.autocast else 'fp32'} on {self.device}"
         )
+
+    def batch_note(self) -> str:
+        """Extra words for the start-up line about a step's batch."""
+        return ""
 
     def _resume(self) -> int:
         c = self.config
@@ -202,7 +267,7 @@ class _Run:
                 return 0
             source = found[-1]
         state = trainer_state.load_state(source, self.model, self.optimizer, self.scheduler, device=self.device)
-        if state["data_fingerprint"] != fingerprint(self.train_records):
+        if state["data_fingerprint"] != self.data_fingerprint():
             raise ValueError(f"{source} was trained on different data (the image list or captions changed)")
         if state["world"] != self.env.world or not trainer_state.load_rng(source, self.env.rank):
             self.log.info(f"world size changed ({state['world']} -> {self.env.world}): RNG not restored, not bit-exact")
@@ -226,7 +291,7 @@ class _Run:
             start=start,
         )
         return DataLoader(
-            CaptionImages(self.train_records, c.image_dir),
+            self.dataset(self.train_records),
             batch_sampler=sampler,
             collate_fn=collate,
             num_workers=c.num_workers,
@@ -241,12 +306,26 @@ class _Run:
             yield from self._loader(epoch, start)
             step = (epoch + 1) * self.steps_per_epoch
 
-    def _pixels(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def eval_loader(self, records: list, indices: list[int] | None = None) -> DataLoader:
+        """This process's share of ``records`` (or of ``indices`` into them), in ``eval_batch_size`` batches."""
+        c = self.config
+        mine = list(range(len(records)) if indices is None else indices)[self.env.rank :: self.env.world]
+        batches = [mine[i : i + c.eval_batch_size] for i in range(0, len(mine), c.eval_batch_size)]
+        return DataLoader(
+            self.dataset(records),
+            batch_sampler=batches,
+            collate_fn=collate,
+            num_workers=c.num_workers,
+            generator=torch.Generator(),
+        )
+
+    def pixels(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patchified pixels and grids of a batch, on the device in the weights' dtype."""
         if not batch.pixels:
             return torch.zeros(0, 1176, device=self.device), torch.zeros(0, 3, dtype=torch.long, device=self.device)
         return patchify(batch.pixels, device=self.device, dtype=self.dtype)
 
-    def _count_skipped(self, batch: Batch, records: list[Record]) -> None:
+    def _count_skipped(self, batch: Batch, records: list) -> None:
         for index, reason in batch.skipped:
             self.skipped += 1
             if self.skipped <= 20:
@@ -254,39 +333,32 @@ class _Run:
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        self._data()
-        self._model()
+        self._setup()
         step = self._resume()
         c = self.config
         end = min(self.total, c.stop_after_step or self.total)
         losses: list[float] = []
         result = TrainResult(self.out, step, None, None, skipped=self.skipped)
         stream = self._stream(step)
-        bar = self.log.progress(total=self.total, initial=step, enabled=c.progress)
-        window: list[tuple[float, float, float]] = []
+        bar = self.log.progress(total=self.total, initial=step, enabled=c.progress, desc=self.name)
+        window: list[dict[str, float]] = []
         images_seen, started = 0, time.perf_counter()
         params = list(self.model.trainable().values())
         while step < end:
             self.ddp.train()
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), device=self.device)
-            seen = torch.zeros((), device=self.device)
-            for j in range(self.accumulation):
-                batch = next(stream)
+            batches = [next(stream) for _ in range(self.accumulation)]
+            self.begin_step(batches)
+            sums: dict[str, torch.Tensor] = {}
+            for j, batch in enumerate(batches):
                 self._count_skipped(batch, self.train_records)
-                pixel_values, grid_thw = self._pixels(batch)
-                targets = self.train_targets[batch.indices].to(self.device)
                 last = j == self.accumulation - 1
                 sync = self.ddp.no_sync() if self.env.world > 1 and not last else contextlib.nullcontext()
                 with sync:
-                    embeddings = self.ddp(pixel_values, grid_thw)
-                    loss, accuracy = info_nce(embeddings, targets, c.temperature)
-                    (loss / self.accumulation).backward()
-                loss_sum += loss.detach() / self.accumulation
-                if embeddings.shape[0]:
-                    correct += accuracy * embeddings.shape[0]
-                    seen += embeddings.shape[0]
-                images_seen += embeddings.shape[0]
+                    loss, numbers = self.micro_step(batch)
+                    loss.backward()
+                for key, value in numbers.items():
+                    sums[key] = sums.get(key, 0) + value.detach().float().to(self.device)
+                images_seen += len(batch.indices)
             max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             self.optimizer.step()
@@ -294,12 +366,13 @@ class _Run:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             step += 1
-            reduced = distributed.all_reduce_sum(torch.stack([loss_sum, correct, seen]))
-            global_loss = float(reduced[0]) / self.env.world
-            losses.append(global_loss)
-            window.append((global_loss, float(reduced[1]) / max(float(reduced[2]), 1.0), float(grad_norm)))
+            keys = sorted(sums)
+            reduced = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys]))
+            values = self.summarise({k: float(v) for k, v in zip(keys, reduced, strict=True)})
+            losses.append(values["loss"])
+            window.append({**values, "grad_norm": float(grad_norm)})
             bar.update(1)
-            bar.set_postfix(loss=f"{global_loss:.4f}")
+            bar.set_postfix(loss=f"{values['loss']:.4f}")
             if step % c.log_every == 0 or step == end:
                 rate = images_seen * self.env.world / max(time.perf_counter() - started, 1e-9)
                 self._log_train(step, window, lr, rate)
@@ -317,94 +390,26 @@ class _Run:
         self.log.close()
         return result
 
-    def _log_train(self, step: int, window: list[tuple[float, float, float]], lr: float, rate: float) -> None:
-        loss, acc, norm = (sum(v) / len(window) for v in zip(*window, strict=True))
+    def _log_train(self, step: int, window: list[dict[str, float]], lr: float, rate: float) -> None:
+        means = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
         epoch = step / self.steps_per_epoch
+        values = {**means, "lr": lr, "images_per_s": rate, "skipped": self.skipped, "epoch": epoch}
+        shown = " | ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "grad_norm")
         self.log.scalars(
             step,
-            {
-                "train/loss": loss,
-                "train/accuracy": acc,
-                "train/lr": lr,
-                "train/grad_norm": norm,
-                "train/images_per_s": rate,
-                "train/skipped": self.skipped,
-                "train/epoch": epoch,
-            },
-            line=f"step {step}/{self.total} | epoch {epoch:.2f} | loss {loss:.4f} | acc {acc:.3f} | lr {lr:.3e} | "
-            f"grad_norm {norm:.3f} | {rate:.1f} img/s | skipped {self.skipped}",
+            {f"train/{k}": v for k, v in values.items()},
+            line=f"step {step}/{self.total} | epoch {epoch:.2f} | {shown} | lr {lr:.3e} | "
+            f"grad_norm {means['grad_norm']:.3f} | {rate:.1f} img/s | skipped {self.skipped}",
         )
 
-    # -- evaluation and checkpoints -----------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, step: int) -> dict[str, float]:
-        """Image -> caption recall@1/5/10 and mean positive cosine on the held-out images."""
-        if not self.eval_records:
-            return {}
-        c = self.config
-        mine = list(range(self.env.rank, len(self.eval_records), self.env.world))
-        batches = [mine[i : i + c.eval_batch_size] for i in range(0, len(mine), c.eval_batch_size)]
-        loader = DataLoader(
-            CaptionImages(self.eval_records, c.image_dir),
-            batch_sampler=batches,
-            collate_fn=collate,
-            num_workers=c.num_workers,
-            generator=torch.Generator(),
-        )
-        self.model.eval()
-        indices, embeddings, skipped = [], [], 0
-        for batch in loader:
-            skipped += len(batch.skipped)
-            if batch.pixels:
-                embeddings.append(self.model(*self._pixels(batch)))
-                indices += batch.indices
-        self.model.train()
-        local = torch.cat(embeddings) if embeddings else torch.zeros(0, c.projection_dim, device=self.device)
-        all_embeddings, _ = distributed.gather_rows(local)
-        all_indices, _ = distributed.gather_rows(torch.tensor(indices, dtype=torch.long, device=self.device))
-        skipped = int(distributed.all_reduce_sum(torch.tensor([skipped], device=self.device))[0])
-        if all_indices.numel() == 0:
-            self.log.info("eval: no readable held-out image")
-            return {}
-        metrics = retrieval_metrics(all_embeddings, self.eval_targets[all_indices.cpu()].to(self.device))
-        metrics["images"] = float(all_indices.numel())
-        metrics["skipped"] = float(skipped)
-        self.log.scalars(
-            step,
-            {f"eval/{k}": v for k, v in metrics.items()},
-            line=f"eval step {step} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-        )
-        return metrics
-
-    def _extra(self, step: int, eval_metrics: dict[str, float]) -> dict[str, Any]:
-        return {
-            "step": step,
-            "eval": eval_metrics,
-            "text_model": self.text_model.name,
-            "text_model_key": self.text_model.key,
-            "train_images": len(self.train_records),
-            "precision": "bf16" if self.autocast else "fp32",
-        }
-
-    def _write_model(self, directory: Path, step: int, eval_metrics: dict[str, float]) -> Path:
-        return write_checkpoint(
-            directory,
-            peft_model=self.model.peft,
-            projection=self.model.projection,
-            query_token_id=self.model.prompt.query_token_id,
-            tokenizer=self.tokenizer,
-            base=self.base,
-            recipe=self.config.to_dict(),
-            extra=self._extra(step, eval_metrics),
-        )
-
+    # -- checkpoints ----------------------------------------------------------------------------------
     def save(self, step: int, eval_metrics: dict[str, float]) -> Path:
         """``checkpoint-{step}``: the inference checkpoint plus trainer_state/, written then renamed."""
         final = self.out / f"checkpoint-{step}"
         tmp = self.out / f".checkpoint-{step}.tmp"
         if self.env.main:
             shutil.rmtree(tmp, ignore_errors=True)
-            self._write_model(tmp, step, eval_metrics)
+            self.write_model(tmp, step, eval_metrics)
         distributed.barrier()
         state = {
             "step": step,
@@ -413,7 +418,7 @@ class _Run:
             "total_steps": self.total,
             "world": self.env.world,
             "skipped": self.skipped,
-            "data_fingerprint": fingerprint(self.train_records),
+            "data_fingerprint": self.data_fingerprint(),
             "config": self.config.to_dict(),
         }
         trainer_state.save_state(
@@ -439,8 +444,15 @@ class _Run:
         final = self.out / "final"
         if self.env.main:
             shutil.rmtree(final, ignore_errors=True)
-            self._write_model(final, step, eval_metrics)
-            write_model_card(final)
-            self.log.info(f"final model: {final} (load it with relsim.load({str(final)!r}))")
+            self.write_model(final, step, eval_metrics)
+            self.finish_model(final)
+            self.log.info(f"final model: {final}")
         distributed.barrier()
         return final
+
+    def precision_name(self) -> str:
+        return "bf16" if self.autocast else "fp32"
+
+    def checkpoint_extra(self, step: int, eval_metrics: dict[str, Any]) -> dict[str, Any]:
+        """What every checkpoint's config records besides the recipe."""
+        return {"step": step, "eval": eval_metrics, "train_images": len(self.train_records)}

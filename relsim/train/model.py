@@ -30,13 +30,15 @@ from ..encoder import Prompt, multimodal_inputs, query_states
 
 
 class HubNames(nn.Module):
-    """Holds the body as ``.model`` so peft names the LoRA keys as upstream's
-    ``Qwen2_5_VLForConditionalGeneration`` did (``base_model.model.model.language_model.layers...``),
-    without loading the 1 GB LM head."""
+    """Holds the body as ``.model`` (and the LM head, when given, as ``.lm_head``) so peft names the LoRA keys as
+    upstream's ``Qwen2_5_VLForConditionalGeneration`` did (``base_model.model.model.language_model.layers...``).
+    The embedder never loads the 1 GB LM head."""
 
-    def __init__(self, body: nn.Module) -> None:
+    def __init__(self, body: nn.Module, lm_head: nn.Module | None = None) -> None:
         super().__init__()
         self.model = body
+        if lm_head is not None:
+            self.lm_head = lm_head
 
 
 def load_tokenizer(path: str | Path):
@@ -49,14 +51,13 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-class TrainModel(nn.Module):
-    """Trainable relsim model. ``forward(pixel_values, grid_thw)`` -> (B, dim) L2-normalised float32."""
+class LoraModel(nn.Module):
+    """What both trained models share: the peft-wrapped body (:class:`HubNames`), autocast, the trainable
+    parameters (float32 master weights) and the zero-loss anchor of an empty micro-batch."""
 
-    def __init__(self, peft_model: nn.Module, projection: nn.Linear, prompt: Prompt, autocast: torch.dtype | None):
+    def __init__(self, peft_model: nn.Module, autocast: torch.dtype | None) -> None:
         super().__init__()
         self.peft = peft_model
-        self.projection = projection
-        self.prompt = prompt
         self.autocast = autocast
 
     @property
@@ -66,7 +67,7 @@ class TrainModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.projection.weight.device
+        return self.body.language_model.embed_tokens.weight.device
 
     @property
     def weights_dtype(self) -> torch.dtype:
@@ -75,14 +76,39 @@ class TrainModel(nn.Module):
     def trainable(self) -> dict[str, nn.Parameter]:
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
+    def autocast_context(self):
+        """bf16 autocast when training in bf16, else nothing."""
+        dtype = self.autocast or torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast is not None)
+
+    def anchor(self) -> torch.Tensor:
+        """A zero that depends on every trainable parameter. A process whose micro-batch was all unreadable
+        images still joins the step (DDP needs every trainable parameter in the graph): zero gradients."""
+        return sum(p.sum() for p in self.trainable().values()) * 0.0
+
+    def master_weights(self) -> None:
+        """The trainable parameters as float32 master weights (the frozen ones keep the base's dtype)."""
+        for p in self.trainable().values():
+            p.data = p.data.float()
+
+
+class TrainModel(LoraModel):
+    """Trainable relsim model. ``forward(pixel_values, grid_thw)`` -> (B, dim) L2-normalised float32."""
+
+    def __init__(self, peft_model: nn.Module, projection: nn.Linear, prompt: Prompt, autocast: torch.dtype | None):
+        super().__init__(peft_model, autocast)
+        self.projection = projection
+        self.prompt = prompt
+
+    @property
+    def device(self) -> torch.device:
+        return self.projection.weight.device
+
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         device = self.device
         if grid_thw.shape[0] == 0:
-            # A process whose micro-batch was all unreadable images still joins the step (DDP needs every
-            # trainable parameter in the graph): zero rows, zero gradients.
-            anchor = sum(p.sum() for p in self.trainable().values()) * 0.0
-            return torch.zeros(0, self.projection.out_features, device=device) + anchor
-        with torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            return torch.zeros(0, self.projection.out_features, device=device) + self.anchor()
+        with self.autocast_context():
             # Nothing before the first LoRA layer is trained: the vision tower and the embedding lookup
             # run without building a graph (same values, less memory).
             with torch.no_grad():
@@ -112,13 +138,9 @@ def build_model(
     ``dtype`` is the frozen base weights' dtype; LoRA and the head are float32 (master weights).
     Initialisation is a function of ``seed`` only (made on the CPU, then moved).
     """
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as err:
-        raise ImportError('training needs peft: pip install "relsim[train]"', name="peft") from err
-
     from ..pretrained import load_body
 
+    require_peft()  # before the base's weights are read
     device = torch.device(device)
     body = load_body(Path(base_path), device, dtype)
     body.requires_grad_(False)
@@ -129,23 +151,56 @@ def build_model(
         raise ValueError(f"{QUERY_TOKEN} is token {query_id} but the base model has {rows} embedding rows")
     prompt = Prompt.from_tokenizer(tokenizer, QUERY_TOKEN, body.config.image_token_id)
 
-    targets = list(target_modules or ["q_proj", "v_proj"])
-    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets, bias="none")
     torch.manual_seed(seed)
     with torch.device("cpu"):
         projection = nn.Linear(body.config.text_config.hidden_size, projection_dim)
-    peft_model = get_peft_model(HubNames(body), config)
+    peft_model = add_lora(
+        HubNames(body),
+        body,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=target_modules,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+    model = TrainModel(peft_model, projection.to(device), prompt, autocast)
+    model.master_weights()
+    return model, tokenizer
+
+
+def add_lora(
+    wrapper: nn.Module,
+    body: nn.Module,
+    *,
+    lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    target_modules: list[str] | None,
+    gradient_checkpointing: bool,
+):
+    """peft LoRA on ``wrapper`` (a :class:`HubNames` around ``body``), on language-model layers only, with
+    gradient checkpointing of the body when asked. LoRA's initialisation draws on the global torch RNG."""
+    LoraConfig, get_peft_model = require_peft()
+    targets = list(target_modules or ["q_proj", "v_proj"])
+    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets, bias="none")
+    peft_model = get_peft_model(wrapper, config)
     wrapped = [n for n, m in body.named_modules() if hasattr(m, "lora_A")]
     outside = [n for n in wrapped if not n.startswith("language_model.")]
     if not wrapped or outside:
         raise ValueError(f"LoRA target_modules {targets} must match language-model layers only; got {outside[:3]}")
-    model = TrainModel(peft_model, projection.to(device), prompt, autocast)
     if gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(body, "activation_checkpointing_enable"):  # the name since transformers 5.x
             body.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             body.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    for p in model.trainable().values():
-        p.data = p.data.float()
-    return model, tokenizer
+    return peft_model
+
+
+def require_peft():
+    """peft's ``LoraConfig`` and ``get_peft_model``, or an ImportError naming the extra to install."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError('training needs peft: pip install "relsim[train]"', name="peft") from err
+    return LoraConfig, get_peft_model

@@ -3,7 +3,8 @@ by :func:`relsim.checkpoint.write_checkpoint`)::
 
     trainer_state/
         trainable.safetensors   LoRA + head parameters
-        optimizer.pt            AdamW state (tensors and numbers only: loaded with weights_only=True)
+        optimizer.safetensors   AdamW state tensors (step, exp_avg, exp_avg_sq per parameter)
+        optimizer.json          AdamW hyper-parameters (param_groups) and any non-tensor state
         state.json              step, data position, scheduler, counters, config
         rng-{rank}.safetensors / rng-{rank}.json   torch (CPU, CUDA), numpy and Python RNG states
 
@@ -37,7 +38,7 @@ def save_state(
         return
     trainable = {k: v.detach().cpu().contiguous() for k, v in model.trainable().items()}
     save_file(trainable, str(out / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), out / "optimizer.pt")
+    save_optimizer(out, optimizer)
     full = {**state, "scheduler": scheduler.state_dict()}
     (out / "state.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
 
@@ -47,9 +48,42 @@ def load_state(directory: str | Path, model, optimizer, scheduler, *, device: to
     src = Path(directory) / STATE_DIR
     state = json.loads((src / "state.json").read_text())
     load_trainable(directory, model)
-    optimizer.load_state_dict(torch.load(src / "optimizer.pt", map_location=device, weights_only=True))
+    load_optimizer(src, optimizer, device)
     scheduler.load_state_dict(state.pop("scheduler"))
     return state
+
+
+def save_optimizer(directory: Path, optimizer) -> None:
+    """The optimizer's state as safetensors (tensors, bit for bit) + JSON (everything else); no pickle."""
+    state_dict = optimizer.state_dict()
+    tensors, other = {}, {}
+    for index, entries in state_dict["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                other.setdefault(str(index), {})[name] = value
+    save_file(tensors, str(directory / "optimizer.safetensors"))
+    meta = {"param_groups": state_dict["param_groups"], "state": other, "indices": list(state_dict["state"])}
+    (directory / "optimizer.json").write_text(json.dumps(meta))
+
+
+def load_optimizer(directory: Path, optimizer, device: torch.device) -> None:
+    if not (directory / "optimizer.safetensors").is_file():  # written by relsim <= 0.1.0
+        optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
+        return
+    meta = json.loads((directory / "optimizer.json").read_text())
+    tensors = load_file(str(directory / "optimizer.safetensors"), device=str(device))
+    state: dict[int, dict[str, Any]] = {int(i): dict(meta["state"].get(str(i), {})) for i in meta["indices"]}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state[int(index)][name] = value
+    groups = meta["param_groups"]
+    for saved, live in zip(groups, optimizer.param_groups, strict=False):  # JSON made tuples (betas) lists
+        for key, value in saved.items():
+            if isinstance(live.get(key), tuple) and isinstance(value, list):
+                saved[key] = tuple(value)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def load_trainable(directory: str | Path, model) -> None:
