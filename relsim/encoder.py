@@ -19,7 +19,7 @@ import functools
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -241,6 +241,44 @@ class RelSimModel(nn.Module):
         result = torch.stack(out)  # type: ignore[arg-type]
         return result if output_device is None else result.to(output_device)
 
+    def embed_stream(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 32,
+        *,
+        num_workers: int | None = None,
+        on_error: Callable[[int, ImageInputError], None] | None = None,
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Embed images batch by batch: yields ``(indices, embeddings)`` as each batch is done (CPU, float32).
+
+        The same decode/batch pipeline as :meth:`embed`. With ``on_error``, an image that cannot be decoded or
+        that the model refuses is reported as ``on_error(index, error)`` and left out instead of raising, so a
+        bulk job goes on; every index is either yielded once or reported once.
+
+        >>> for indices, emb in model.embed_stream(paths, on_error=lambda i, e: print(paths[i], e)):  # doctest: +SKIP
+        ...     save(indices, emb)
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        items = list(images)
+        with torch.inference_mode():
+            for indices, pixels in self._batches(items, batch_size, num_workers, on_error=on_error):
+                if on_error is None:
+                    yield indices, self._embed_batch(indices, pixels).cpu()
+                else:
+                    yield from self._embed_or_report(indices, pixels, on_error)
+
+    def _embed_or_report(self, indices, pixels, on_error) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Embed a batch; should the model refuse it, embed its images one by one so only the culprit is lost."""
+        try:
+            yield indices, self._embed_batch(indices, pixels).cpu()
+        except ImageInputError as err:
+            if len(indices) == 1:
+                on_error(indices[0], err)
+                return
+            for i, p in zip(indices, pixels, strict=True):
+                yield from self._embed_or_report([i], [p], on_error)
+
     def score(self, a, b, *, batch_size: int = 32) -> float | torch.Tensor:
         """Relational similarity (cosine, in [-1, 1]) of ``a`` and ``b``.
 
@@ -329,14 +367,16 @@ class RelSimModel(nn.Module):
         return self.embed(unique, batch_size=batch_size), index
 
     def _batches(
-        self, items: list, batch_size: int, num_workers: int | None
+        self, items: list, batch_size: int, num_workers: int | None, *, on_error=None
     ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
-        """Decoded, resized pixel tensors in batches; the next batch is decoded while this one runs."""
+        """Decoded, resized pixel tensors in batches; the next batch is decoded while this one runs.
+
+        With ``on_error(index, error)``, images that cannot be prepared are reported and left out."""
         workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-        prepare = functools.partial(self._prepare, resize=not self.uses_device_resize)
+        prepare = functools.partial(self._prepare, resize=not self.uses_device_resize, report=on_error is not None)
         if workers <= 0 or len(items) == 1:
             prepared = (prepare(i, x) for i, x in enumerate(items))
-            yield from self._group(prepared, batch_size)
+            yield from self._group(_report_failures(prepared, on_error), batch_size)
             return
         with ThreadPoolExecutor(workers) as pool:
             window = max(2 * batch_size, workers)
@@ -351,10 +391,15 @@ class RelSimModel(nn.Module):
                     yield futures[k].result()
                     futures[k] = None  # let the decoded image go
 
-            yield from self._group(stream(), batch_size)
+            yield from self._group(_report_failures(stream(), on_error), batch_size)
 
-    def _prepare(self, index: int, item, *, resize: bool) -> tuple[int, torch.Tensor]:
-        return index, preprocess.prepare(item, index, self.mode, resize=resize)
+    def _prepare(self, index: int, item, *, resize: bool, report: bool = False) -> tuple[int, torch.Tensor]:
+        try:
+            return index, preprocess.prepare(item, index, self.mode, resize=resize)
+        except ImageInputError as err:
+            if not report:
+                raise
+            return index, err  # type: ignore[return-value]
 
     @property
     def uses_device_resize(self) -> bool:
@@ -427,6 +472,15 @@ class RelSimModel(nn.Module):
 
 
 _RESIZE_STACK_PIXELS = 1 << 26
+
+
+def _report_failures(prepared, on_error):
+    """Pass prepared images on; hand the errors a reporting ``_prepare`` returned to ``on_error``."""
+    for index, pixels in prepared:
+        if isinstance(pixels, ImageInputError):
+            on_error(index, pixels)
+        else:
+            yield index, pixels
 
 
 def deduplicate(items: list) -> tuple[list, torch.Tensor]:

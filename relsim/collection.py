@@ -1,0 +1,901 @@
+"""A collection of image embeddings: one LanceDB table (extra ``relsim[search]``).
+
+A collection is a LanceDB database (a local folder or an object-store URI such as ``s3://bucket/photos``)
+holding two tables:
+
+- ``embeddings``: one row per image file, upserted by ``path`` (the resolved path): ``path``, ``size``,
+  ``mtime_ns``, ``sha256`` (what the changed-file rule reads, see :mod:`relsim.files`), ``vector`` (a
+  fixed-size list of float16 by default, float32 optional; L2-normalised), ``caption`` (nullable: the
+  anonymous caption, written by :meth:`Collection.set_captions`) and ``embedded_at`` (UTC).
+- ``failures``: files that could not be embedded (``path``, ``reason``, ``rank``, ``time``).
+
+The schema metadata key ``relsim`` holds a JSON object: format version, the model fingerprint, dim, dtype
+and the relsim version that created it. It is checked on every open and before every write: embeddings of
+another model, revision or mode are not comparable and are refused (:class:`CollectionMismatchError`).
+
+Durability comes from Lance: every write is an atomic, versioned commit (a crash leaves the previous version
+intact), concurrent writers from several processes are merged by Lance's commit protocol, and old versions
+stay readable until cleaned up (:meth:`Collection.repair` can roll back to one).
+
+Example:
+    >>> col = Collection.create("photos.relsim", model.fingerprint, exist_ok=True)        # doctest: +SKIP
+    >>> emb = model.embed(["a.jpg"])                                                        # doctest: +SKIP
+    >>> col.add([FileRecord.from_path("a.jpg")], emb, fingerprint=model.fingerprint)       # doctest: +SKIP
+    >>> col.vectors(["a.jpg"]).shape                                                       # doctest: +SKIP
+    torch.Size([1, 384])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .files import FileRecord, path_resolver, stale_paths
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Collection",
+    "CollectionError",
+    "CollectionMismatchError",
+    "CollectionWriteError",
+    "Hit",
+    "Problem",
+    "is_collection",
+]
+
+FORMAT_VERSION = 2  # 1 was the relsim 0.1 safetensors-shard store (relsim migrate converts it)
+TABLE = "embeddings"
+FAILURES = "failures"
+META_KEY = b"relsim"
+#: Fingerprint keys that must agree for two sets of embeddings to be comparable.
+COMPAT_KEYS = ("model", "revision", "base_model", "base_revision", "mode")
+_DTYPES = {"float16": np.float16, "float32": np.float32}
+NORM_TOLERANCE = 1e-2  # float16 rounding keeps norms within ~1e-3 of 1
+_RECORD_COLUMNS = ["path", "size", "mtime_ns", "sha256"]
+
+
+class CollectionError(ValueError):
+    """A path is not a usable relsim collection (missing, corrupt, wrong format), or a row is unusable."""
+
+
+class CollectionMismatchError(CollectionError):
+    """Embeddings from a different model, revision or preprocessing mode than the collection's."""
+
+
+class CollectionWriteError(CollectionError):
+    """A write failed (disk full, file-size limit, permissions); what was committed before is kept."""
+
+
+def require_lancedb():
+    try:
+        import lancedb
+    except ImportError as err:
+        raise ImportError('collections need LanceDB: pip install "relsim[search]"') from err
+    return lancedb
+
+
+def _version() -> str:
+    from relsim import __version__
+
+    return __version__
+
+
+def _describe(fp: Mapping[str, Any]) -> str:
+    base = f"{fp.get('base_model')}@{fp.get('base_revision')}"
+    return f"model {fp.get('model')}@{fp.get('revision')} (base {base}, mode {fp.get('mode')})"
+
+
+def _compatible(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return all(a.get(key) == b.get(key) for key in COMPAT_KEYS)
+
+
+def one_line(err: BaseException) -> str:
+    """Lance's message without its Rust source location and backtrace noise."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return re.sub(r",?\s*/\S+\.rs:\d+:\d+", "", text)
+
+
+def _sql(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def is_collection(uri: str | os.PathLike) -> bool:
+    """True when ``uri`` is a local folder holding a relsim collection (remote URIs: try :meth:`Collection.open`)."""
+    return (Path(uri) / f"{TABLE}.lance").is_dir()
+
+
+def validate_meta(meta: Any, where: str) -> dict[str, Any]:
+    """The ``relsim`` schema metadata, checked field by field; a clear :class:`CollectionError` otherwise."""
+    if not isinstance(meta, dict):
+        raise CollectionError(f"{where}: the relsim metadata is not a JSON object")
+    version = meta.get("format_version")
+    if type(version) is not int:
+        raise CollectionError(f"{where}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CollectionError(f"{where}: format {version} is newer than this relsim reads ({FORMAT_VERSION})")
+    fp = meta.get("fingerprint")
+    if not isinstance(fp, dict) or not isinstance(fp.get("model"), str) or not fp["model"]:
+        raise CollectionError(f"{where}: the fingerprint must be an object naming the model, got {fp!r}")
+    if fp.get("mode") not in ("train", "native"):
+        raise CollectionError(f"{where}: the fingerprint's mode must be train or native, got {fp.get('mode')!r}")
+    dim = meta.get("dim")
+    if type(dim) is not int or dim < 1:
+        raise CollectionError(f"{where}: dim must be a positive integer, got {dim!r}")
+    if meta.get("dtype") not in _DTYPES:
+        raise CollectionError(f"{where}: dtype must be float16 or float32, got {meta.get('dtype')!r}")
+    return meta
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    rank: int
+    score: float
+    path: str
+    sha256: str
+    duplicates: list[str] = field(default_factory=list)
+    caption: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"rank": self.rank, "score": self.score, "path": self.path, "sha256": self.sha256}
+        out["duplicates"] = list(self.duplicates)
+        if self.caption is not None:
+            out["caption"] = self.caption
+        return out
+
+
+@dataclass
+class Problem:
+    """Something :meth:`Collection.check` found: what is wrong, and what to do about it."""
+
+    what: str
+    fix: str
+    paths: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.what} -- {self.fix}"
+
+
+class Collection:
+    """A relsim collection on LanceDB: file records, embeddings and captions, upserted by path.
+
+    Use :meth:`create` / :meth:`open`; see the module docstring for the layout.
+    """
+
+    def __init__(self, uri: str, db: Any, table: Any, meta: dict[str, Any]) -> None:
+        self.uri = uri
+        self._db = db
+        self._table = table
+        self.meta = meta
+
+    # ------------------------------------------------------------------------------------ opening
+
+    @staticmethod
+    def normalize_uri(uri: str | os.PathLike) -> str:
+        text = os.fspath(uri)
+        return text if "://" in text else os.path.abspath(text)
+
+    @classmethod
+    def schema_for(cls, meta: dict[str, Any]) -> pa.Schema:
+        import pyarrow as pa
+
+        value = pa.float16() if meta["dtype"] == "float16" else pa.float32()
+        fields = [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("size", pa.int64(), nullable=False),
+            pa.field("mtime_ns", pa.int64(), nullable=False),
+            pa.field("sha256", pa.string(), nullable=False),
+            pa.field("vector", pa.list_(value, meta["dim"]), nullable=False),
+            pa.field("caption", pa.string(), nullable=True),
+            pa.field("embedded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+        return pa.schema(fields, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+
+    @classmethod
+    def create(
+        cls,
+        uri: str | os.PathLike,
+        fingerprint: Mapping[str, Any],
+        *,
+        dim: int = 384,
+        dtype: str = "float16",
+        exist_ok: bool = False,
+        reembed: bool = False,
+    ) -> Collection:
+        """Create a collection for embeddings of the model with ``fingerprint`` (or open it, with ``exist_ok``).
+
+        An existing collection of another model is refused, unless ``reembed``: then it is emptied (a new
+        table version; old versions stay until cleaned up) and takes the new fingerprint.
+
+        Example:
+            >>> col = Collection.create("photos.relsim", model.fingerprint, exist_ok=True)  # doctest: +SKIP
+        """
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        uri = cls.normalize_uri(uri)
+        meta = {
+            "format": "relsim-collection",
+            "format_version": FORMAT_VERSION,
+            "fingerprint": dict(fingerprint),
+            "dim": dim,
+            "dtype": dtype,
+            "created_by": f"relsim {_version()}",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        validate_meta(meta, uri)
+        _refuse_old_store(uri)
+        if "://" not in uri and os.path.isdir(uri) and not is_collection(uri) and any(os.scandir(uri)):
+            raise CollectionError(f"{uri!r} exists, is not empty and is not a relsim collection")
+        db = require_lancedb().connect(uri)
+        try:
+            table = db.create_table(TABLE, schema=cls.schema_for(meta), exist_ok=False)
+        except Exception as err:  # it exists (perhaps another rank just created it)
+            if not _exists_error(err):
+                raise CollectionWriteError(f"cannot create the collection {uri!r}: {one_line(err)}") from err
+            if not exist_ok and not reembed:
+                raise FileExistsError(f"{uri!r} already holds a relsim collection") from None
+            existing = cls.open(uri)
+            if reembed and not _compatible(existing.fingerprint, fingerprint):
+                return existing._reset(meta)
+            if existing.dim != dim:
+                raise CollectionError(
+                    f"{uri!r} holds {existing.dim}-d embeddings, the model makes {dim}-d ones"
+                ) from None
+            existing.check_compatible(fingerprint)
+            return existing
+        return cls(uri, db, table, meta)
+
+    @classmethod
+    def open(cls, uri: str | os.PathLike) -> Collection:
+        """Open an existing collection; its metadata is checked (:class:`CollectionError` names what is wrong).
+
+        Example:
+            >>> len(Collection.open("photos.relsim"))  # doctest: +SKIP
+            10000
+        """
+        uri = cls.normalize_uri(uri)
+        if "://" not in uri and not os.path.exists(uri):
+            raise FileNotFoundError(f"{uri}: no such collection")
+        _refuse_old_store(uri)
+        db = require_lancedb().connect(uri)
+        try:
+            table = db.open_table(TABLE)
+        except Exception as err:
+            raise CollectionError(f"{uri!r} is not a relsim collection (no {TABLE} table: {one_line(err)})") from err
+        return cls(uri, db, table, _read_meta(table, uri))
+
+    def _reset(self, meta: dict[str, Any]) -> Collection:
+        """Empty the table and give it new metadata (``--reembed`` with another model)."""
+        import pyarrow as pa
+
+        schema = self.schema_for(meta)
+        try:
+            table = self._db.create_table(TABLE, schema.empty_table(), mode="overwrite", schema=schema)
+        except (OSError, RuntimeError, ValueError, pa.ArrowException) as err:
+            raise CollectionWriteError(f"cannot reset the collection {self.uri!r}: {one_line(err)}") from err
+        return Collection(self.uri, self._db, table, meta)
+
+    def refresh(self) -> None:
+        """See the latest version (other processes' writes) and re-check the metadata."""
+        self._table.checkout_latest()
+        self.meta = _read_meta(self._table, self.uri)
+
+    # --------------------------------------------------------------------------------- properties
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return dict(self.meta["fingerprint"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.meta["dtype"])
+
+    @property
+    def table(self) -> Any:
+        """The LanceDB table itself, for SQL, pandas / Polars / DuckDB (see docs/search.md)."""
+        return self._table
+
+    def __len__(self) -> int:
+        return int(self._table.count_rows())
+
+    def __repr__(self) -> str:
+        return f"Collection({self.uri!r}, {len(self)} x {self.dim} {self.dtype}, {_describe(self.meta['fingerprint'])})"
+
+    def check_compatible(self, fingerprint: Mapping[str, Any]) -> None:
+        """Raise :class:`CollectionMismatchError` unless ``fingerprint`` makes comparable embeddings.
+
+        Example:
+            >>> col.check_compatible(model.fingerprint)  # doctest: +SKIP
+        """
+        if not _compatible(self.meta["fingerprint"], fingerprint):
+            raise CollectionMismatchError(
+                f"embeddings of {_describe(fingerprint)} are not comparable with the collection {self.uri!r}, "
+                f"which was built with {_describe(self.meta['fingerprint'])}; use the same model or "
+                "re-embed everything (relsim embed --reembed)"
+            )
+
+    # -------------------------------------------------------------------------------------- reads
+
+    def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
+        query = self._table.search().select(list(columns)).limit(None)
+        if where:
+            query = query.where(where)
+        try:
+            return query.to_arrow()
+        except (OSError, RuntimeError) as err:
+            raise CollectionError(
+                f"cannot read the collection {self.uri!r}: {one_line(err)} -- run `relsim repair {self.uri}`"
+            ) from err
+
+    def known(self) -> dict[str, tuple[int, int, str]]:
+        """``{path: (size, mtime_ns, sha256)}`` of every row: what the changed-file rule compares against."""
+        t = self.scan(_RECORD_COLUMNS)
+        cols = [t.column(c).to_pylist() for c in _RECORD_COLUMNS]
+        return {p: (s, m, h) for p, s, m, h in zip(*cols, strict=True)}
+
+    def needs_embedding(self, paths: Iterable[str | os.PathLike]) -> list[str | os.PathLike]:
+        """The paths (as given) that are new or whose content changed (see :func:`relsim.files.stale_paths`).
+
+        Example:
+            >>> col.needs_embedding(["a.jpg", "b.jpg"])  # doctest: +SKIP
+            ['b.jpg']
+        """
+        return stale_paths(self.known(), paths)
+
+    def paths(self) -> list[str]:
+        """The paths of all rows, sorted."""
+        return sorted(self.scan(["path"]).column("path").to_pylist())
+
+    def records(self) -> list[FileRecord]:
+        """The file records of all rows, sorted by path."""
+        t = self.scan(_RECORD_COLUMNS).sort_by("path")
+        return [FileRecord(**row) for row in t.to_pylist()]
+
+    def vectors(
+        self, paths: Sequence[str | os.PathLike] | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Embeddings (N, dim) in the order of ``paths`` (resolved like the stored ones; default: all, by path).
+
+        A path not in the collection is a ``KeyError`` naming it; a stored row that is not finite and unit-norm
+        is a :class:`CollectionError` naming its file (``relsim repair`` drops such rows).
+
+        Example:
+            >>> col.vectors(["photos/a.jpg", "photos/b.jpg"]).shape  # doctest: +SKIP
+            torch.Size([2, 384])
+        """
+        if paths is None:
+            wanted = None
+            t = self.scan(["path", "vector"]).sort_by("path")
+        else:
+            resolve = path_resolver()
+            wanted = [resolve(p) if "://" not in os.fspath(p) else os.fspath(p) for p in paths]
+            t = self.rows(wanted, ["path", "vector"])
+        matrix = self._matrix(t)
+        bad = bad_rows(matrix)
+        if len(bad):
+            names = [t.column("path")[int(i)].as_py() for i in bad[:5]]
+            raise CollectionError(
+                f"{len(bad)} stored embedding(s) of {self.uri!r} are not finite unit vectors: "
+                f"{', '.join(names)} -- run `relsim repair {self.uri}` to drop them, then embed again"
+            )
+        out = torch.from_numpy(matrix)
+        if wanted is not None:
+            index = {p: i for i, p in enumerate(t.column("path").to_pylist())}
+            missing = [p for p in wanted if p not in index]
+            if missing:
+                raise KeyError(f"{len(missing)} path(s) not in {self.uri!r}, e.g. {missing[0]!r}")
+            out = out[torch.tensor([index[p] for p in wanted], dtype=torch.long)]
+        return out.to(dtype)
+
+    def rows(self, paths: Sequence[str], columns: Sequence[str]) -> pa.Table:
+        import pyarrow as pa
+
+        parts = []
+        unique = list(dict.fromkeys(paths))
+        for start in range(0, len(unique), 1000):  # keep the IN lists of a predicate short
+            chunk = unique[start : start + 1000]
+            parts.append(self.scan(columns, f"path IN ({', '.join(_sql(p) for p in chunk)})"))
+        if not parts:
+            return self.scan(columns, "false")
+        return pa.concat_tables(parts)
+
+    def _matrix(self, t: pa.Table) -> np.ndarray:
+        column = t.column("vector").combine_chunks()
+        flat = column.values.to_numpy(zero_copy_only=False)
+        return flat.reshape(len(t), self.dim).astype(np.float32)
+
+    def iter_vectors(self, batch_rows: int = 65536, columns: Sequence[str] = ("path",)) -> Iterator[tuple[Any, Any]]:
+        """``(records batch, (n, dim) float32 numpy)`` over all rows, a batch at a time (constant memory)."""
+        query = self._table.search().select([*columns, "vector"]).limit(None)
+        try:
+            for batch in query.to_batches(batch_rows):
+                if batch.num_rows:
+                    yield batch, self._matrix(batch)
+        except (OSError, RuntimeError) as err:
+            raise CollectionError(
+                f"cannot read the collection {self.uri!r}: {one_line(err)} -- run `relsim repair {self.uri}`"
+            ) from err
+
+    def captions(self, paths: Sequence[str | os.PathLike]) -> list[str | None]:
+        """The stored caption of each path (None where none is stored or the path is not in the collection).
+
+        Example:
+            >>> col.captions(["photos/peach.jpg"])  # doctest: +SKIP
+            ['{Fruit} cut open to show its layers']
+        """
+        resolve = path_resolver()
+        wanted = [resolve(p) for p in paths]
+        t = self.rows(wanted, ["path", "caption"])
+        found = dict(zip(t.column("path").to_pylist(), t.column("caption").to_pylist(), strict=True))
+        return [found.get(p) for p in wanted]
+
+    # ------------------------------------------------------------------------------------- writes
+
+    def _refresh_for_write(self, fingerprint: Mapping[str, Any] | None) -> None:
+        self.refresh()
+        if fingerprint is not None:
+            self.check_compatible(fingerprint)
+
+    def _write(self, what: str, action) -> Any:
+        import pyarrow as pa
+
+        try:
+            return action()
+        except (OSError, RuntimeError, pa.ArrowException) as err:
+            raise CollectionWriteError(f"cannot write to the collection {self.uri!r}: {one_line(err)}") from err
+        except ValueError as err:  # lancedb wraps Lance's IO errors in ValueError
+            raise CollectionWriteError(f"cannot {what} in the collection {self.uri!r}: {one_line(err)}") from err
+
+    def add(
+        self,
+        records: Sequence[FileRecord | Mapping[str, Any]],
+        embeddings: torch.Tensor | np.ndarray,
+        *,
+        fingerprint: Mapping[str, Any] | None = None,
+        captions: Sequence[str | None] | None = None,
+    ) -> int:
+        """Upsert rows by path (one atomic commit); returns the number of rows written.
+
+        ``embeddings`` are (n, dim), finite and L2-normalised (checked). ``fingerprint`` (the model's) is
+        checked against the collection's first. A row replacing an older one of the same path drops its
+        caption unless ``captions`` are given (the content changed).
+
+        Example:
+            >>> col.add([FileRecord.from_path("a.jpg")], emb, fingerprint=model.fingerprint)  # doctest: +SKIP
+            1
+        """
+        import pyarrow as pa
+
+        recs = [FileRecord.coerce(r, i) for i, r in enumerate(records)]
+        emb = self._check_embeddings(embeddings, len(recs))
+        if captions is not None and len(captions) != len(recs):
+            raise ValueError(f"{len(recs)} records but {len(captions)} captions")
+        if not recs:
+            return 0
+        self._refresh_for_write(fingerprint)
+        last = {r.path: i for i, r in enumerate(recs)}  # inside one call the last row for a path wins
+        keep = sorted(last.values())
+        recs = [recs[i] for i in keep]
+        emb = emb[keep]
+        schema = self.schema_for(self.meta)
+        value_type = schema.field("vector").type.value_type
+        now = datetime.now(timezone.utc)
+        data = pa.table(
+            {
+                "path": [r.path for r in recs],
+                "size": pa.array([r.size for r in recs], pa.int64()),
+                "mtime_ns": pa.array([r.mtime_ns for r in recs], pa.int64()),
+                "sha256": [r.sha256 for r in recs],
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(emb.astype(_DTYPES[self.dtype]).ravel(), value_type), self.dim
+                ),
+                "caption": pa.nulls(len(recs), pa.string())
+                if captions is None
+                else pa.array([captions[i] for i in keep], pa.string()),
+                "embedded_at": pa.array([now] * len(recs), pa.timestamp("us", tz="UTC")),
+            },
+            schema=schema,
+        )
+        self._write("add embeddings", lambda: self._upsert(data))
+        return len(recs)
+
+    def _upsert(self, data: pa.Table) -> None:
+        merge = self._table.merge_insert("path").when_matched_update_all().when_not_matched_insert_all()
+        merge.execute(data)
+
+    def _check_embeddings(self, embeddings: Any, n: int) -> np.ndarray:
+        emb = embeddings.detach().cpu() if isinstance(embeddings, torch.Tensor) else torch.as_tensor(embeddings)
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            raise ValueError(f"embeddings must have shape (n, {self.dim}), got {tuple(emb.shape)}")
+        if emb.shape[0] != n:
+            raise ValueError(f"{n} records but {emb.shape[0]} embedding rows")
+        if not emb.is_floating_point():
+            raise ValueError(f"embeddings must be floating point, got {emb.dtype}")
+        matrix = emb.float().numpy()
+        bad = bad_rows(matrix)
+        if len(bad):
+            i = int(bad[0])
+            norm = float(np.linalg.norm(matrix[i]))
+            raise ValueError(f"embeddings must be finite and L2-normalised: row {i} has norm {norm:.4g}")
+        return matrix
+
+    def set_captions(self, paths: Sequence[str | os.PathLike], captions: Sequence[str | None]) -> int:
+        """Store a caption per path (None clears it); paths not in the collection are a ``KeyError``.
+
+        Returns the number of rows updated. ``relsim index`` then builds the full-text index that
+        ``search(caption_contains=...)`` uses (without it the filter scans).
+
+        Example:
+            >>> col.set_captions(["photos/peach.jpg"], ["{Fruit} cut open to show its layers"])  # doctest: +SKIP
+            1
+        """
+        import pyarrow as pa
+
+        if len(paths) != len(captions):
+            raise ValueError(f"{len(paths)} paths but {len(captions)} captions")
+        for i, c in enumerate(captions):
+            if c is not None and not isinstance(c, str):
+                raise ValueError(f"captions[{i}] is {type(c).__name__}, expected str or None")
+        resolve = path_resolver()
+        resolved = [resolve(p) for p in paths]
+        present = set(self.rows(resolved, ["path"]).column("path").to_pylist())
+        missing = [p for p in resolved if p not in present]
+        if missing:
+            raise KeyError(f"{len(missing)} path(s) not in {self.uri!r}, e.g. {missing[0]!r}")
+        if not resolved:
+            return 0
+        latest = dict(zip(resolved, captions, strict=True))
+        data = pa.table({"path": list(latest), "caption": pa.array(list(latest.values()), pa.string())})
+        merge = self._table.merge_insert("path").when_matched_update_all()
+        self._write("set captions", lambda: merge.execute(data))
+        return len(latest)
+
+    def delete(self, paths: Sequence[str]) -> int:
+        """Drop the rows of these (resolved) paths; returns how many there were."""
+        before = len(self)
+        for start in range(0, len(paths), 1000):
+            chunk = paths[start : start + 1000]
+            predicate = f"path IN ({', '.join(_sql(p) for p in chunk)})"
+            self._write("delete rows", lambda p=predicate: self._table.delete(p))
+        return before - len(self)
+
+    def prune(self, exists=os.path.exists) -> list[str]:
+        """Drop rows whose file is gone (deleted or renamed); returns their paths.
+
+        Example:
+            >>> col.prune()  # doctest: +SKIP
+            ['/photos/deleted.jpg']
+        """
+        gone = [p for p in self.paths() if "://" not in p and not exists(p)]
+        self.delete(gone)
+        return gone
+
+    # ------------------------------------------------------------------------------------ failures
+
+    def _failures_table(self, create: bool) -> Any:
+        import pyarrow as pa
+
+        try:
+            return self._db.open_table(FAILURES)
+        except Exception:
+            if not create:
+                return None
+        schema = pa.schema(
+            [
+                pa.field("path", pa.string()),
+                pa.field("reason", pa.string()),
+                pa.field("rank", pa.int32()),
+                pa.field("time", pa.timestamp("us", tz="UTC")),
+            ]
+        )
+        try:
+            return self._db.create_table(FAILURES, schema=schema, exist_ok=True)
+        except Exception:  # another rank created it meanwhile
+            return self._db.open_table(FAILURES)
+
+    def log_failure(self, path: str | os.PathLike, reason: str, rank: int | None = None) -> None:
+        """Record a file that could not be embedded (several ranks may log at once).
+
+        Example:
+            >>> col.log_failure("broken.jpg", "cannot identify image file")  # doctest: +SKIP
+        """
+        self.log_failures([(os.fspath(path), str(reason))], rank=rank)
+
+    def log_failures(self, entries: Sequence[tuple[str, str]], rank: int | None = None) -> None:
+        """Record several failures in one commit."""
+        import pyarrow as pa
+
+        if not entries:
+            return
+        table = self._write("log failures", lambda: self._failures_table(create=True))
+        now = datetime.now(timezone.utc)
+        data = pa.table(
+            {
+                "path": [p for p, _ in entries],
+                "reason": [r for _, r in entries],
+                "rank": pa.array([rank] * len(entries), pa.int32()),
+                "time": pa.array([now] * len(entries), pa.timestamp("us", tz="UTC")),
+            }
+        )
+        self._write("log failures", lambda: table.add(data))
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Logged failures, oldest first: ``{path, reason, rank, time}``."""
+        table = self._failures_table(create=False)
+        if table is None:
+            return []
+        rows = table.to_arrow().sort_by("time").to_pylist()
+        for row in rows:
+            row["time"] = row["time"].isoformat() if row["time"] is not None else None
+            if row["rank"] is None:
+                del row["rank"]
+        return rows
+
+    # -------------------------------------------------------------------------------------- search
+
+    def has_vector_index(self) -> bool:
+        return any(getattr(ix, "columns", None) == ["vector"] for ix in self._table.list_indices())
+
+    def nearest(
+        self,
+        queries: torch.Tensor | np.ndarray,
+        k: int = 10,
+        *,
+        where: str | None = None,
+        exact: bool = False,
+        exclude_sha256: Sequence[Sequence[str]] | None = None,
+        dedup: bool = True,
+        caption_contains: str | None = None,
+        nprobes: int | None = None,
+        refine_factor: int | None = None,
+    ) -> list[list[Hit]]:
+        """The ``k`` nearest rows to each query (Q, dim), best first, by cosine (= dot of unit vectors).
+
+        Uses the ANN index when there is one, unless ``exact`` (a flat scan). ``where`` is a Lance SQL
+        predicate over the columns (``"path LIKE '%/2024/%'"``, ``"contains_tokens(caption, 'layers')"``).
+        ``exclude_sha256`` gives per query the contents to leave out (its own file and copies). With ``dedup``
+        byte-identical files (same SHA-256) among the nearest appear once, the others under ``duplicates``.
+        ``caption_contains`` keeps rows whose caption matches these words through the full-text index on
+        ``caption`` (built on first use; case-insensitive, stemmed), scored exactly.
+        Rows that are not finite unit vectors are never returned (a warning names them).
+
+        Example:
+            >>> col.nearest(model.embed(["q.jpg"]), k=5)[0][0].path  # doctest: +SKIP
+            '/photos/q.jpg'
+        """
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        q = torch.as_tensor(queries).detach().cpu().float()
+        q = q.unsqueeze(0) if q.ndim == 1 else q
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape ({self.dim},) or (Q, {self.dim}), got {tuple(q.shape)}")
+        if not torch.isfinite(q).all() or (q.norm(dim=1) == 0).any():
+            raise ValueError("a query is a zero, NaN or infinite vector")
+        q = torch.nn.functional.normalize(q, dim=1).numpy()
+        use_index = not exact and self.has_vector_index()
+        total = len(self)
+        results = []
+        for i, vec in enumerate(q):
+            clauses = [f"({where})"] if where else []
+            if exclude_sha256 is not None and exclude_sha256[i]:
+                clauses.append(f"sha256 NOT IN ({', '.join(_sql(h) for h in exclude_sha256[i])})")
+            predicate = " AND ".join(clauses) or None
+            if caption_contains is not None:
+                rows = self._caption_rows(caption_contains, predicate)
+                results.append(self._hits(vec, k, predicate, use_index, dedup, total, nprobes, refine_factor, rows))
+            else:
+                results.append(self._hits(vec, k, predicate, use_index, dedup, total, nprobes, refine_factor))
+        return results
+
+    def _caption_rows(self, words: str, predicate: str | None) -> pa.Table:
+        """Rows whose caption matches ``words`` (full-text index), with their vectors."""
+        if not words.strip():
+            raise ValueError("caption_contains is empty")
+        if not any(getattr(ix, "columns", None) == ["caption"] for ix in self._table.list_indices()):
+            if not self.create_caption_index():
+                return self.scan(["path", "sha256", "caption", "vector"], "false")
+        query = self._table.search(words, query_type="fts", fts_columns="caption")
+        query = query.select(["path", "sha256", "caption", "vector", "_score"]).limit(None)
+        if predicate:
+            query = query.where(predicate, prefilter=True)
+        try:
+            return query.to_arrow()
+        except (OSError, RuntimeError, ValueError) as err:
+            raise CollectionError(f"cannot search the captions of {self.uri!r}: {one_line(err)}") from err
+
+    def _hits(self, vec, k, predicate, use_index, dedup, total, nprobes, refine_factor, candidates=None) -> list[Hit]:
+        """Top-k hits; ``candidates`` (rows with vectors) are scored exactly instead of querying the table."""
+        import pyarrow as pa
+
+        limit = 2 * k + 8 if dedup else k + 4
+        bad_paths: list[str] = []
+        while True:
+            if candidates is not None:
+                scores = self._matrix(candidates) @ vec if candidates.num_rows else np.zeros(0, np.float32)
+                with np.errstate(invalid="ignore"):
+                    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:limit]
+                rows = candidates.take(pa.array(order)).append_column(
+                    "_distance", pa.array(1.0 - scores[order], pa.float32())
+                )
+            else:
+                rows = self._query(vec, limit, predicate, use_index, nprobes, refine_factor)
+            hits: list[Hit] = []
+            by_hash: dict[str, Hit] = {}
+            bad_paths = []
+            matrix = self._matrix(rows) if rows.num_rows else np.zeros((0, self.dim), np.float32)
+            bad = set(bad_rows(matrix).tolist())
+            for j, row in enumerate(rows.select(["path", "sha256", "caption", "_distance"]).to_pylist()):
+                score = 1.0 - float(row["_distance"])
+                if j in bad or not math.isfinite(score):
+                    bad_paths.append(row["path"])
+                    continue
+                if dedup and row["sha256"] in by_hash:
+                    by_hash[row["sha256"]].duplicates.append(row["path"])
+                    continue
+                hit = Hit(len(hits) + 1, min(1.0, max(-1.0, score)), row["path"], row["sha256"], [], row["caption"])
+                by_hash[row["sha256"]] = hit
+                hits.append(hit)
+            if len(hits) > k or rows.num_rows < limit or limit >= total:
+                break
+            limit *= 4
+        if bad_paths:
+            warnings.warn(
+                f"{self.uri}: skipped {len(bad_paths)} stored row(s) that are not finite unit vectors "
+                f"({', '.join(bad_paths[:3])}); run `relsim repair {self.uri}`",
+                stacklevel=4,
+            )
+        return hits[:k]
+
+    def _query(self, vec, limit, predicate, use_index, nprobes, refine_factor) -> pa.Table:
+        query = self._table.search(vec, vector_column_name="vector").distance_type("dot").limit(limit)
+        query = query.select(["path", "sha256", "caption", "vector", "_distance"])
+        if predicate:
+            query = query.where(predicate, prefilter=True)
+        if not use_index:
+            query = query.bypass_vector_index()
+        else:
+            if nprobes is not None:
+                query = query.nprobes(nprobes)
+            if refine_factor is not None:
+                query = query.refine_factor(refine_factor)
+        try:
+            return query.to_arrow()
+        except (OSError, RuntimeError, ValueError) as err:
+            message = one_line(err)
+            if predicate and ("parse" in message.lower() or "sql" in message.lower() or "schema" in message.lower()):
+                raise ValueError(f"invalid filter {predicate!r}: {message}") from err
+            raise CollectionError(
+                f"cannot search the collection {self.uri!r}: {message} -- run `relsim repair {self.uri}`"
+            ) from err
+
+    # ------------------------------------------------------------------------------------- indexes
+
+    def create_vector_index(self, kind: str = "IVF_HNSW_SQ", **options: Any) -> None:
+        """Build (or rebuild) the ANN index on ``vector`` (``IVF_HNSW_SQ`` or ``IVF_PQ``), dot distance.
+
+        Example:
+            >>> col.create_vector_index("IVF_HNSW_SQ", num_partitions=64)  # doctest: +SKIP
+        """
+        if kind not in ("IVF_HNSW_SQ", "IVF_PQ"):
+            raise ValueError(f"index kind must be IVF_HNSW_SQ or IVF_PQ, got {kind!r}")
+        n = len(self)
+        if n < 256:
+            raise CollectionError(f"{self.uri!r} has {n} rows: an ANN index needs at least 256 (flat search is exact)")
+        options.setdefault("num_partitions", max(1, min(4096, round(math.sqrt(n)))))
+        if kind == "IVF_PQ":
+            options.setdefault("num_sub_vectors", self.dim // 8 if self.dim % 8 == 0 else 1)
+        self._write(
+            "build the index",
+            lambda: self._table.create_index(
+                metric="dot", vector_column_name="vector", index_type=kind, replace=True, **options
+            ),
+        )
+
+    def create_caption_index(self) -> bool:
+        """Build the full-text index on ``caption`` (for ``contains_tokens``); False when no row has a caption."""
+        if self._table.count_rows("caption IS NOT NULL") == 0:
+            return False
+        self._write("build the caption index", lambda: self._table.create_fts_index("caption", replace=True))
+        return True
+
+    def optimize(self) -> None:
+        """Merge small fragments, fold new rows into the indexes and drop versions older than a week."""
+        self._write("optimize", lambda: self._table.optimize())
+
+    # ---------------------------------------------------------------------------------- inspection
+
+    def info(self) -> dict[str, Any]:
+        """A summary: counts, sizes, fingerprint, indexes, versions.
+
+        Example:
+            >>> col.info()["num_embeddings"]  # doctest: +SKIP
+            10000
+        """
+        indexes = [
+            {"name": ix.name, "type": str(ix.index_type), "columns": list(ix.columns)}
+            for ix in self._table.list_indices()
+        ]
+        size = None
+        if "://" not in self.uri:
+            size = sum(f.stat().st_size for f in Path(self.uri).rglob("*") if f.is_file())
+        return {
+            "path": self.uri,
+            "format_version": self.meta["format_version"],
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "created_by": self.meta.get("created_by"),
+            "created_at": self.meta.get("created_at"),
+            "num_embeddings": len(self),
+            "num_captions": int(self._table.count_rows("caption IS NOT NULL")),
+            "version": int(self._table.version),
+            "indexes": indexes,
+            "bytes": size,
+            "num_failures": len({f["path"] for f in self.failures()}),
+        }
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def bad_rows(matrix: np.ndarray) -> np.ndarray:
+    """Indices of rows that are not finite unit vectors."""
+    if not len(matrix):
+        return np.zeros(0, dtype=np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.linalg.norm(matrix.astype(np.float32), axis=1)
+        good = np.isfinite(matrix).all(axis=1) & (np.abs(norms - 1) <= NORM_TOLERANCE)
+    return np.flatnonzero(~good)
+
+
+def _exists_error(err: BaseException) -> bool:
+    return "already exists" in str(err).lower() or isinstance(err, FileExistsError)
+
+
+def _read_meta(table: Any, uri: str) -> dict[str, Any]:
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise CollectionError(
+            f"{uri!r}: the {TABLE} table has no relsim metadata (not made by relsim, or damaged) "
+            f"-- run `relsim repair {uri}` to restore it from an earlier version"
+        )
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:
+        raise CollectionError(
+            f"{uri!r}: the relsim metadata is not valid JSON ({err}) -- run `relsim repair`"
+        ) from None
+    meta = validate_meta(meta, repr(uri))
+    vector = table.schema.field("vector").type
+    if getattr(vector, "list_size", None) != meta["dim"]:
+        raise CollectionError(f"{uri!r}: the vector column has {vector}, the metadata says dim {meta['dim']}")
+    return meta
+
+
+def _refuse_old_store(uri: str) -> None:
+    if "://" not in uri and (os.path.isfile(os.path.join(uri, "meta.json")) or uri.endswith(".safetensors")):
+        raise CollectionError(
+            f"{uri!r} is an embedding store of relsim 0.1; convert it with `relsim migrate {uri} NEW`"
+        )

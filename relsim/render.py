@@ -1,0 +1,218 @@
+"""Showing search results: a self-contained HTML page and a PNG contact sheet (PIL only).
+
+Each thumbnail is made on its own: one unreadable or degenerate image (a 1000x2 strip) shows as
+"unavailable" and never loses the page.
+
+Example:
+    >>> hits = relsim.search("photos.relsim", image="q.jpg", k=8)                 # doctest: +SKIP
+    >>> write_html("results.html", hits, image="q.jpg")                           # doctest: +SKIP
+    >>> write_grid("results.png", hits, text="{Fruit} cut open to show its layers")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .preprocess import ImageInputError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["thumbnail_size", "write_grid", "write_html"]
+
+_PLACEHOLDER = (224, 224, 224)
+
+
+def thumbnail_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """The size of an image scaled to fit in size x size, at least 1 px per side (a 1000x2 strip stays visible).
+
+    >>> thumbnail_size(1000, 2, 224)
+    (224, 1)
+    """
+    scale = size / max(width, height, 1)
+    return max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale)))
+
+
+def _thumbnail(source: Any, size: int) -> Image.Image | None:
+    """An RGB thumbnail (EXIF orientation applied) fitting in size x size, or None when it cannot be made."""
+    from PIL import Image
+
+    from . import preprocess
+
+    if isinstance(source, str | os.PathLike):
+        from .files import check_regular
+
+        try:
+            check_regular(source)  # a FIFO in place of a photo must not hang the page
+        except OSError:
+            return None
+    try:
+        image = preprocess.decode(source, 0)
+        if not isinstance(image, Image.Image):  # a float tensor that requires grad
+            array = (image.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            image = Image.fromarray(array)
+        # Small images are scaled up too: tiles of one size.
+        return image.convert("RGB").resize(thumbnail_size(image.width, image.height, size), Image.Resampling.LANCZOS)
+    except (ImageInputError, OSError, ValueError, MemoryError):
+        return None
+
+
+def _data_uri(image: Image.Image | None) -> str | None:
+    if image is None:
+        return None
+    try:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=85)
+    except (OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _query_label(image: Any) -> str:
+    return os.fspath(image) if isinstance(image, str | os.PathLike) else "query image"
+
+
+def write_html(
+    path: str | os.PathLike,
+    hits: Sequence[dict[str, Any]],
+    *,
+    image: Any = None,
+    text: str | None = None,
+    title: str = "relsim search",
+    subtitle: str | None = None,
+    thumb_size: int = 224,
+) -> Path:
+    """Write a self-contained HTML page: the query and each hit's thumbnail, rank, score and path.
+
+    Thumbnails are embedded as base64 JPEG data URIs, so the page can be mailed or archived on its own.
+
+    Example:
+        >>> write_html("results.html", relsim.search("emb/", image="q.jpg"), image="q.jpg")  # doctest: +SKIP
+    """
+    esc = html.escape
+    if image is not None:
+        uri = _data_uri(_thumbnail(image, thumb_size))
+        body = f'<img src="{uri}" alt="query">' if uri else '<div class="missing">unreadable</div>'
+        query = f"<figure>{body}<figcaption>{esc(_query_label(image))}</figcaption></figure>"
+    else:
+        query = f'<p class="text">{esc(text if text is not None else "(an embedding)")}</p>'
+    cards = []
+    for hit in hits:
+        uri = _data_uri(_thumbnail(hit["path"], thumb_size))
+        body = f'<img src="{uri}" alt="#{hit["rank"]}">' if uri else '<div class="missing">file unavailable</div>'
+        dupes = len(hit.get("duplicates") or [])
+        extra = f' <span class="dupes">+{dupes} identical</span>' if dupes else ""
+        href = Path(hit["path"]).as_uri() if os.path.isabs(hit["path"]) else hit["path"]
+        cards.append(
+            f'<figure class="hit">{body}<figcaption><b>#{hit["rank"]}</b> '
+            f'<span class="score">{hit["score"]:.4f}</span>{extra}<br>'
+            f'<a href="{esc(href)}" title="{esc(hit["path"])}">{esc(os.path.basename(hit["path"]))}</a>'
+            f"</figcaption></figure>"
+        )
+    sub = f'<p class="meta">{esc(subtitle)}</p>' if subtitle else ""
+    page = _HTML.format(title=esc(title), sub=sub, query=query, n=len(hits), cards="\n".join(cards), size=thumb_size)
+    out = Path(path)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
+.meta {{ color: #666; font-size: .9rem; }}
+.query figure, .hit {{ display: inline-block; vertical-align: top; margin: 0 .6rem .9rem 0; width: {size}px; }}
+.query figure {{ outline: 3px solid #2b6cb0; }}
+img, .missing {{ display: block; width: {size}px; height: {size}px; object-fit: contain; background: #eee; }}
+.missing {{ line-height: {size}px; text-align: center; color: #888; }}
+figcaption {{ font-size: .8rem; overflow-wrap: anywhere; padding: .2rem; }}
+.score {{ font-variant-numeric: tabular-nums; color: #2b6cb0; }}
+.dupes {{ color: #888; }}
+.text {{ font-size: 1.2rem; font-style: italic; }}
+</style></head>
+<body>
+<h1>{title}</h1>{sub}
+<section class="query"><h2>Query</h2>{query}</section>
+<section class="results"><h2>Top {n}</h2>
+{cards}
+</section>
+</body></html>
+"""
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    """``text`` shortened with a leading ellipsis until it fits ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength("…" + text, font=font) > width:
+        text = text[1:]
+    return "…" + text
+
+
+def write_grid(
+    path: str | os.PathLike,
+    hits: Sequence[dict[str, Any]],
+    *,
+    image: Any = None,
+    text: str | None = None,
+    columns: int | None = None,
+    thumb_size: int = 192,
+) -> Path:
+    """Write a PNG contact sheet (PIL only): the query tile (framed) and each hit with rank, score, file name.
+
+    Example:
+        >>> write_grid("results.png", hits, text="{Animal} peeking out from behind a {Object}")  # doctest: +SKIP
+    """
+    from PIL import Image, ImageDraw
+
+    pad, caption = 8, 36
+    tiles = [("query", _thumbnail(image, thumb_size) if image is not None else None, True)]
+    for hit in hits:
+        label = f"#{hit['rank']}  {hit['score']:.4f}"
+        tiles.append((label + "\n" + os.path.basename(hit["path"]), _thumbnail(hit["path"], thumb_size), False))
+    cols = max(1, min(columns or 6, len(tiles)))
+    rows = -(-len(tiles) // cols)
+    cell_w, cell_h = thumb_size + pad, thumb_size + caption + pad
+    sheet = Image.new("RGB", (pad + cols * cell_w, pad + rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    font, small = _font(14), _font(12)
+    for i, (label, thumb, is_query) in enumerate(tiles):
+        x, y = pad + (i % cols) * cell_w, pad + (i // cols) * cell_h
+        draw.rectangle([x, y, x + thumb_size - 1, y + thumb_size - 1], fill=_PLACEHOLDER)
+        if thumb is not None:
+            sheet.paste(thumb, (x + (thumb_size - thumb.width) // 2, y + (thumb_size - thumb.height) // 2))
+        elif is_query and image is None:
+            words = text if text is not None else "(embedding)"
+            wrapped = textwrap.fill(words, width=max(8, thumb_size // 8))
+            draw.multiline_text((x + 6, y + 6), wrapped, fill="black", font=font, spacing=3)
+        else:
+            draw.text((x + 6, y + thumb_size // 2 - 7), "unavailable", fill="gray", font=small)
+        if is_query:
+            draw.rectangle([x - 3, y - 3, x + thumb_size + 2, y + thumb_size + 2], outline=(43, 108, 176), width=3)
+            if text is not None or image is None:
+                label = "text query" if text is not None else "embedding query"
+            else:
+                label = "query\n" + os.path.basename(_query_label(image))
+        first, _, second = label.partition("\n")
+        draw.text((x, y + thumb_size + 4), first, fill="black", font=font)
+        if second:
+            draw.text((x, y + thumb_size + 20), _fit(draw, second, small, thumb_size), fill="dimgray", font=small)
+    out = Path(path)
+    sheet.save(out, format="PNG", optimize=True)
+    return out
