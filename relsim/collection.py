@@ -89,6 +89,13 @@ def require_lancedb():
     return lancedb
 
 
+def connect(uri: str) -> Any:
+    """A LanceDB connection whose reads always see the latest commit (other processes' writes included)."""
+    from datetime import timedelta
+
+    return require_lancedb().connect(uri, read_consistency_interval=timedelta(0))
+
+
 def _version() -> str:
     from relsim import __version__
 
@@ -244,7 +251,7 @@ class Collection:
         _refuse_old_store(uri)
         if "://" not in uri and os.path.isdir(uri) and not is_collection(uri) and any(os.scandir(uri)):
             raise CollectionError(f"{uri!r} exists, is not empty and is not a relsim collection")
-        db = require_lancedb().connect(uri)
+        db = connect(uri)
         try:
             table = db.create_table(TABLE, schema=cls.schema_for(meta), exist_ok=False)
         except Exception as err:  # it exists (perhaps another rank just created it)
@@ -275,7 +282,7 @@ class Collection:
         if "://" not in uri and not os.path.exists(uri):
             raise FileNotFoundError(f"{uri}: no such collection")
         _refuse_old_store(uri)
-        db = require_lancedb().connect(uri)
+        db = connect(uri)
         try:
             table = db.open_table(TABLE)
         except Exception as err:
@@ -422,8 +429,10 @@ class Collection:
         return pa.concat_tables(parts)
 
     def _matrix(self, t: pa.Table) -> np.ndarray:
-        column = t.column("vector").combine_chunks()
-        flat = column.values.to_numpy(zero_copy_only=False)
+        column = t.column("vector")
+        if hasattr(column, "combine_chunks"):  # a Table's ChunkedArray; a RecordBatch holds an Array
+            column = column.combine_chunks()
+        flat = column.flatten().to_numpy(zero_copy_only=False)
         return flat.reshape(len(t), self.dim).astype(np.float32)
 
     def iter_vectors(self, batch_rows: int = 65536, columns: Sequence[str] = ("path",)) -> Iterator[tuple[Any, Any]]:
@@ -795,29 +804,39 @@ class Collection:
     def create_vector_index(self, kind: str = "IVF_HNSW_SQ", **options: Any) -> None:
         """Build (or rebuild) the ANN index on ``vector`` (``IVF_HNSW_SQ`` or ``IVF_PQ``), dot distance.
 
+        ``options`` go to LanceDB's ``HnswSq`` / ``IvfPq`` (``num_partitions`` defaults to ~sqrt(rows)).
+
         Example:
             >>> col.create_vector_index("IVF_HNSW_SQ", num_partitions=64)  # doctest: +SKIP
         """
+        from lancedb.index import HnswSq, IvfPq
+
         if kind not in ("IVF_HNSW_SQ", "IVF_PQ"):
             raise ValueError(f"index kind must be IVF_HNSW_SQ or IVF_PQ, got {kind!r}")
         n = len(self)
         if n < 256:
             raise CollectionError(f"{self.uri!r} has {n} rows: an ANN index needs at least 256 (flat search is exact)")
-        options.setdefault("num_partitions", max(1, min(4096, round(math.sqrt(n)))))
+        options.setdefault("num_partitions", max(1, min(4096, round(math.sqrt(n) / 2))))
         if kind == "IVF_PQ":
             options.setdefault("num_sub_vectors", self.dim // 8 if self.dim % 8 == 0 else 1)
+            config = IvfPq(distance_type="dot", **options)
+        else:
+            config = HnswSq(distance_type="dot", **options)
         self._write(
             "build the index",
-            lambda: self._table.create_index(
-                metric="dot", vector_column_name="vector", index_type=kind, replace=True, **options
-            ),
+            lambda: self._table.create_index("vector", config=config, replace=True),
         )
 
     def create_caption_index(self) -> bool:
-        """Build the full-text index on ``caption`` (for ``contains_tokens``); False when no row has a caption."""
+        """Build the full-text index on ``caption``; False when no row has a caption."""
+        from lancedb.index import FTS
+
         if self._table.count_rows("caption IS NOT NULL") == 0:
             return False
-        self._write("build the caption index", lambda: self._table.create_fts_index("caption", replace=True))
+        self._write(
+            "build the caption index",
+            lambda: self._table.create_index("caption", config=FTS(), replace=True),
+        )
         return True
 
     def optimize(self) -> None:

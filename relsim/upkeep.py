@@ -31,8 +31,8 @@ from .collection import (
     CollectionError,
     Problem,
     bad_rows,
+    connect,
     one_line,
-    require_lancedb,
     validate_meta,
 )
 from .files import FileRecord
@@ -49,7 +49,7 @@ def _open_table(uri: str) -> Any:
     if "://" not in uri and not os.path.exists(uri):
         raise FileNotFoundError(f"{uri}: no such collection")
     try:
-        return require_lancedb().connect(uri).open_table(TABLE)
+        return connect(uri).open_table(TABLE)
     except Exception as err:
         raise CollectionError(f"{uri!r} is not a relsim collection (no {TABLE} table: {one_line(err)})") from err
 
@@ -185,7 +185,7 @@ def repair(uri: str | os.PathLike) -> list[str]:
         version, meta = good
         data = table.to_arrow()
         schema = Collection.schema_for(meta)
-        require_lancedb().connect(uri).create_table(TABLE, data.select(schema.names).cast(schema), mode="overwrite")
+        connect(uri).create_table(TABLE, data.select(schema.names).cast(schema), mode="overwrite")
         table = _open_table(uri)
         done.append(f"restored the relsim metadata of version {version}")
     if _readable(table) is not None:
@@ -221,7 +221,9 @@ def repair(uri: str | os.PathLike) -> list[str]:
 # ------------------------------------------------------------------------------------------ export
 
 
-def export(uri: str | os.PathLike | Collection, out: str | os.PathLike, *, format: str = "npy") -> list[Path]:
+def export(
+    uri: str | os.PathLike | Collection, out: str | os.PathLike, *, format: str = "npy", rows_per_file: int = 1 << 20
+) -> list[Path]:
     """Write the embeddings and their metadata where FAISS tools read them; returns the files written.
 
     ``npy``: ``OUT/img_emb/img_emb_0000.npy`` (float32, (n, dim)) and ``OUT/metadata/metadata_0000.parquet``
@@ -241,16 +243,17 @@ def export(uri: str | os.PathLike | Collection, out: str | os.PathLike, *, forma
     collection = uri if isinstance(uri, Collection) else Collection.open(uri)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
     columns = ("path", "size", "mtime_ns", "sha256", "caption")
-    for part, (batch, matrix) in enumerate(collection.iter_vectors(1 << 20, columns)):
-        bad = bad_rows(matrix)
-        if len(bad):
-            raise CollectionError(
-                f"{collection.uri!r} holds rows that are not finite unit vectors "
-                f"({batch.column('path')[int(bad[0])].as_py()}, ...): run `relsim repair {collection.uri}` first"
-            )
-        meta = pa.Table.from_batches([batch]).select(list(columns))
+    pending: list[tuple[Any, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        part = len(written) // (2 if format == "npy" else 1)
+        meta = pa.Table.from_batches([b for b, _ in pending]).select(list(columns))
+        matrix = np.concatenate([m for _, m in pending])
+        pending.clear()
         if format == "npy":
             (root / "img_emb").mkdir(exist_ok=True)
             (root / "metadata").mkdir(exist_ok=True)
@@ -262,6 +265,18 @@ def export(uri: str | os.PathLike | Collection, out: str | os.PathLike, *, forma
             files = [root / f"embeddings_{part:04d}.parquet"]
             pq.write_table(meta.append_column("vector", vectors), files[0])
         written.extend(files)
+
+    for batch, matrix in collection.iter_vectors(65536, columns):
+        bad = bad_rows(matrix)
+        if len(bad):
+            raise CollectionError(
+                f"{collection.uri!r} holds rows that are not finite unit vectors "
+                f"({batch.column('path')[int(bad[0])].as_py()}, ...): run `relsim repair {collection.uri}` first"
+            )
+        pending.append((batch, matrix))
+        if sum(len(m) for _, m in pending) >= rows_per_file:
+            flush()
+    flush()
     info = root / "relsim.json"
     info.write_text(json.dumps(collection.meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return [*written, info]
