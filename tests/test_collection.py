@@ -203,7 +203,8 @@ col = Collection.create(sys.argv[1], {fp!r}, dim={dim}, exist_ok=True)
 rank, rows, batches = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 emb = torch.nn.functional.normalize(torch.randn(rows, {dim}), dim=1)
 for b in range(batches):
-    records = [dict(path=f"/data/{{rank}}/{{b}}/{{i}}.jpg", size=i, mtime_ns=i, sha256="%064x" % i) for i in range(rows)]
+    records = [dict(path=f"/data/{{rank}}/{{b}}/{{i}}.jpg", size=i, mtime_ns=i, sha256=f"{{i:064x}}")
+               for i in range(rows)]
     col.add(records, emb, fingerprint={fp!r})
     if b == 1:
         print("ready", flush=True)
@@ -468,7 +469,7 @@ def test_ann_index_recall(tmp_path: Path) -> None:
     data = centers[rng.integers(0, 8, 2000)] + 0.3 * rng.normal(size=(2000, DIM))
     data = (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32)
     col = new(tmp_path, "float32")
-    records = [dict(path=f"/d/{i}.jpg", size=i, mtime_ns=i, sha256="%064x" % i) for i in range(2000)]
+    records = [dict(path=f"/d/{i}.jpg", size=i, mtime_ns=i, sha256=f"{i:064x}") for i in range(2000)]
     col.add(records, data)
     with pytest.raises(ValueError, match="IVF"):
         col.create_vector_index("FLAT")
