@@ -19,7 +19,7 @@ from . import __version__
 COMMAND_MODULES = [
     "relsim.commands.score",  # score
     "relsim.commands.caption",  # caption
-    "relsim.commands.collection",  # embed, search, info
+    "relsim.commands.collection",  # embed, search, info, index, export, migrate, prune, repair
     "relsim.commands.hub",  # download, push-to-hub
     "relsim.commands.train",  # train, data, convert
     "relsim.commands.eval",  # eval retrieval

@@ -131,6 +131,17 @@ def photo(height: int, width: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
+def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """n small photo-like images, alternately JPEG and PNG, of different sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"img_{i:02d}.{'png' if i % 2 else 'jpg'}"
+        photo(40 + 6 * i, 56, seed + i).save(path)
+        paths.append(path)
+    return paths
+
+
 @pytest.fixture
 def photos() -> list[Image.Image]:
     """Four photo-like images of different sizes and aspect ratios."""

@@ -1,19 +1,22 @@
-"""``relsim embed``, ``search`` and ``info``: build, query and describe a collection of image embeddings.
+"""Collection subcommands: ``embed``, ``search``, ``info``, ``index``, ``export``, ``migrate``, ``prune``,
+``repair``. See docs/cli.md and docs/search.md. Collections need ``pip install "relsim[search]"`` (LanceDB).
 
-Importing this module loads no model: that happens when a command runs.
+Exit codes: 0 success, 1 an error while running (one line on stderr), 2 a usage error, 3 ``embed`` finished
+but skipped unreadable files (or ``info --check`` found problems), 130 interrupted (what was saved is kept).
 
 Example:
     $ relsim embed photos/ -o photos.relsim --recursive
     $ relsim search photos.relsim --text "{Animal} peeking out from behind a {Object}" --grid top.png
-    $ relsim info photos.relsim
+    $ relsim index photos.relsim
+    $ relsim info photos.relsim --check
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..registry import DEFAULT_TEXT_MODEL
@@ -25,138 +28,118 @@ from ._common import (
     command,
     device_from_args,
     human_size,
-    load_model_from_args,
     model_flags_given,
     plural,
     print_json,
     require_inputs,
 )
 
+_MODEL_ARGS = ("revision", "base_model", "base_revision", "mode")
+#: relsim.collection.INDEX_KINDS, repeated so that `relsim --help` imports neither torch nor LanceDB.
+INDEX_KINDS = ("IVF_HNSW_SQ", "IVF_SQ", "IVF_PQ")
+
 
 def register(subparsers) -> None:
     _register_embed(subparsers)
     _register_search(subparsers)
     _register_info(subparsers)
+    for register_one in (_register_index, _register_export, _register_migrate, _register_prune, _register_repair):
+        register_one(subparsers)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def printable(path: str) -> str:
+    """A path on one line: names with control characters (a newline) are shown quoted and escaped."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return json.dumps(path, ensure_ascii=False)
+    return path
+
+
+def _parser(subparsers, name: str, func, help: str, description: str, *positionals: str) -> argparse.ArgumentParser:
+    """A subcommand with its positional arguments (``"STORE"`` -> ``args.store``) and its function."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    for metavar in positionals:
+        p.add_argument(metavar.lower(), metavar=metavar)
+    p.set_defaults(func=func)
+    return p
+
+
+def _require_store(uri: str) -> None:
+    """A local collection that does not exist is a usage error (exit 2); URIs are LanceDB's to judge."""
+    if "://" not in uri:
+        require_inputs(uri)
+
+
+def _load_model(args: argparse.Namespace, collection=None):
+    """The model named by the flags; with a collection and no ``--model``, the collection's (flags override)."""
+    import relsim
+
+    from ..registry import DEFAULT_MODEL
+    from ..retrieval import load_collection_model
+
+    common = {"device": device_from_args(args), "dtype": args.dtype}
+    model_args = {name: getattr(args, name) for name in _MODEL_ARGS}
+    if collection is not None and args.model is None:
+        return load_collection_model(collection, **model_args, **common)
+    model_args["mode"] = args.mode or "train"
+    return relsim.load(args.model or DEFAULT_MODEL, **model_args, **common)
+
+
+def _open_if_any(uri: str):
+    from ..collection import Collection, is_collection
+
+    if "://" in uri or is_collection(uri):
+        return Collection.open(uri)
+    return None
+
+
+# -------------------------------------------------------------------------------------------------- embed
 
 
 def _register_embed(subparsers) -> None:
     p = subparsers.add_parser(
         "embed",
-        help="embed a collection of images into a store (incremental, resumable)",
-        description="Embed images into an embedding store. Re-running embeds only new or changed files; an "
-        "interrupted run keeps everything saved so far. Unreadable images are skipped, listed and logged to "
-        "STORE/failures.log; the exit code is then 3. Split the work over N processes with --shard I/N (or "
-        "torchrun's RANK/WORLD_SIZE): each writes its own shard files into the same store.",
+        help="embed a collection of images (incremental, resumable)",
+        description="Embed images into a collection (a LanceDB table, created if needed). Re-running embeds only "
+        "new or changed files; an interrupted run keeps everything committed so far. Unreadable files and special "
+        "files (FIFOs, devices) are skipped, listed and logged in the collection; the exit code is then 3. Split "
+        "the work over N processes with --shard I/N (or torchrun's RANK/WORLD_SIZE): they write one collection.",
     )
     p.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image files, folders, or .txt lists of paths ('-': stdin)"
     )
-    p.add_argument("-o", "--output", required=True, metavar="STORE", help="store directory (created if needed)")
+    p.add_argument("-o", "--output", required=True, metavar="STORE", help="collection folder or URI (s3://...)")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--num-workers", type=int, default=None, help="decoding threads (default: up to 8)")
-    p.add_argument(
-        "--save-every", type=int, default=None, metavar="N", help="save a shard every N images (default: 8 batches)"
-    )
+    p.add_argument("--save-every", type=int, default=None, metavar="N", help="commit every N images (default: a batch)")
     p.add_argument("--shard", metavar="I/N", help="embed only part I of N (0-based; default: $RANK/$WORLD_SIZE or 0/1)")
     p.add_argument(
         "--extensions", metavar="EXT,...", help="image endings collected from folders (default: common ones)"
     )
     p.add_argument(
-        "--store-dtype", choices=("float16", "float32"), default="float16", help="for a new store (default: float16)"
+        "--store-dtype", choices=("float16", "float32"), default="float16", help="for a new collection (float16)"
     )
+    p.add_argument(
+        "--reembed", action="store_true", help="a collection of another model: empty it and embed everything again"
+    )
+    p.add_argument("--prune", action="store_true", help="also drop rows whose file is gone")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="default: on a terminal")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_model_flags(p, from_collection=True)
     p.set_defaults(func=_embed)
 
 
-def _register_search(subparsers) -> None:
-    p = subparsers.add_parser(
-        "search",
-        help="find the images of a store nearest to an image or a text",
-        description="Top-k images of STORE by relational similarity to an image or to a text (embedded with "
-        "all-MiniLM-L6-v2, the space relsim embeddings live in). An image already in the store is looked up, "
-        "not re-embedded; another image is embedded with the store's model (a different model is refused).",
-    )
-    p.add_argument("store", metavar="STORE")
-    query = p.add_mutually_exclusive_group(required=True)
-    query.add_argument("--image", metavar="PATH", help="query image")
-    query.add_argument("--text", metavar="TEXT", help='query text, e.g. "{Animal} peeking out from behind a {Object}"')
-    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
-    p.add_argument("--exclude-self", action="store_true", help="leave the query image (and identical copies) out")
-    p.add_argument("--no-dedup", dest="dedup", action="store_false", help="list byte-identical files separately")
-    p.add_argument("--backend", choices=("exact", "faiss"), default="exact", help="faiss needs relsim[faiss]")
-    p.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML page of the results")
-    p.add_argument("--grid", metavar="OUT.png", help="write a PNG contact sheet of the results")
-    p.add_argument("--thumb-size", type=int, default=None, help="thumbnail size in pixels (html 224, grid 192)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help=f"text encoder (default: {DEFAULT_TEXT_MODEL})")
-    p.add_argument("--text-revision", help="branch, tag or commit of --text-model")
-    add_model_flags(p, from_collection=True)
-    p.set_defaults(func=_search)
-
-
-def _register_search(subparsers) -> None:
-    p = subparsers.add_parser(
-        "search",
-        help="find the images of a store nearest to an image or a text",
-        description="Top-k images of STORE by relational similarity to an image or to a text (embedded with "
-        "all-MiniLM-L6-v2, the space relsim embeddings live in). An image already in the store is looked up, "
-        "not re-embedded; another image is embedded with the store's model (a different model is refused).",
-    )
-    p.add_argument("store", metavar="STORE")
-    query = p.add_mutually_exclusive_group(required=True)
-    query.add_argument("--image", metavar="PATH", help="query image")
-    query.add_argument("--text", metavar="TEXT", help='query text, e.g. "{Animal} peeking out from behind a {Object}"')
-    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
-    p.add_argument("--exclude-self", action="store_true", help="leave the query image (and identical copies) out")
-    p.add_argument("--no-dedup", dest="dedup", action="store_false", help="list byte-identical files separately")
-    p.add_argument("--backend", choices=("exact", "faiss"), default="exact", help="faiss needs relsim[faiss]")
-    p.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML page of the results")
-    p.add_argument("--grid", metavar="OUT.png", help="write a PNG contact sheet of the results")
-    p.add_argument("--thumb-size", type=int, default=None, help="thumbnail size in pixels (html 224, grid 192)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help=f"text encoder (default: {DEFAULT_TEXT_MODEL})")
-    p.add_argument("--text-revision", help="branch, tag or commit of --text-model")
-    add_model_flags(p, from_collection=True)
-    p.set_defaults(func=_search)
-
-
-def _register_info(subparsers) -> None:
-    p = subparsers.add_parser("info", help="describe a store", description="Model, revision, mode, count, dimensions.")
-    p.add_argument("store", metavar="STORE")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_info)
-
-
-def _open_store_if_any(path: str):
-    from ..store import META_FILE, EmbeddingStore
-
-    root = Path(path)
-    if root.is_file() or (root / META_FILE).is_file():
-        return EmbeddingStore.open(root)
-    return None
-
-
-# ---------------------------------------------------------------------------------------------------- embed
-
-
-def _shard(args: argparse.Namespace) -> tuple[int, int]:
-    from ..store import parse_shard, shard_from_env
-
-    return parse_shard(args.shard) if args.shard else shard_from_env()
-
-
 @command
 def _embed(args: argparse.Namespace) -> int:
-    from ..retrieval import IMAGE_EXTENSIONS, collect_images
-    from ..store import shard_of
+    from ..files import IMAGE_EXTENSIONS, collect_images, parse_shard, shard_from_env, shard_of
 
     if args.batch_size < 1 or (args.save_every is not None and args.save_every < 1):
         raise UsageError("--batch-size and --save-every must be >= 1")
     try:
-        index, count = _shard(args)
+        index, count = parse_shard(args.shard) if args.shard else shard_from_env()
         extensions = args.extensions.split(",") if args.extensions else IMAGE_EXTENSIONS
         paths = collect_images(args.inputs, recursive=args.recursive, extensions=extensions)
     except (ValueError, FileNotFoundError) as err:
@@ -168,10 +151,13 @@ def _embed(args: argparse.Namespace) -> int:
     try:
         return _embed_part(args, part, index, count)
     except KeyboardInterrupt:
-        store = _open_store_if_any(args.output)
-        held = len(store) if store is not None else 0
+        try:
+            collection = _open_if_any(args.output)
+            held = len(collection) if collection is not None else 0
+        except Exception:  # noqa: BLE001 - only for the message
+            held = "its committed"
         print(
-            f"\nrelsim embed: interrupted; {args.output} holds {plural(held, 'embedding')}. "
+            f"\nrelsim embed: interrupted; {args.output} holds {held} embeddings. "
             "Run the same command again to embed the rest.",
             file=sys.stderr,
         )
@@ -179,21 +165,31 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _embed_part(args: argparse.Namespace, part: list[str], index: int, count: int) -> int:
-    from ..retrieval import EmbedReport, embed_files
-    from ..store import EmbeddingStore
+    from ..bulk import EmbedReport, embed_files
+    from ..collection import Collection
 
-    store = _open_store_if_any(args.output)
-    todo = store.needs_embedding(part) if store is not None else part
+    collection = _open_if_any(args.output)
+    pruned: list[str] = []
+    if collection is not None and args.prune:
+        pruned = collection.prune()
+    todo = collection.needs_embedding(part) if collection is not None and not args.reembed else part
+    if not todo and collection is not None and _contradicts(args, collection.fingerprint):
+        todo = part  # flags naming another model: load it, so the mismatch is refused rather than ignored
     if not todo:  # nothing to do: no model to load
-        report = EmbedReport(up_to_date=len(part))
-        return _embed_summary(args, report, store, index, count)
-    model = load_model_from_args(args, store)
-    dim = model.embedding_dim
-    store = EmbeddingStore.create(args.output, model.fingerprint, dim=dim, dtype=args.store_dtype, exist_ok=True)
+        return _embed_summary(args, EmbedReport(up_to_date=len(part)), collection, index, count, pruned)
+    model = _load_model(args, collection)
+    collection = Collection.create(
+        args.output,
+        model.fingerprint,
+        dim=model.embedding_dim,
+        dtype=args.store_dtype,
+        exist_ok=True,
+        reembed=args.reembed,
+    )
     report = embed_files(
         model,
-        store,
-        todo,
+        collection,
+        part,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         save_every=args.save_every,
@@ -201,83 +197,112 @@ def _embed_part(args: argparse.Namespace, part: list[str], index: int, count: in
         log_rank=count > 1,
         progress=args.progress,
     )
-    report.up_to_date += len(part) - len(todo)
-    return _embed_summary(args, report, store, index, count)
+    return _embed_summary(args, report, collection, index, count, pruned)
 
 
-def _embed_summary(args: argparse.Namespace, report, store, index: int, count: int) -> int:
+def _contradicts(args: argparse.Namespace, fingerprint: dict[str, Any]) -> bool:
+    """Model flags that cannot describe the collection's model (checked without loading anything)."""
+    return any(
+        getattr(args, name) not in (None, fingerprint.get(name)) for name in ("mode", "revision", "base_revision")
+    )
+
+
+def _embed_summary(args, report, collection, index: int, count: int, pruned: list[str]) -> int:
     where = f" (shard {index}/{count})" if count > 1 else ""
-    size = len(store) if store is not None else 0  # None: this shard got no files and no store exists yet
+    size = len(collection) if collection is not None else 0  # None: this shard got no files, no collection yet
     if args.json:
         print_json({"store": str(args.output), "shard": [index, count], **report.to_dict(), "size": size})
     else:
         rate = f" in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)" if report.embedded else ""
+        gone = f", {len(pruned)} pruned" if pruned else ""
         print(
             f"relsim embed{where}: {report.embedded} embedded, {len(report.skipped)} skipped, "
-            f"{report.up_to_date} already up to date{rate}; {args.output} holds {size} embeddings"
+            f"{report.up_to_date} already up to date{gone}{rate}; {args.output} holds {size} embeddings"
         )
     if report.skipped:
         shown = report.skipped[:20]
-        lines = [f"  {path}: {reason}" for path, reason in shown]
+        lines = [f"  {printable(path)}: {reason}" for path, reason in shown]
         if len(report.skipped) > len(shown):
             lines.append(f"  ... and {len(report.skipped) - len(shown)} more")
-        log = Path(args.output) / "failures.log"
-        print(f"skipped {plural(len(report.skipped), 'unreadable image')} (logged in {log}):", file=sys.stderr)
+        print(
+            f"skipped {plural(len(report.skipped), 'unreadable file')} (logged in the collection: "
+            f"relsim info {args.output}):",
+            file=sys.stderr,
+        )
         print("\n".join(lines), file=sys.stderr)
         return EXIT_SKIPPED
     return 0
 
 
-# --------------------------------------------------------------------------------------------------- search
+# ------------------------------------------------------------------------------------------------- search
+
+
+def _register_search(subparsers) -> None:
+    description = (
+        "Top-k images of STORE by relational similarity to an image or to a text (embedded with all-MiniLM-L6-v2, "
+        "the space relsim embeddings live in). An image already in the collection is looked up, not re-embedded; "
+        "another image is embedded with the collection's model (a different model is refused). Uses the ANN "
+        "index when `relsim index` built one (--exact: a flat, exact scan)."
+    )
+    help = "find the images of a collection nearest to an image or a text"
+    p = _parser(subparsers, "search", _search, help, description, "STORE")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", metavar="PATH", help="query image")
+    query.add_argument("--text", metavar="TEXT", help='query text, e.g. "{Animal} peeking out from behind a {Object}"')
+    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    p.add_argument(
+        "--where", metavar="SQL", help="filter, e.g. \"path LIKE '%%/2024/%%'\" (Lance SQL over the columns)"
+    )
+    p.add_argument("--caption-contains", metavar="WORDS", help="only images whose caption has these words")
+    p.add_argument("--exact", action="store_true", help="flat exact search even when an ANN index exists")
+    p.add_argument("--exclude-self", action="store_true", help="leave the query image (and identical copies) out")
+    p.add_argument("--no-dedup", dest="dedup", action="store_false", help="list byte-identical files separately")
+    p.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML page of the results")
+    p.add_argument("--grid", metavar="OUT.png", help="write a PNG contact sheet of the results")
+    p.add_argument("--thumb-size", type=int, default=None, help="thumbnail size in pixels (html 224, grid 192)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help=f"text encoder (default: {DEFAULT_TEXT_MODEL})")
+    p.add_argument("--text-revision", help="branch, tag or commit of --text-model")
+    add_model_flags(p, from_collection=True)
 
 
 @command
 def _search(args: argparse.Namespace) -> int:
-    from ..retrieval import search, write_grid, write_html
-    from ..store import EmbeddingStore
+    from ..collection import Collection
+    from ..render import write_grid, write_html
+    from ..retrieval import search
 
     if args.k < 1:
         raise UsageError("-k must be >= 1")
-    require_inputs(args.store)
-    store = EmbeddingStore.open(args.store)
+    if args.text is not None and not args.text.strip():
+        raise UsageError("--text is empty: describe the relation to look for")
+    _require_store(args.store)
+    collection = Collection.open(args.store)
+    common = {"k": args.k, "dedup": args.dedup, "where": args.where, "exact": args.exact}
+    common.update(caption_contains=args.caption_contains, device=device_from_args(args))
     if args.image is not None:
-        require_inputs(args.image)
-        # Explicit model flags load that model; otherwise a stored image needs none, another the store's.
-        model = load_model_from_args(args, store) if model_flags_given(args) else None
-        hits = search(
-            store,
-            image=args.image,
-            model=model,
-            k=args.k,
-            exclude_self=args.exclude_self,
-            dedup=args.dedup,
-            backend=args.backend,
-            device=device_from_args(args),
-        )
+        if not os.path.exists(args.image):
+            raise FileNotFoundError(f"{args.image}: no such file")
+        # Explicit model flags load that model; otherwise a stored image needs none, another the collection's.
+        model = _load_model(args, collection) if model_flags_given(args) else None
+        hits = search(collection, image=args.image, model=model, exclude_self=args.exclude_self, **common)
         query: dict[str, Any] = {"image": os.path.abspath(args.image)}
     else:
         hits = search(
-            store,
-            text=args.text,
-            text_model=args.text_model,
-            text_revision=args.text_revision,
-            k=args.k,
-            dedup=args.dedup,
-            backend=args.backend,
-            device=device_from_args(args),
+            collection, text=args.text, text_model=args.text_model, text_revision=args.text_revision, **common
         )
         query = {"text": args.text}
     visual = {"image": args.image, "text": args.text}
     size = {"thumb_size": args.thumb_size} if args.thumb_size else {}
     if args.html:
-        subtitle = f"{len(hits)} nearest of {len(store)} images in {store.path}"
+        subtitle = f"{len(hits)} nearest of {len(collection)} images in {collection.uri}"
         write_html(args.html, hits, subtitle=subtitle, **visual, **size)
         print(f"wrote {args.html}", file=sys.stderr)
     if args.grid:
         write_grid(args.grid, hits, **visual, **size)
         print(f"wrote {args.grid}", file=sys.stderr)
     if args.json:
-        print_json({"store": str(store.path), "query": query, "k": args.k, "results": hits}, indent=2)
+        print_json({"store": collection.uri, "query": query, "k": args.k, "results": hits}, indent=2)
     else:
         _print_hits(hits)
     return 0
@@ -288,42 +313,181 @@ def _print_hits(hits: list[dict[str, Any]]) -> None:
     for hit in hits:
         dupes = len(hit["duplicates"])
         extra = f"  (+{dupes} identical)" if dupes else ""
-        print(f"{hit['rank']:>4}  {hit['score']:7.4f}  {hit['path']}{extra}")
+        if "://" not in hit["path"] and not os.path.exists(hit["path"]):
+            extra += "  [file unavailable]"
+        print(f"{hit['rank']:>4}  {hit['score']:7.4f}  {printable(hit['path'])}{extra}")
 
 
-# ----------------------------------------------------------------------------------------------------- info
+# --------------------------------------------------------------------------------------------------- info
+
+
+def _register_info(subparsers) -> None:
+    description = (
+        "Model, revision, mode, count, dimensions, indexes. --check also reads every row and says exactly what is "
+        "wrong and what to do (exit code 3 when something is)."
+    )
+    p = _parser(subparsers, "info", _info, "describe a collection (--check: find what is wrong)", description, "STORE")
+    p.add_argument("--check", action="store_true", help="read everything; report problems and their fixes")
+    p.add_argument("--json", action="store_true")
 
 
 @command
 def _info(args: argparse.Namespace) -> int:
-    from ..store import EmbeddingStore
+    from ..collection import Collection
+    from ..upkeep import check
 
-    require_inputs(args.store)
-    store = EmbeddingStore.open(args.store)
-    info = store.info()
-    # Every embed run retries unreadable files and logs them again: count files, not log lines.
-    failed = len({f.get("path") for f in store.failures()})
+    _require_store(args.store)
+    if args.check:
+        problems = check(args.store)
+        if args.json:
+            print_json({"store": args.store, "problems": [vars(p) for p in problems]}, indent=2)
+        elif not problems:
+            print(f"{args.store}: no problems found")
+        for problem in [] if args.json else problems:
+            print(f"problem: {problem.what}\n    fix: {problem.fix}")
+        return EXIT_SKIPPED if problems else 0
+    collection = Collection.open(args.store)
+    info = collection.info()
     if args.json:
         print_json(info, indent=2)
         return 0
     fp = info["fingerprint"]
+    indexes = ", ".join(f"{ix['type']} on {'/'.join(ix['columns'])}" for ix in info["indexes"]) or "none (flat search)"
+    size = human_size(info["bytes"]) if info["bytes"] is not None else "remote"
     rows = [
-        ("store", f"{info['path']} ({info['kind']}, format {info['format_version']})"),
+        ("store", f"{info['path']} (LanceDB, format {info['format_version']}, version {info['version']}, {size})"),
         ("model", fp.get("model")),
         ("revision", fp.get("revision") or "(local directory)"),
         ("base model", fp.get("base_model")),
         ("base revision", fp.get("base_revision") or "(local directory)"),
         ("mode", fp.get("mode")),
         ("embeddings", f"{info['num_embeddings']} x {info['dim']} ({info['dtype']})"),
-        ("shards", f"{info['num_shards']} from ranks {info['ranks']}, {human_size(info['bytes'])}"),
-        (
-            "failures",
-            plural(failed, "unreadable file") + (f" ({info['num_failures']} in failures.log)" if failed else ""),
-        ),
+        ("captions", str(info["num_captions"])),
+        ("indexes", indexes),
+        ("failures", plural(info["num_failures"], "unreadable file")),
         ("created", f"{info['created_at']} by {info['created_by']} (model dtype {fp.get('dtype')})"),
     ]
-    if info["skipped_shards"]:
-        rows.append(("unreadable shards", ", ".join(info["skipped_shards"])))
     for name, value in rows:
         print(f"{name + ':':<15} {value}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- index, export, ...
+
+
+def _register_index(subparsers) -> None:
+    description = (
+        "Build an approximate-nearest-neighbour index on the embeddings, then measure its recall@10 against exact "
+        "search on a sample of the collection's own rows as queries. `search` uses it from then on (--exact "
+        "bypasses it). Also builds the full-text index on captions when there are captions."
+    )
+    help = "build the ANN index (and the caption full-text index) of a collection"
+    p = _parser(subparsers, "index", _index, help, description, "STORE")
+    p.add_argument("--kind", choices=INDEX_KINDS, default=INDEX_KINDS[0], help=f"default: {INDEX_KINDS[0]}")
+    p.add_argument("--partitions", type=int, default=None, help="IVF partitions (default: about sqrt(rows) / 2)")
+    p.add_argument("--queries", type=int, default=100, help="sample queries for the recall check (default: 100)")
+    p.add_argument("--json", action="store_true")
+
+
+@command
+def _index(args: argparse.Namespace) -> int:
+    import time
+
+    from ..collection import Collection
+    from ..upkeep import measure_recall
+
+    collection = Collection.open(args.store)
+    options = {"num_partitions": args.partitions} if args.partitions else {}
+    start = time.perf_counter()
+    collection.create_vector_index(args.kind, **options)
+    built = time.perf_counter() - start
+    captions = collection.create_caption_index()
+    recall = measure_recall(collection, queries=args.queries, k=10)
+    result = {"store": collection.uri, "kind": args.kind, "seconds": round(built, 2), **recall}
+    result["caption_index"] = captions
+    if args.json:
+        print_json(result, indent=2)
+        return 0
+    print(
+        f"relsim index: {args.kind} on {len(collection)} rows in {built:.1f} s; recall@10 against exact search "
+        f"{recall['recall_at_10']:.3f} on {recall['queries']} sample queries "
+        f"({recall['ann_ms']:.1f} ms vs {recall['exact_ms']:.1f} ms per query)"
+        + ("; caption full-text index built" if captions else "")
+    )
+    return 0
+
+
+def _register_export(subparsers) -> None:
+    description = (
+        "npy: OUT/img_emb/img_emb_0000.npy + OUT/metadata/metadata_0000.parquet (the autofaiss layout); parquet: "
+        "OUT/embeddings_0000.parquet with a vector column. OUT/relsim.json holds the metadata."
+    )
+    help = "write embeddings + metadata as .npy or Parquet (for FAISS / autofaiss)"
+    p = _parser(subparsers, "export", _export, help, description, "STORE", "OUT")
+    p.add_argument("--format", choices=("npy", "parquet"), default="npy")
+
+
+@command
+def _export(args: argparse.Namespace) -> int:
+    from ..upkeep import export
+
+    files = export(args.store, args.out, format=args.format)
+    print(f"relsim export: wrote {plural(len(files), 'file')} under {args.out}")
+    return 0
+
+
+def _register_migrate(subparsers) -> None:
+    _parser(
+        subparsers,
+        "migrate",
+        _migrate,
+        "convert a relsim 0.1 embedding store into a collection",
+        "Read a relsim 0.1 store (a folder of safetensors shards with meta.json, or its single-file export) and "
+        "write its records, embeddings, model fingerprint and failures into a new collection NEW.",
+        "OLD",
+        "NEW",
+    )
+
+
+@command
+def _migrate(args: argparse.Namespace) -> int:
+    from ..upkeep import migrate
+
+    collection = migrate(args.old, args.new)
+    print(f"relsim migrate: {args.new} holds {len(collection)} embeddings from {args.old}")
+    return 0
+
+
+def _register_prune(subparsers) -> None:
+    _parser(
+        subparsers, "prune", _prune, "drop rows whose file is gone", "Drop rows of deleted or renamed files.", "STORE"
+    )
+
+
+@command
+def _prune(args: argparse.Namespace) -> int:
+    from ..collection import Collection
+
+    gone = Collection.open(args.store).prune()
+    for path in gone:
+        print(f"  {printable(path)}")
+    print(f"relsim prune: dropped {plural(len(gone), 'row')} of files that are gone")
+    return 0
+
+
+def _register_repair(subparsers) -> None:
+    description = (
+        "Restore damaged metadata or unreadable data from the latest good version, drop rows that are not finite "
+        "unit vectors and duplicate rows of a path. Old versions are kept."
+    )
+    _parser(subparsers, "repair", _repair, "fix what `info --check` reports", description, "STORE")
+
+
+@command
+def _repair(args: argparse.Namespace) -> int:
+    from ..upkeep import repair
+
+    done = repair(args.store)
+    for line in done or ["nothing to repair"]:
+        print(f"relsim repair: {line}")
     return 0
