@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import photo
+from conftest import make_images, photo
 from PIL import Image
 
 pytest.importorskip("lancedb")
@@ -30,16 +30,6 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"img_{i:02d}.png"
-        photo(40 + 5 * i, 48, seed + i).save(path)
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +49,10 @@ def _no_nan(text: str):
 
 def test_fifos_and_devices_are_skipped_with_their_reason(model_args, tmp_path) -> None:
     folder = tmp_path / "imgs"
-    make_images(folder, 2)
+    first = make_images(folder, 2)[0]
     os.mkfifo(folder / "x.jpg")  # nobody ever writes to it: opening it for reading blocks for ever
     (folder / "zero.jpg").symlink_to("/dev/zero")
-    (folder / "link.png").symlink_to(folder / "img_00.png")  # a symlink to a regular file is fine
+    (folder / "link.png").symlink_to(first)  # a symlink to a regular file is fine
     argv = [sys.executable, "-m", "relsim.cli", "embed", str(folder), "-o", str(tmp_path / "c"), *model_args]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 3, proc.stderr
@@ -234,6 +224,13 @@ def test_empty_text_and_newlines_in_names(model_args, tmp_path, capsys) -> None:
     code, out, _ = run(capsys, "search", tmp_path / "c", "--image", odd, "-k", "3")
     lines = out.splitlines()
     assert code == 0 and len(lines) == 4 and json.dumps(str(odd)) in lines[1]
+
+
+def test_index_kinds_agree() -> None:
+    from relsim import collection
+    from relsim.commands import collection as commands
+
+    assert commands.INDEX_KINDS == collection.INDEX_KINDS
 
 
 def test_json_output_never_holds_nan(capsys) -> None:
