@@ -706,7 +706,6 @@ class Collection:
             raise ValueError("a query is a zero, NaN or infinite vector")
         q = torch.nn.functional.normalize(q, dim=1).numpy()
         use_index = not exact and self.has_vector_index()
-        total = len(self)
         results = []
         for i, vec in enumerate(q):
             clauses = [f"({where})"] if where else []
@@ -715,9 +714,9 @@ class Collection:
             predicate = " AND ".join(clauses) or None
             if caption_contains is not None:
                 rows = self._caption_rows(caption_contains, predicate)
-                results.append(self._hits(vec, k, predicate, use_index, dedup, total, nprobes, refine_factor, rows))
+                results.append(self._hits(vec, k, predicate, use_index, dedup, nprobes, refine_factor, rows))
             else:
-                results.append(self._hits(vec, k, predicate, use_index, dedup, total, nprobes, refine_factor))
+                results.append(self._hits(vec, k, predicate, use_index, dedup, nprobes, refine_factor))
         return results
 
     def _caption_rows(self, words: str, predicate: str | None) -> pa.Table:
@@ -736,7 +735,7 @@ class Collection:
         except (OSError, RuntimeError, ValueError) as err:
             raise CollectionError(f"cannot search the captions of {self.uri!r}: {one_line(err)}") from err
 
-    def _hits(self, vec, k, predicate, use_index, dedup, total, nprobes, refine_factor, candidates=None) -> list[Hit]:
+    def _hits(self, vec, k, predicate, use_index, dedup, nprobes, refine_factor, candidates=None) -> list[Hit]:
         """Top-k hits; ``candidates`` (rows with vectors) are scored exactly instead of querying the table."""
         import pyarrow as pa
 
@@ -768,7 +767,7 @@ class Collection:
                 hit = Hit(len(hits) + 1, min(1.0, max(-1.0, score)), row["path"], row["sha256"], [], row["caption"])
                 by_hash[row["sha256"]] = hit
                 hits.append(hit)
-            if len(hits) > k or rows.num_rows < limit or limit >= total:
+            if len(hits) > k or rows.num_rows < limit:  # enough, or nothing more to fetch
                 break
             limit *= 4
         if bad_paths:

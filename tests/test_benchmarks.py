@@ -77,3 +77,13 @@ def test_bench_train_tiny_steps(tmp_path):
     kinds = {(r["model"], r["gradient_checkpointing"]) for r in rows}
     assert kinds == {("captioner", True), ("captioner", False), ("embedder", True)}
     assert all(r["images_per_s"] > 0 and r["tflop_per_image"] >= 0 for r in rows)
+
+
+def test_bench_collection_small(tmp_path):
+    out = tmp_path / "collection.json"
+    args = ["--rows", "3000", "--queries", "5", "--clusters", "20", "--kinds", "IVF_SQ", "--settings", "8"]
+    run_script("bench_collection.py", *args, "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["rows"] == 3000 and data["ingest_rows_per_s"] > 0 and data["disk_bytes"] > 3000 * 384 * 2
+    assert data["flat"]["recall_at_10"] == 1.0  # flat search is exact: it agrees with relsim 0.1's search
+    assert data["reference_exact"]["p50_ms"] > 0 and 0 < data["IVF_SQ"]["settings"]["8"]["recall_at_10"] <= 1
