@@ -20,6 +20,7 @@ from .errors import (  # noqa: E402  (light: no third-party imports)
     CheckpointError,
     CollectionError,
     CollectionMismatchError,
+    CollectionWriteError,
     ImageInputError,
     JudgeError,
     ModelNotFoundError,
@@ -42,11 +43,13 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Caption": ("relsim.caption", "Caption"),
     "Captioner": ("relsim.caption", "Captioner"),
     "Explanation": ("relsim.caption", "Explanation"),
+    "Collection": ("relsim.collection", "Collection"),
 }
 
 if TYPE_CHECKING:
     from . import functional
     from .caption import Caption, Captioner, Explanation, load_captioner
+    from .collection import Collection
     from .encoder import RelSimModel
     from .metric import RelationalSimilarity
     from .pretrained import load
@@ -84,6 +87,7 @@ __all__ = [
     "Caption",
     "Captioner",
     "Explanation",
+    "Collection",
     "DEFAULT_MODEL",
     "DEFAULT_CAPTIONER",
     "PRETRAINED",
@@ -94,4 +98,5 @@ __all__ = [
     "CollectionError",
     "CollectionMismatchError",
     "JudgeError",
+    "CollectionWriteError",
 ]

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .errors import CollectionError, CollectionMismatchError, CollectionWriteError
 from .files import FileRecord, path_resolver, stale_paths
 
 if TYPE_CHECKING:
@@ -69,18 +70,6 @@ NORM_TOLERANCE = 1e-2  # float16 rounding keeps norms within ~1e-3 of 1
 _RECORD_COLUMNS = ["path", "size", "mtime_ns", "sha256"]
 #: ANN index kinds ``relsim index`` builds; the first is the default (see docs/search.md for the measurements).
 INDEX_KINDS = ("IVF_HNSW_SQ", "IVF_SQ", "IVF_PQ")
-
-
-class CollectionError(ValueError):
-    """A path is not a usable relsim collection (missing, corrupt, wrong format), or a row is unusable."""
-
-
-class CollectionMismatchError(CollectionError):
-    """Embeddings from a different model, revision or preprocessing mode than the collection's."""
-
-
-class CollectionWriteError(CollectionError):
-    """A write failed (disk full, file-size limit, permissions); what was committed before is kept."""
 
 
 def require_lancedb():

@@ -41,6 +41,10 @@ class JudgeError(RelSimError, OSError):
     """The evaluation's judge cannot be used at all (refused key, unknown model, unreachable endpoint)."""
 
 
+class CollectionWriteError(CollectionError):
+    """A write to a collection failed (disk full, file-size limit, permissions); what was committed is kept."""
+
+
 __all__ = [
     "RelSimError",
     "ModelNotFoundError",
@@ -49,4 +53,5 @@ __all__ = [
     "CollectionError",
     "CollectionMismatchError",
     "JudgeError",
+    "CollectionWriteError",
 ]

@@ -22,7 +22,6 @@ pytest.importorskip("lancedb")
 
 from relsim.cli import main  # noqa: E402
 from relsim.collection import Collection  # noqa: E402
-from relsim.commands.inference import print_json  # noqa: E402
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -231,11 +230,6 @@ def test_index_kinds_agree() -> None:
     from relsim.commands import collection as commands
 
     assert commands.INDEX_KINDS == collection.INDEX_KINDS
-
-
-def test_json_output_never_holds_nan(capsys) -> None:
-    print_json({"score": float("nan"), "results": [{"score": float("inf")}, {"score": 0.5}]})
-    assert _no_nan(capsys.readouterr().out) == {"score": None, "results": [{"score": None}, {"score": 0.5}]}
 
 
 def test_index_export_migrate_commands(model_args, tmp_path, capsys) -> None:

@@ -39,7 +39,7 @@ EXIT_SKIPPED = 3
 EXIT_INTERRUPTED = 130
 
 #: Optional dependencies and the extra that installs each.
-EXTRAS = {"peft": "train", "lancedb": "search", "ray": "ray", "openai": "eval", "faiss": "faiss", "matplotlib": "plot"}
+EXTRAS = {"peft": "train", "lancedb": "search", "ray": "ray", "openai": "eval", "matplotlib": "plot"}
 MODEL_FLAGS = ("model", "revision", "base_model", "base_revision", "mode", "dtype")
 
 
@@ -161,7 +161,7 @@ def model_flags_given(args: argparse.Namespace) -> bool:
     return any(getattr(args, name, None) is not None for name in MODEL_FLAGS)
 
 
-def load_model_from_args(args: argparse.Namespace, store=None):
+def load_model_from_args(args: argparse.Namespace, collection=None):
     """The model named by the flags; with a collection and no ``--model``, the collection's model (flags override)."""
     import relsim
 
@@ -172,10 +172,10 @@ def load_model_from_args(args: argparse.Namespace, store=None):
         "base_revision": args.base_revision,
         "mode": args.mode,
     }
-    if store is not None and args.model is None:
-        from ..retrieval import load_store_model
+    if collection is not None and args.model is None:
+        from ..retrieval import load_collection_model
 
-        return load_store_model(store, **model_args, **common)
+        return load_collection_model(collection, **model_args, **common)
     model_args["mode"] = args.mode or "train"
     return relsim.load(args.model or DEFAULT_MODEL, **model_args, **common)
 

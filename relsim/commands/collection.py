@@ -28,13 +28,13 @@ from ._common import (
     command,
     device_from_args,
     human_size,
+    load_model_from_args,
     model_flags_given,
     plural,
     print_json,
     require_inputs,
 )
 
-_MODEL_ARGS = ("revision", "base_model", "base_revision", "mode")
 #: relsim.collection.INDEX_KINDS, repeated so that `relsim --help` imports neither torch nor LanceDB.
 INDEX_KINDS = ("IVF_HNSW_SQ", "IVF_SQ", "IVF_PQ")
 
@@ -70,21 +70,6 @@ def _require_store(uri: str) -> None:
     """A local collection that does not exist is a usage error (exit 2); URIs are LanceDB's to judge."""
     if "://" not in uri:
         require_inputs(uri)
-
-
-def _load_model(args: argparse.Namespace, collection=None):
-    """The model named by the flags; with a collection and no ``--model``, the collection's (flags override)."""
-    import relsim
-
-    from ..registry import DEFAULT_MODEL
-    from ..retrieval import load_collection_model
-
-    common = {"device": device_from_args(args), "dtype": args.dtype}
-    model_args = {name: getattr(args, name) for name in _MODEL_ARGS}
-    if collection is not None and args.model is None:
-        return load_collection_model(collection, **model_args, **common)
-    model_args["mode"] = args.mode or "train"
-    return relsim.load(args.model or DEFAULT_MODEL, **model_args, **common)
 
 
 def _open_if_any(uri: str):
@@ -177,7 +162,7 @@ def _embed_part(args: argparse.Namespace, part: list[str], index: int, count: in
         todo = part  # flags naming another model: load it, so the mismatch is refused rather than ignored
     if not todo:  # nothing to do: no model to load
         return _embed_summary(args, EmbedReport(up_to_date=len(part)), collection, index, count, pruned)
-    model = _load_model(args, collection)
+    model = load_model_from_args(args, collection)
     collection = Collection.create(
         args.output,
         model.fingerprint,
@@ -284,7 +269,7 @@ def _search(args: argparse.Namespace) -> int:
         if not os.path.exists(args.image):
             raise FileNotFoundError(f"{args.image}: no such file")
         # Explicit model flags load that model; otherwise a stored image needs none, another the collection's.
-        model = _load_model(args, collection) if model_flags_given(args) else None
+        model = load_model_from_args(args, collection) if model_flags_given(args) else None
         hits = search(collection, image=args.image, model=model, exclude_self=args.exclude_self, **common)
         query: dict[str, Any] = {"image": os.path.abspath(args.image)}
     else:
