@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["ingest_rows_per_s"] = round(args.rows / ingest)
         result["disk_bytes"] = disk(uri)
         print(
-            f"ingest: {args.rows} rows in {ingest:.1f} s ({args.rows / ingest:,.0f} rows/s), {disk(uri) / 1e6:.0f} MB"
+            f"ingest: {args.rows} rows in {ingest:.1f} s ({args.rows / ingest:,.0f} rows/s), {disk(uri) / 1e6:.0f} MB",
+            flush=True,
         )
 
         rng = np.random.default_rng(1)
@@ -141,14 +142,13 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             col.create_vector_index(kind)
             built = time.perf_counter() - start
-            entry = {"build_s": round(built, 1), "disk_bytes": disk(uri), "by_nprobes": {}}
-            for nprobes in [int(n) for n in args.nprobes.split(",")]:
-                extra = {"refine_factor": 4} if kind == "IVF_PQ" else {}
-                found, ms = timed(
-                    lambda q, n=nprobes, e=extra: col.nearest(q, 10, dedup=False, nprobes=n, **e)[0], queries
-                )
-                entry["by_nprobes"][nprobes] = {**stats(ms), "recall_at_10": recall(found)}
-                print(f"{kind} nprobes={nprobes}: {entry['by_nprobes'][nprobes]}")
+            entry = {"build_s": round(built, 1), "disk_bytes": disk(uri), "settings": {}}
+            for setting in args.settings.split(","):
+                nprobes, _, refine = setting.partition(":")
+                options = {"nprobes": int(nprobes), "refine_factor": int(refine) if refine else None}
+                found, ms = timed(lambda q, o=options: col.nearest(q, 10, dedup=False, **o)[0], queries)
+                entry["settings"][setting] = {**stats(ms), "recall_at_10": recall(found)}
+                print(f"{kind} nprobes:refine={setting}: {entry['settings'][setting]}", flush=True)
             result[kind] = entry
             print(f"{kind}: built in {built:.1f} s, {entry['disk_bytes'] / 1e6:.0f} MB with the index", flush=True)
     finally:
