@@ -69,7 +69,9 @@ _DTYPES = {"float16": np.float16, "float32": np.float32}
 NORM_TOLERANCE = 1e-2  # float16 rounding keeps norms within ~1e-3 of 1
 _RECORD_COLUMNS = ["path", "size", "mtime_ns", "sha256"]
 #: ANN index kinds ``relsim index`` builds; the first is the default (see docs/search.md for the measurements).
-INDEX_KINDS = ("IVF_HNSW_SQ", "IVF_SQ", "IVF_PQ")
+INDEX_KINDS = ("IVF_SQ", "IVF_HNSW_SQ", "IVF_PQ")
+#: Partitions probed per query when nprobes is not given: recall@10 0.957 on 1M clustered vectors (IVF_SQ).
+DEFAULT_NPROBES = 16
 
 
 def require_lancedb():
@@ -655,8 +657,15 @@ class Collection:
 
     # -------------------------------------------------------------------------------------- search
 
+    def vector_index_kind(self) -> str | None:
+        """The ANN index on ``vector`` (``"IVF_SQ"``, ...), or None when search is flat."""
+        for ix in self._table.list_indices():
+            if getattr(ix, "columns", None) == ["vector"]:
+                return str(ix.index_type)
+        return None
+
     def has_vector_index(self) -> bool:
-        return any(getattr(ix, "columns", None) == ["vector"] for ix in self._table.list_indices())
+        return self.vector_index_kind() is not None
 
     def nearest(
         self,
@@ -694,7 +703,12 @@ class Collection:
         if not torch.isfinite(q).all() or (q.norm(dim=1) == 0).any():
             raise ValueError("a query is a zero, NaN or infinite vector")
         q = torch.nn.functional.normalize(q, dim=1).numpy()
-        use_index = not exact and self.has_vector_index()
+        kind = None if exact else self.vector_index_kind()
+        use_index = kind is not None
+        if use_index and nprobes is None:
+            nprobes = DEFAULT_NPROBES
+        if kind is not None and "HNSW" in kind.upper() and refine_factor is None:
+            refine_factor = 5  # HNSW over 8-bit vectors needs the exact re-rank to reach recall@10 0.95
         results = []
         for i, vec in enumerate(q):
             clauses = [f"({where})"] if where else []
@@ -791,10 +805,12 @@ class Collection:
 
     # ------------------------------------------------------------------------------------- indexes
 
-    def create_vector_index(self, kind: str = "IVF_HNSW_SQ", **options: Any) -> None:
-        """Build (or rebuild) the ANN index on ``vector`` (``IVF_HNSW_SQ`` or ``IVF_PQ``), dot distance.
+    def create_vector_index(self, kind: str = INDEX_KINDS[0], **options: Any) -> None:
+        """Build (or rebuild) the ANN index on ``vector`` (``IVF_SQ``, ``IVF_HNSW_SQ`` or ``IVF_PQ``), dot distance.
 
-        ``options`` go to LanceDB's ``HnswSq`` / ``IvfPq`` (``num_partitions`` defaults to ~sqrt(rows)).
+        ``options`` go to LanceDB's ``IvfSq`` / ``HnswSq`` / ``IvfPq`` (``num_partitions``: ~sqrt(rows) / 2).
+        IVF_SQ is the default by measurement (docs/search.md#scale): on 1M vectors it builds in 60% of
+        IVF_HNSW_SQ's time, takes 30% less disk and reaches recall@10 0.95 without a refine step.
 
         Example:
             >>> col.create_vector_index("IVF_HNSW_SQ", num_partitions=64)  # doctest: +SKIP

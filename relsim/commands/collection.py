@@ -36,7 +36,7 @@ from ._common import (
 )
 
 #: relsim.collection.INDEX_KINDS, repeated so that `relsim --help` imports neither torch nor LanceDB.
-INDEX_KINDS = ("IVF_HNSW_SQ", "IVF_SQ", "IVF_PQ")
+INDEX_KINDS = ("IVF_SQ", "IVF_HNSW_SQ", "IVF_PQ")
 
 
 def register(subparsers) -> None:
