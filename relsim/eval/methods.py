@@ -1,7 +1,7 @@
 """Retrieval methods: each turns the pool into one L2-normalised vector per image, kept under ``DIR/embeddings``.
 
 =============  ===========================================================================================
-``relsim``     any relsim checkpoint, either preprocessing mode; through relsim's embedding store (resumable)
+``relsim``     any relsim checkpoint, either preprocessing mode; through a relsim collection (resumable)
 ``clip``       CLIP image features through transformers (default ``openai/clip-vit-large-patch14``)
 ``dino``       DINOv2 ``[CLS]`` through transformers (default ``facebook/dinov2-large``)
 ``dreamsim``   DreamSim, when ``pip install dreamsim`` is there (skipped with a message otherwise)
@@ -105,8 +105,8 @@ class EncoderMethod(Method):
 
 
 class RelSimMethod(Method):
-    """relsim's embeddings, filled through relsim's embedding store (incremental and resumable), read back in
-    pool order. The model is loaded only when the store lacks some image."""
+    """relsim's embeddings, filled through a relsim collection (incremental and resumable), read back in pool
+    order. The model is loaded only when the collection lacks some image."""
 
     name = "relsim"
 
@@ -119,49 +119,45 @@ class RelSimMethod(Method):
         return workdir / f"relsim-{_key(spec)}"
 
     def embed(self, pool: Pool, workdir: Path) -> PoolVectors:
-        import torch
-
-        from ..retrieval import embed_files
-        from ..store import EmbeddingStore
+        from ..bulk import embed_files
+        from ..collection import Collection, is_collection
+        from ..files import path_resolver
 
         root = self._store_dir(workdir)
-        store = EmbeddingStore.open(root) if (root / "meta.json").is_file() else None
-        known_failures = {f["path"] for f in store.failures()} if store is not None else set()
-        todo = pool.paths if store is None else store.needs_embedding(pool.paths)
+        collection = Collection.open(root) if is_collection(root) else None
+        known_failures = {f["path"] for f in collection.failures()} if collection is not None else set()
+        todo = pool.paths if collection is None else collection.needs_embedding(pool.paths)
         todo = [p for p in todo if p not in known_failures]
         computed = 0
         if todo:
             import relsim
 
             model = relsim.load(**{"device": self.options.device, **self.load_kwargs})
-            store = EmbeddingStore.create(
+            collection = Collection.create(
                 root, model.fingerprint, dim=model.embedding_dim, dtype="float32", exist_ok=True
             )
             report = embed_files(
                 model,
-                store,
+                collection,
                 todo,
                 batch_size=self.options.batch_size,
                 num_workers=self.options.workers,
                 progress=self.options.progress,
             )
             computed = report.embedded
-            store.refresh()
-        assert store is not None
-        failures = {f["path"]: f["reason"] for f in store.failures()}
-        table = store.embeddings(torch.float32).numpy()
-        vectors = np.zeros((len(pool), table.shape[1]), dtype=np.float32)
+        assert collection is not None
+        failures = {f["path"]: f["reason"] for f in collection.failures()}
+        stored = set(collection.paths())
+        resolve = path_resolver()
+        rows = [i for i, path in enumerate(pool.paths) if resolve(path) in stored]
+        vectors = np.zeros((len(pool), collection.dim), dtype=np.float32)
         valid = np.zeros(len(pool), dtype=bool)
-        missing: dict[str, str] = {}
-        for row, path in enumerate(pool.paths):
-            index = store.index_of(path)
-            if index is None:
-                missing[path] = failures.get(path, "not embedded")
-            else:
-                vectors[row], valid[row] = table[index], True
-        if valid.any():
+        if rows:
+            vectors[rows] = collection.vectors([pool.paths[i] for i in rows]).numpy()
+            valid[rows] = True
             vectors[valid] = normalise_rows(vectors[valid], str(root))
-        return PoolVectors(vectors, valid, dict(store.fingerprint), missing, computed)
+        missing = {path: failures.get(path, "not embedded") for i, path in enumerate(pool.paths) if not valid[i]}
+        return PoolVectors(vectors, valid, dict(collection.fingerprint), missing, computed)
 
 
 class ExternalMethod(Method):

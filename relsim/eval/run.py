@@ -4,7 +4,7 @@ Everything a run computes is kept under the output directory, so running the sam
 nothing and an interrupted run resumes where it stopped::
 
     pool.json, pool.txt         the pool in order, with content hashes (pool.txt: the order --embeddings use)
-    embeddings/                 one folder per method (relsim: an embedding store; others: vector tables)
+    embeddings/                 one folder per method (relsim: a collection; others: vector tables)
     retrievals.json             every method's top-k per query, in upstream's retrieved_images.json layout
     judge_cache.sqlite          every judge answer, keyed by (model, prompt, temperature, images, sample)
     results.json                configuration, per-method summary, per-query matches and answers
