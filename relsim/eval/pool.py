@@ -3,7 +3,7 @@
 A pool is read from folders, ``.txt`` lists of paths, or upstream's JSONL files (``image_hash``, ``url_link``:
 ``data/anonymous_captions_test.jsonl`` and ``data/random_images_14k.jsonl``, downloaded with
 ``relsim data download`` into ``{image_hash}.png`` files). Its order is the order of the sources, and inside a
-source the order of :func:`relsim.retrieval.collect_images` (folders: sorted names) or of the list's lines.
+source the order of :func:`relsim.files.collect_images` (folders: sorted names) or of the list's lines.
 External embeddings (``--embeddings``) must follow that order; it is written to ``DIR/pool.txt``.
 
 Every image is identified by the SHA-256 of its bytes: byte-identical copies share one hash, so a query's
@@ -106,7 +106,7 @@ def _default_image_dir(jsonl: Path) -> Path:
 
 
 def _entries(source: str, image_dir: str | os.PathLike | None, recursive: bool) -> list[tuple[str, str]]:
-    from ..retrieval import collect_images
+    from ..files import collect_images
 
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() in JSONL_EXTENSIONS:
