@@ -109,7 +109,7 @@ def require_inputs(*paths: str) -> None:
 
 def collect_image_paths(args: argparse.Namespace) -> list[str]:
     """The images named by ``args.inputs`` (``--recursive``, ``--extensions``); none found is a usage error."""
-    from ..retrieval import IMAGE_EXTENSIONS, collect_images
+    from ..files import IMAGE_EXTENSIONS, collect_images
 
     try:
         extensions = args.extensions.split(",") if args.extensions else IMAGE_EXTENSIONS

@@ -25,6 +25,7 @@ from ._common import (
     EXIT_SKIPPED,
     UsageError,
     add_model_flags,
+    collect_image_paths,
     command,
     device_from_args,
     human_size,
@@ -119,19 +120,15 @@ def _register_embed(subparsers) -> None:
 
 @command
 def _embed(args: argparse.Namespace) -> int:
-    from ..files import IMAGE_EXTENSIONS, collect_images, parse_shard, shard_from_env, shard_of
+    from ..files import parse_shard, shard_from_env, shard_of
 
     if args.batch_size < 1 or (args.save_every is not None and args.save_every < 1):
         raise UsageError("--batch-size and --save-every must be >= 1")
     try:
         index, count = parse_shard(args.shard) if args.shard else shard_from_env()
-        extensions = args.extensions.split(",") if args.extensions else IMAGE_EXTENSIONS
-        paths = collect_images(args.inputs, recursive=args.recursive, extensions=extensions)
-    except (ValueError, FileNotFoundError) as err:
+    except ValueError as err:
         raise UsageError(str(err)) from err
-    if not paths:
-        hint = "" if args.recursive else " (add --recursive for subfolders)"
-        raise UsageError(f"no images found in {' '.join(args.inputs)}{hint}")
+    paths = collect_image_paths(args)
     part = shard_of(paths, index, count) if count > 1 else paths
     try:
         return _embed_part(args, part, index, count)
