@@ -442,7 +442,10 @@ def patchify(
 
     Inputs: uint8 (0-255) or float (0-1) tensors, H and W multiples of 28. Returns ``pixel_values``
     (total patches, 1176) in ``dtype`` and ``image_grid_thw`` (N, 3) = [1, H/14, W/14] per image, both on
-    ``device`` (default: the first image's device). Runs of equal-sized images are processed as one batch.
+    ``device`` (default: the first image's device), in input order. Equal-sized images are normalised and
+    flattened together wherever they sit in the list: one vectorised op per size on an accelerator; on a
+    CPU in cache-sized pieces (a few MB), which is several times faster there than one large pass. Every
+    piece is written straight into the output.
 
     >>> pv, grid = patchify([torch.zeros(3, 56, 84, dtype=torch.uint8)])
     >>> pv.shape, grid.tolist()
@@ -456,16 +459,21 @@ def patchify(
     mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
 
-    chunks, grids = [], []
-    for run in _runs_of_equal_size(images):
-        batch = _to_unit_float(run, device)
-        batch = (batch - mean) / std
-        chunks.append(_flatten_patches(batch))
-        _, _, height, width = batch.shape
-        grids += [[1, height // PATCH_SIZE, width // PATCH_SIZE]] * len(run)
-    pixel_values = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
-    grid_thw = torch.tensor(grids, dtype=torch.long, device=device)
-    return pixel_values.to(dtype), grid_thw
+    counts = [(img.shape[1] // PATCH_SIZE) * (img.shape[2] // PATCH_SIZE) for img in images]
+    starts = [0]
+    for count in counts:
+        starts.append(starts[-1] + count)
+    pixel_values = torch.empty((starts[-1], 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE**2), dtype=dtype, device=device)
+    for members in _equal_size_groups(images, device):
+        batch = (_to_unit_float([images[i] for i in members], device) - mean) / std
+        patches = _patch_layout(batch)
+        if members == list(range(members[0], members[-1] + 1)):  # adjacent in the output: one copy
+            _patch_layout_of(pixel_values[starts[members[0]] : starts[members[-1] + 1]], batch.shape).copy_(patches)
+            continue
+        for j, i in enumerate(members):
+            _patch_layout_of(pixel_values[starts[i] : starts[i + 1]], (1, *batch.shape[1:])).copy_(patches[j : j + 1])
+    grids = [[1, img.shape[1] // PATCH_SIZE, img.shape[2] // PATCH_SIZE] for img in images]
+    return pixel_values, torch.tensor(grids, dtype=torch.long, device=device)
 
 
 def _check_patchable(img: torch.Tensor, index: int) -> None:
@@ -479,14 +487,23 @@ def _check_patchable(img: torch.Tensor, index: int) -> None:
         raise ValueError(f"patchify: image {index} has dtype {img.dtype}, expected uint8 or float")
 
 
-def _runs_of_equal_size(images: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
-    runs: list[list[torch.Tensor]] = []
-    for img in images:
-        if runs and runs[-1][0].shape == img.shape:
-            runs[-1].append(img)
-        else:
-            runs.append([img])
-    return runs
+#: On a CPU, normalise and flatten at most this many bytes of float pixels at a time (at least one image): the
+#: working set then stays in cache. A batch of 32 images at 448x448 in one pass was 5x slower on a 2-core EPYC.
+_CPU_PIECE_BYTES = 4 << 20
+
+
+def _equal_size_groups(images: Sequence[torch.Tensor], device: torch.device) -> list[list[int]]:
+    """Indices of equal-sized images, in order of first appearance; on a CPU split into cache-sized pieces."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(tuple(img.shape), []).append(i)
+    if device.type != "cpu":
+        return list(groups.values())
+    pieces = []
+    for shape, members in groups.items():
+        per_piece = max(1, _CPU_PIECE_BYTES // (4 * math.prod(shape)))
+        pieces += [members[k : k + per_piece] for k in range(0, len(members), per_piece)]
+    return pieces
 
 
 def _to_unit_float(run: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -500,16 +517,23 @@ def _unit_float(img: torch.Tensor) -> torch.Tensor:
     return img.to(torch.float32) * (1 / 255) if img.dtype == torch.uint8 else img.to(torch.float32)
 
 
-def _flatten_patches(batch: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B * H/14 * W/14, C * T * 14 * 14) in the order of transformers' Qwen2-VL processor.
+def _patch_layout(batch: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> a (B, H/28, W/28, 2, 2, C, T, 14, 14) view in the order of transformers' Qwen2-VL processor.
 
     Patches are grouped by 2x2 merge window (row-major over windows, then within a window); each patch
-    is flattened as (channel, time, row, col), the image repeated on the time axis.
+    is flattened as (channel, time, row, col), the image repeated on the time axis (an expanded view: the
+    copy into the output writes it twice).
     """
     b, c, height, width = batch.shape
     gh, gw = height // PATCH_SIZE, width // PATCH_SIZE
     m, p, t = MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE
     x = batch.reshape(b, c, gh // m, m, p, gw // m, m, p)
     x = x.permute(0, 2, 5, 3, 6, 1, 4, 7)  # (B, gh/m, gw/m, m, m, C, p, p)
-    x = x.unsqueeze(6).expand(*x.shape[:6], t, p, p)  # (B, gh/m, gw/m, m, m, C, T, p, p)
-    return x.reshape(b * gh * gw, c * t * p * p)
+    return x.unsqueeze(6).expand(*x.shape[:6], t, p, p)
+
+
+def _patch_layout_of(rows: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The (B * H/14 * W/14, 1176) rows of ``B`` images of ``shape`` (B, C, H, W) viewed as ``_patch_layout``."""
+    b, c, height, width = shape
+    m, p, t = MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE
+    return rows.view(b, height // (p * m), width // (p * m), m, m, c, t, p, p)

@@ -133,6 +133,25 @@ def test_patchify_equal_size_batch_equals_one_by_one():
     assert grid.tolist() == [[1, 32, 32]] * 3
 
 
+def test_patchify_groups_equal_sizes_wherever_they_sit_and_keeps_order(processor):
+    sizes = [(300, 200), (57, 91), (300, 200), (200, 300), (300, 200)]
+    tensors = [P.prepare(noise_image(*s, seed=i), i, "native") for i, s in enumerate(sizes)]
+    pixel_values, grid = P.patchify(tensors)
+    assert torch.equal(pixel_values, torch.cat([P.patchify([t])[0] for t in tensors]))
+    assert torch.equal(grid, torch.cat([P.patchify([t])[1] for t in tensors]))
+    images = [Image.fromarray(t.permute(1, 2, 0).numpy()) for t in tensors]
+    assert (pixel_values - processor(images=images, return_tensors="pt")["pixel_values"]).abs().max() <= 1e-5
+
+
+def test_patchify_works_in_one_op_per_size_on_a_gpu_and_in_cache_sized_pieces_on_a_cpu():
+    images = [torch.zeros(3, 448, 448, dtype=torch.uint8)] * 5 + [torch.zeros(3, 56, 56, dtype=torch.uint8)] * 2
+    images.insert(2, torch.zeros(3, 28, 56, dtype=torch.uint8))
+    assert P._equal_size_groups(images, torch.device("cuda")) == [[0, 1, 3, 4, 5], [2], [6, 7]]
+    per_piece = P._CPU_PIECE_BYTES // (4 * 3 * 448 * 448)  # 448x448 float32 is 2.4 MB: one per piece
+    assert per_piece == 1
+    assert P._equal_size_groups(images, torch.device("cpu")) == [[0], [1], [3], [4], [5], [2], [6, 7]]
+
+
 def test_patchify_float_input_equals_uint8_and_dtype_option():
     t = P.prepare(noise_image(100, 100), 0, "train")
     from_uint8, _ = P.patchify([t])
