@@ -168,7 +168,10 @@ class RelSimModel(nn.Module):
         self.mode = mode
         self.fingerprint = dict(fingerprint or {})
         self.base_source = None  # set by relsim.load: what the captioner needs to share this body
+        #: Language-model tokens of a batch, padding included (bounds its activation memory).
         self.max_tokens_per_batch = 65536
+        #: Padding a batch may add, as a fraction of its real tokens (native mode mixes sizes; train mode never pads).
+        self.max_padding = 0.05
         # None: resize on the model's device when that is not the CPU (workers then only decode); on a CPU,
         # Pillow in the worker threads is faster. Both give the same pixels.
         self.resize_on_device: bool | None = None
@@ -407,29 +410,64 @@ class RelSimModel(nn.Module):
         return self.device.type != "cpu" if self.resize_on_device is None else self.resize_on_device
 
     def _group(self, prepared, batch_size: int) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
-        """Batches of equal-length sequences where possible; a token cap bounds the memory of a batch."""
-        buckets: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+        """Batches of images whose sequences have (nearly) the same length, in the order they become ready.
+
+        Images of one token count form a batch as soon as there are ``batch_size`` of them (or as many as
+        ``max_tokens_per_batch`` allows): no padding at all. The others wait in a window of a few batches;
+        when it is full (or the input ends) it is sorted by token count and split wherever a batch's padding
+        would exceed ``max_padding`` of its real tokens. A batch is never padded by more than that, so a
+        mix of sizes costs at most that much over embedding the images one at a time, and usually less.
+        """
+        waiting: dict[int, tuple[torch.Tensor, int, tuple]] = {}  # index -> (pixels, sequence length, grid)
+        by_length: dict[int, list[int]] = {}
+        window, held = max(4 * batch_size, 16), 0
         for index, pixels in prepared:
-            key = preprocess.target_size(*pixels.shape[-2:], self.mode)
-            bucket = buckets.setdefault(key, [])
-            bucket.append((index, pixels))
-            tokens = image_tokens((1, key[0] // PATCH, key[1] // PATCH))
-            cap = max(1, min(batch_size, self.max_tokens_per_batch // max(tokens, 1)))
-            if len(bucket) >= cap:
-                yield [i for i, _ in bucket], [p for _, p in bucket]
-                del buckets[key]
-        # Leftovers of different sizes: batch them together, sorted by length, padded on the right.
-        rest = sorted(((key, x) for key, b in buckets.items() for x in b), key=lambda kx: kx[0][0] * kx[0][1])
-        while rest:
-            batch, total = [], 0
-            while rest and len(batch) < batch_size:
-                height, width = rest[0][0]
-                tokens = height * width // (PATCH * PATCH * MERGE * MERGE)
-                if batch and total + tokens > self.max_tokens_per_batch:
-                    break
-                batch.append(rest.pop(0)[1])
-                total += tokens
-            yield [i for i, _ in batch], [p for _, p in batch]
+            grid = self._grid(pixels)
+            length = self.prompt.length(image_tokens(grid))
+            waiting[index] = (pixels, length, grid)
+            held += pixels.numel() * pixels.element_size()
+            same = by_length.setdefault(length, [])
+            same.append(index)
+            if len(same) >= self._batch_cap(length, batch_size):
+                del by_length[length]
+                pixels_of = [waiting.pop(i)[0] for i in same]
+                held -= sum(p.numel() * p.element_size() for p in pixels_of)
+                yield same, pixels_of
+            elif len(waiting) >= window or held >= _WAITING_BYTES:
+                yield from self._pack(waiting, batch_size)
+                waiting, by_length, held = {}, {}, 0
+        yield from self._pack(waiting, batch_size)
+
+    def _pack(
+        self, waiting: dict[int, tuple[torch.Tensor, int, tuple]], batch_size: int
+    ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+        """Split images sorted by sequence length (longest first) into batches within the padding budget.
+
+        Equal lengths keep input order within each model-side size, so equal sizes sit together for
+        ``patchify`` and the order does not depend on where the resize runs.
+        """
+        order = sorted(waiting, key=lambda i: (-waiting[i][1], waiting[i][2], i))
+        start = 0
+        while start < len(order):
+            longest = waiting[order[start]][1]
+            cap = self._batch_cap(longest, batch_size)
+            stop, real = start + 1, longest
+            while stop < len(order) and stop - start < cap:
+                length = waiting[order[stop]][1]
+                if (stop - start + 1) * longest > (1 + self.max_padding) * (real + length):
+                    break  # sorted: every later image would pad even more
+                real += length
+                stop += 1
+            batch = order[start:stop]
+            yield batch, [waiting[i][0] for i in batch]
+            start = stop
+
+    def _batch_cap(self, length: int, batch_size: int) -> int:
+        return max(1, min(batch_size, self.max_tokens_per_batch // max(length, 1)))
+
+    def _grid(self, pixels: torch.Tensor) -> tuple[int, int, int]:
+        height, width = preprocess.target_size(*pixels.shape[-2:], self.mode)
+        return 1, height // PATCH, width // PATCH
 
     def _resize_on_device(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
         """Crop + resize decoded images on the model's device; equal-sized ones travel and resize as one stack."""
@@ -472,6 +510,8 @@ class RelSimModel(nn.Module):
 
 
 _RESIZE_STACK_PIXELS = 1 << 26
+#: Decoded images ``embed`` keeps waiting for company of a similar size (bytes; ~170 photos of 1920x1080).
+_WAITING_BYTES = 1 << 30
 
 
 def _report_failures(prepared, on_error):

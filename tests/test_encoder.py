@@ -42,6 +42,69 @@ def test_token_cap_splits_batches_without_changing_results(tiny_native_model, ph
     assert len(sizes) > 1 and all(tokens <= 300 or count == 1 for tokens, count in sizes)
 
 
+def _batch_lengths(model, monkeypatch) -> list[list[int]]:
+    """Record the sequence lengths of every batch ``model`` runs."""
+    from relsim.encoder import image_tokens
+
+    batches: list[list[int]] = []
+    original = model.forward
+
+    def spy(pixel_values, grid_thw):
+        batches.append([model.prompt.length(image_tokens(g)) for g in grid_thw.tolist()])
+        return original(pixel_values, grid_thw)
+
+    monkeypatch.setattr(model, "forward", spy)
+    return batches
+
+
+#: Sequence lengths in native mode: 480x640 and 640x480 -> 476x644 / 644x476, 391 image tokens + 17 prompt
+#: tokens; 448x448 -> 273; 470x450 -> 476x448, 289; 300x100 -> 308x112, 61; 90x200 -> 84x196, 38.
+MIXED_SIZES = [(480, 640), (448, 448), (640, 480), (300, 100), (470, 450), (448, 448), (90, 200), (480, 640)]
+
+
+def test_native_batches_mix_sizes_only_within_the_padding_budget(tiny_native_model, monkeypatch):
+    images = [photo(h, w, i) for i, (h, w) in enumerate(MIXED_SIZES)]
+    single = torch.cat([tiny_native_model.embed(im, batch_size=1, num_workers=0) for im in images])
+    batches = _batch_lengths(tiny_native_model, monkeypatch)
+    batched = tiny_native_model.embed(images, batch_size=8, num_workers=2)
+    assert (batched - single).abs().max() <= 1e-5
+    # equal token counts share a batch whatever their shape; 289 pads two 273s by 32 of 835 tokens (3.8%)
+    assert batches == [[408, 408, 408], [289, 273, 273], [61], [38]]
+    for lengths in batches:
+        assert len(lengths) * max(lengths) <= (1 + tiny_native_model.max_padding) * sum(lengths)
+
+
+def test_a_tighter_padding_budget_splits_batches(tiny_native_model, monkeypatch):
+    monkeypatch.setattr(tiny_native_model, "max_padding", 0.01)
+    batches = _batch_lengths(tiny_native_model, monkeypatch)
+    tiny_native_model.embed([photo(h, w, i) for i, (h, w) in enumerate(MIXED_SIZES)], batch_size=8)
+    assert batches == [[408, 408, 408], [289], [273, 273], [61], [38]]
+
+
+def test_grouping_yields_full_batches_at_once_and_holds_a_bounded_window(tiny_native_model, tiny_model):
+    consumed = []
+
+    def stream(shapes):
+        for i, (h, w) in enumerate(shapes):
+            consumed.append(i)
+            yield i, torch.zeros(3, h, w, dtype=torch.uint8)
+
+    # train mode: every image is 273 tokens, a batch leaves as soon as it is full
+    consumed.clear()
+    seen = [(list(idx), len(consumed)) for idx, _ in tiny_model._group(stream([(60, 80)] * 10), 4)]
+    assert seen == [([0, 1, 2, 3], 4), ([4, 5, 6, 7], 8), ([8, 9], 10)]
+
+    # native mode, all sizes different: at most max(4 x batch size, 16) images wait before batches leave
+    consumed.clear()
+    shapes = [(28 * (4 + i), 28 * 6) for i in range(40)]
+    batches = [(list(idx), len(consumed)) for idx, _ in tiny_native_model._group(stream(shapes), 2)]
+    assert sorted(i for idx, _ in batches for i in idx) == list(range(40))
+    assert batches[0][1] == 16 and all(len(idx) <= 2 for idx, _ in batches)
+    lengths = {i: tiny_native_model.prompt.length(6 * (4 + i)) for i in range(40)}
+    for idx, _ in batches:
+        assert len(idx) * max(lengths[i] for i in idx) <= 1.05 * sum(lengths[i] for i in idx)
+
+
 def test_input_kinds_agree(tiny_model, tmp_path):
     image = photo(200, 300, 5)
     path = tmp_path / "x.png"
