@@ -1,25 +1,32 @@
 """CPU benchmark: relsim's batched embedding vs the upstream-style pipeline, same weights, same images.
 
-For each model size (random ``tiny`` and ``mid`` Qwen2.5-VL checkpoints built in code) and each image
-size (photo-like JPEGs written by this script), it times, end to end from JPEG paths:
+For each model (random checkpoints built in code: ``proxy``, the 7B's FLOP split at 1/159 of its work, see
+benchmarks/proxy.py; ``tiny`` and ``mid``, the test models, whose real 152k-row LM head dominates upstream's
+work) and each image set (photo-like JPEGs of one size, and ``mix``: 640x480, 1024x768 and 1920x1080
+interleaved), it times, end to end from JPEG paths:
 
 - ``upstream``: what upstream inference does (tests/reference.py): one image at a time, native resolution,
   the tokenizer + transformers' ``Qwen2VLImageProcessorPil``, the full ``Qwen2_5_VLForConditionalGeneration``
   forward with ``output_hidden_states=True`` (LM head over every position), the peft adapter unmerged;
-- ``relsim-native``: ``relsim.load(mode="native")`` — the same resolution and result as upstream, batched;
+- ``relsim-native``: ``relsim.load(mode="native")`` -- the same resolution and result as upstream, batched;
+- ``relsim-native-1``: the same model with ``batch_size=1``: the same images one at a time (the bar native
+  batching must clear on any mix of sizes);
 - ``relsim-train``: ``relsim.load()`` (the default: 448x448 centre crop, what the model was trained on).
 
-and reports images/s, the ratio to upstream, peak RSS of each timed run, and the parity of relsim-native
-with upstream (max abs difference of the embeddings, float32). JSON and a PNG plot go to
-benchmarks/results/.
+and reports images/s, the ratios to upstream and (native) to one at a time, the padding of native batches
+(padded / real language-model tokens), peak RSS of each timed run, and the parity of relsim-native with
+upstream (max abs difference of the embeddings, float32). Pipelines run interleaved, best of ``--repeats``,
+so the ratios of one run share its machine load. JSON and a PNG plot go to benchmarks/results/.
 
-    python benchmarks/bench_embed.py            # 3-10 minutes on 2 cores
-    python benchmarks/bench_embed.py --quick    # under a minute: tiny model, two sizes
+    python benchmarks/bench_embed.py            # proxy and tiny: ~5 minutes on 2 quiet cores
+    python benchmarks/bench_embed.py --models proxy,tiny,mid
+    python benchmarks/bench_embed.py --quick    # under a minute: tiny model, 448x448, 1024x768, mix
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -30,42 +37,55 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-PIPELINES = ("upstream", "relsim-native", "relsim-train")
+PIPELINES = ("upstream", "relsim-native", "relsim-native-1", "relsim-train")
+#: Sizes interleaved in the ``mix`` set (issue 12's mixed photo set).
+MIX_SIZES = ("640x480", "1024x768", "1920x1080")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny model, 448 and 1024x768, few images")
-    parser.add_argument("--models", default="tiny,mid", help="comma-separated model sizes (tiny, mid)")
-    parser.add_argument("--sizes", default=",".join(common.SIZES), help="comma-separated WxH sizes")
+    parser.add_argument("--quick", action="store_true", help="tiny model, 448x448, 1024x768 and the mix, few images")
+    parser.add_argument("--models", default="proxy,tiny", help="comma-separated models (proxy, tiny, mid)")
+    parser.add_argument("--sizes", default=None, help="comma-separated WxH sizes and/or 'mix' (default: PROFILE)")
     parser.add_argument("--images", type=int, default=None, help="images per size for relsim (default: PROFILE)")
     parser.add_argument("--upstream-images", type=int, default=None, help="images per size for upstream")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: PROFILE (32; proxy 16)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement; the best counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     parser.add_argument("--name", default=None, help="output file stem (default: bench_embed[-quick])")
     args = parser.parse_args(argv)
     if args.quick:
-        args.models, args.sizes = "tiny", "448x448,1024x768"
+        args.models, args.sizes = "tiny", args.sizes or "448x448,1024x768,mix"
     return args
 
 
-#: (relsim images, upstream images, repeats) per model size: the default run stays under ~10 minutes on
-#: 2 cores (the mid model needs ~30 s per 1920x1080 image natively, ~60 s upstream-style). --quick: tiny only.
-PROFILE = {"tiny": (16, 4, 3), "mid": (4, 1, 2)}
-QUICK_PROFILE = (8, 2, 1)
+#: Per model: relsim images per size, upstream images per size, photos of each size in ``mix`` (all
+#: pipelines run all of them), timed runs, batch size, token cap, image sets. The default run (proxy + tiny)
+#: stays near 5 minutes on 2 quiet cores. The proxy's MLPs are 66x its width, so a token costs as much
+#: activation memory as on the 7B (twice, in float32): its batches are capped at 8,192 tokens (~3 GB).
+PROFILE = {
+    "proxy": dict(images=4, upstream=2, mix=2, repeats=2, batch=16, tokens=8192, sizes="448x448,1024x768,mix"),
+    "tiny": dict(
+        images=16, upstream=4, mix=4, repeats=3, batch=32, tokens=65536, sizes=",".join([*common.SIZES, "mix"])
+    ),
+    "mid": dict(images=4, upstream=1, mix=1, repeats=2, batch=32, tokens=65536, sizes=",".join(common.SIZES)),
+}
+QUICK_PROFILE = dict(images=4, upstream=1, mix=1, repeats=1, batch=32, tokens=65536, sizes="448x448,1024x768,mix")
 
 
-def counts(args: argparse.Namespace, model_size: str) -> tuple[int, int, int]:
-    images, upstream, repeats = QUICK_PROFILE if args.quick else PROFILE[model_size]
-    return (args.images or images, args.upstream_images or upstream, args.repeats or repeats)
+def settings(args: argparse.Namespace, model_size: str) -> dict:
+    profile = dict(QUICK_PROFILE if args.quick else PROFILE[model_size])
+    for key, value in (("images", args.images), ("upstream", args.upstream_images), ("repeats", args.repeats)):
+        if value is not None:
+            profile[key] = value
+    profile["batch"] = args.batch_size or profile["batch"]
+    profile["sizes"] = (args.sizes or profile["sizes"]).split(",")
+    return profile
 
 
-def load_pipelines(adapter: Path, base: Path) -> dict:
-    """The three pipelines on the same checkpoint files (the relsim models share nothing with upstream's)."""
-    from reference import UpstreamPipeline
-
+def load_pipelines(adapter: Path, base: Path, model_size: str, max_tokens: int) -> dict:
+    """The pipelines on the same checkpoint files (the relsim models share nothing with upstream's)."""
     import relsim
     from relsim import fastpath
 
@@ -73,8 +93,10 @@ def load_pipelines(adapter: Path, base: Path) -> dict:
     for mode in ("native", "train"):
         model = relsim.load(adapter, base_model=base, device="cpu", dtype=torch.float32, mode=mode)
         fastpath.optimize(model.body)  # no-op once relsim.load wires it in
+        model.max_tokens_per_batch = max_tokens
         models[f"relsim-{mode}"] = model
-    models["upstream"] = UpstreamPipeline(adapter, base)
+    models["relsim-native-1"] = models["relsim-native"]
+    models["upstream"] = common.upstream_pipeline(adapter, base, model_size)
     return models
 
 
@@ -94,47 +116,71 @@ def embedder(name: str, model, batch_size: int):
     """A function list-of-paths -> (N, 384) embeddings for one pipeline."""
     if name == "upstream":
         return lambda paths: upstream_embed(model, paths)
+    if name == "relsim-native-1":
+        return lambda paths: model.embed(paths, batch_size=1)
     return lambda paths: model.embed(paths, batch_size=batch_size)
 
 
-def run_size(models: dict, paths: list[Path], n: tuple[int, int, int], batch_size: int) -> tuple[list[dict], float]:
-    """Time each pipeline on one image size; returns the rows and the native parity with upstream."""
-    images, upstream_images, repeats = n
-    rows, results = [], {}
-    for name in PIPELINES:
-        embed = embedder(name, models[name], batch_size)
-        batch = paths[:upstream_images] if name == "upstream" else paths[:images]
-        times = []
-        with torch.inference_mode(), common.PeakRSS() as rss:
-            for _ in range(repeats):
-                start = time.perf_counter()
-                results[name] = embed(batch)
-                times.append(time.perf_counter() - start)
-        seconds = min(times)
+def photo_set(folder: Path, name: str, profile: dict) -> list[Path]:
+    """``images`` photos of one size, or for ``mix`` ``mix`` photos of each of ``MIX_SIZES``, interleaved."""
+    if name != "mix":
+        return common.make_photos(folder, *common.SIZES[name], profile["images"])
+    per_size = profile["mix"]
+    groups = [
+        common.make_photos(folder, *common.SIZES[s], per_size, seed=100 + 10 * i) for i, s in enumerate(MIX_SIZES)
+    ]
+    return [path for group in zip(*groups, strict=True) for path in group]
+
+
+def run_set(models: dict, name: str, paths: list[Path], profile: dict) -> tuple[list[dict], float]:
+    """Time each pipeline on one image set, interleaved over the repeats; returns the rows and the parity."""
+    upstream_count = len(paths) if name == "mix" else profile["upstream"]
+    batches = {p: paths[:upstream_count] if p == "upstream" else paths for p in PIPELINES}
+    times = {p: [] for p in PIPELINES}
+    rss = dict.fromkeys(PIPELINES, 0.0)
+    padding: dict[str, float | None] = dict.fromkeys(PIPELINES)
+    results = {}
+    with torch.inference_mode():
+        for _ in range(profile["repeats"]):
+            for pipeline in PIPELINES:
+                embed = embedder(pipeline, models[pipeline], profile["batch"])
+                meter = common.PaddingMeter(models[pipeline]) if pipeline.startswith("relsim-native") else None
+                with common.PeakRSS() as peak, meter or contextlib.nullcontext():
+                    start = time.perf_counter()
+                    results[pipeline] = embed(batches[pipeline])
+                    times[pipeline].append(time.perf_counter() - start)
+                rss[pipeline] = max(rss[pipeline], peak.mib)
+                padding[pipeline] = meter.waste if meter else None
+    rows = []
+    for pipeline in PIPELINES:
+        seconds, count = min(times[pipeline]), len(batches[pipeline])
         rows.append(
             {
-                "pipeline": name,
-                "images": len(batch),
+                "pipeline": pipeline,
+                "images": count,
                 "seconds": seconds,
-                "images_per_s": len(batch) / seconds,
-                "peak_rss_mib": rss.mib,
+                "images_per_s": count / seconds,
+                "peak_rss_mib": rss[pipeline],
+                "padding": padding[pipeline],
             }
         )
+        pad = f"  padding x{padding[pipeline]:.3f}" if padding[pipeline] else ""
         print(
-            f"    {name:14s} {len(batch):3d} images {seconds:8.2f} s  {len(batch) / seconds:8.2f} img/s  "
-            f"peak RSS {rss.mib:7.0f} MiB",
+            f"    {pipeline:16s} {count:3d} images {seconds:8.2f} s  {count / seconds:8.2f} img/s  "
+            f"peak RSS {rss[pipeline]:7.0f} MiB{pad}",
             flush=True,
         )
-    upstream_rate = rows[0]["images_per_s"]
+    rate = {row["pipeline"]: row["images_per_s"] for row in rows}
     for row in rows:
-        row["ratio_vs_upstream"] = row["images_per_s"] / upstream_rate
-    n = len(results["upstream"])
-    parity = float((results["relsim-native"][:n] - results["upstream"]).abs().max())
+        row["ratio_vs_upstream"] = row["images_per_s"] / rate["upstream"]
+        if row["pipeline"] == "relsim-native":
+            row["ratio_vs_one_at_a_time"] = row["images_per_s"] / rate["relsim-native-1"]
+    parity = float((results["relsim-native"][:upstream_count] - results["upstream"]).abs().max())
     return rows, parity
 
 
 def plot(data: dict, path: Path) -> Path | None:
-    """images/s per image size, one panel per model, log scale."""
+    """images/s per image set, one panel per model, log scale."""
     try:
         import matplotlib
 
@@ -153,7 +199,7 @@ def plot(data: dict, path: Path) -> Path | None:
             ax.plot(sizes, rates, marker="o", label=name)
         ax.set_yscale("log")
         ax.set_title(f"{model} model, CPU ({data['machine']['torch_threads']} threads)")
-        ax.set_xlabel("input image size")
+        ax.set_xlabel("input images")
         ax.set_ylabel("images / s")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -170,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     data: dict = {
         "machine": common.machine_info(),
         "settings": {k: str(v) for k, v in vars(args).items()},
+        "load_before": common.load_average(),
         "rows": [],
         "parity": [],
     }
@@ -177,36 +224,39 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="relsim-bench-") as tmp:
         tmp = Path(tmp)
         for model_size in args.models.split(","):
-            print(f"== {model_size} model", flush=True)
-            models = load_pipelines(*common.build_checkpoint(tmp, model_size))
-            n = counts(args, model_size)
+            profile = settings(args, model_size)
+            print(f"== {model_size} model ({profile})", flush=True)
+            models = load_pipelines(*common.build_checkpoint(tmp, model_size), model_size, profile["tokens"])
             warm = common.make_photos(tmp / "photos", 448, 448, 1, seed=99)
             with torch.inference_mode():  # first-call costs, once per model
                 for name in PIPELINES:
-                    embedder(name, models[name], args.batch_size)(warm)
-            for size in args.sizes.split(","):
-                width, height = common.SIZES[size]
-                paths = common.make_photos(tmp / "photos", width, height, max(n[:2]))
+                    embedder(name, models[name], profile["batch"])(warm)
+            for size in profile["sizes"]:
+                paths = photo_set(tmp / "photos", size, profile)
                 print(f"  {size}", flush=True)
-                rows, parity = run_size(models, paths, n, args.batch_size)
+                rows, parity = run_set(models, size, paths, profile)
                 for row in rows:
                     data["rows"].append({"model": model_size, "size": size, **row})
                 data["parity"].append({"model": model_size, "size": size, "max_abs_diff_native_vs_upstream": parity})
                 print(f"    parity relsim-native vs upstream: max abs diff {parity:.2e}", flush=True)
             del models
     data["seconds"] = time.perf_counter() - started
+    data["load_after"] = common.load_average()
     stem = args.name or ("bench_embed-quick" if args.quick else "bench_embed")
     out = common.write_json(data, args.out / f"{stem}.json")
     png = plot(data, args.out / f"{stem}.png")
     columns = [
         ("model", "model"),
-        ("size", "size"),
+        ("size", "input"),
         ("pipeline", "pipeline"),
         ("images_per_s", "images/s"),
         ("ratio_vs_upstream", "x upstream"),
+        ("ratio_vs_one_at_a_time", "x one at a time"),
+        ("padding", "padding"),
         ("peak_rss_mib", "peak RSS MiB"),
     ]
     print(common.markdown_table(data["rows"], columns))
+    print(f"load average before {data['load_before']}, after {data['load_after']}")
     print(f"wrote {out}" + (f" and {png}" if png else "") + f" in {data['seconds']:.0f} s")
     return data
 

@@ -11,7 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import common  # noqa: E402
 
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
@@ -24,14 +29,64 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_bench_embed_quick(tmp_path):
-    args = ["--quick", "--models", "tiny", "--images", "2", "--upstream-images", "1", "--repeats", "1"]
-    run_script("bench_embed.py", *args, "--out", str(tmp_path))
+    args = ["--quick", "--images", "2", "--upstream-images", "1", "--repeats", "1"]
+    result = run_script("bench_embed.py", *args, "--out", str(tmp_path))
     data = json.loads((tmp_path / "bench_embed-quick.json").read_text())
-    pipelines = {row["pipeline"] for row in data["rows"]}
-    assert pipelines == {"upstream", "relsim-native", "relsim-train"}
+    assert {row["pipeline"] for row in data["rows"]} == {"upstream", "relsim-native", "relsim-native-1", "relsim-train"}
+    assert {row["size"] for row in data["rows"]} == {"448x448", "1024x768", "mix"}
     assert all(row["images_per_s"] > 0 and row["ratio_vs_upstream"] > 0 for row in data["rows"])
     assert data["parity"] and all(p["max_abs_diff_native_vs_upstream"] < 1e-5 for p in data["parity"])
+    native = {row["size"]: row for row in data["rows"] if row["pipeline"] == "relsim-native"}
+    assert all(row["ratio_vs_one_at_a_time"] > 0 for row in native.values())
+    # the mix is one 640x480, one 1024x768 and one 1920x1080 photo: three batches, no padding
+    assert native["mix"]["images"] == 3 and native["mix"]["padding"] == 1.0
+    assert "x one at a time" in result.stdout and data["load_before"] is not None
     assert (tmp_path / "bench_embed-quick.png").stat().st_size > 0
+
+
+def test_proxy_splits_upstream_work_like_the_7b():
+    """benchmarks/proxy.py: vision / language / LM head / attention shares within 1 point of the 7B's at the
+    fitted sizes (448x448, 1024x768), at 1/159 of the work; the tiny model is nothing like it."""
+    import proxy
+
+    rows = proxy.split_rows(list(proxy.FITTED_SIZES))
+    assert proxy.worst_difference(rows) <= proxy.TOLERANCE_PP
+    seven_b = {r["size"]: r for r in rows if r["model"] == "7B"}
+    assert 5 < seven_b["448x448"]["lm_head_pct"] < 6.5 and 2 < seven_b["1024x768"]["attention_pct"] < 3.5
+    for row in rows:
+        if row["model"] == "proxy":
+            assert 150 < seven_b[row["size"]]["gflop_upstream"] / row["gflop_upstream"] < 170
+    import tiny
+    from transformers import Qwen2_5_VLConfig
+
+    config = Qwen2_5_VLConfig(**tiny.base_config())
+    tiny_split = common.upstream_flops(config, 448, 448)
+    assert tiny_split["lm_head"] / sum(tiny_split.values()) > 0.5  # why the tiny model cannot stand in
+
+
+def test_upstream_flop_split_matches_torch_flop_counter(tmp_path):
+    """The upstream-side arithmetic (22 prompt tokens, LM head at every position, cut to the proxy's rows)
+    counts what torch counts on the tiny model's upstream pipeline (eager attention: the full square)."""
+    from conftest import photo
+    from reference import upstream_native_image
+    from torch.utils.flop_counter import FlopCounterMode
+
+    adapter, base = common.build_checkpoint(tmp_path, "tiny")
+    pipeline = common.upstream_pipeline(adapter, base, "proxy")  # the LM head cut to PROXY_LM_HEAD_ROWS
+    pipeline.model.get_base_model().set_attn_implementation("eager")
+    image = upstream_native_image(photo(480, 640, 0))
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        pipeline.embed(image)
+    config = pipeline.model.get_base_model().config
+    parts = common.flop_split(
+        config, 640, 480, "native", prompt_tokens=22, causal=False, lm_head_rows=common.PROXY_LM_HEAD_ROWS
+    )
+    text = config.text_config
+    d, kv = text.hidden_size, text.num_key_value_heads * text.hidden_size // text.num_attention_heads
+    tokens = parts["lm_head"] // (2 * d * common.PROXY_LM_HEAD_ROWS)
+    lora = text.num_hidden_layers * 2 * tokens * 16 * ((d + d) + (d + kv))  # peft's unmerged r=16 q_proj, v_proj
+    assert counter.get_total_flops() == pytest.approx(sum(parts.values()) + lora, rel=2e-4)
 
 
 def test_bench_fastpath_counts_attention_calls(tmp_path):
