@@ -172,10 +172,19 @@ def _base_tensors(base: Path) -> dict[str, torch.Tensor]:
 
 
 def _write_lora_adapter(
-    path: Path, base: Path, layout: str, gen: torch.Generator, rank: int, alpha: int, base_name: str, changed_row: int
+    path: Path,
+    base: Path,
+    layout: str,
+    gen: torch.Generator,
+    rank: int,
+    alpha: int,
+    base_name: str,
+    changed_row: int,
+    lora_std: float = 0.2,
 ) -> None:
     """``adapter_model.safetensors`` + ``adapter_config.json`` of a q_proj/v_proj LoRA in key ``layout``; the
-    layouts with tables carry the base's first 151666 rows (bf16), ``changed_row`` of the input table redrawn."""
+    layouts with tables carry the base's first 151666 rows (bf16), ``changed_row`` of the input table redrawn.
+    ``lora_std``: standard deviation of the factors (0.2: an update larger than the base weights)."""
     prefix, embed_key, with_lm_head = ADAPTER_LAYOUTS[layout]
     config = json.loads((base / "config.json").read_text())
     hidden, layers = config["hidden_size"], config["num_hidden_layers"]
@@ -185,8 +194,8 @@ def _write_lora_adapter(
         for name, out_dim in (("q_proj", hidden), ("v_proj", kv_dim)):
             key = f"{prefix}.{i}.self_attn.{name}"
             # B is non-zero (peft starts it at zero) so the adapter changes the function.
-            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, hidden, generator=gen) * 0.2
-            tensors[f"{key}.lora_B.weight"] = torch.randn(out_dim, rank, generator=gen) * 0.2
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, hidden, generator=gen) * lora_std
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out_dim, rank, generator=gen) * lora_std
     if embed_key is not None:
         base_tensors = _base_tensors(base)
         table = base_tensors["model.embed_tokens.weight"][: QUERY_TOKEN_ID + 1].clone()
@@ -231,8 +240,12 @@ def build_adapter(
     alpha: int = 32,
     projection_format: str = "pickle",
     base_model_name_or_path: str = BASE_REPO,
+    lora_std: float = 0.2,
 ) -> Path:
     """Write a relsim adapter directory in the upstream layout (see ``ADAPTER_LAYOUTS``).
+
+    ``lora_std``: standard deviation of the LoRA factors. The default makes the update larger than the base
+    weights (every test sees the adapter); 0.035 gives an update ~10% of the base weights, like a trained one.
 
     ``projection_format``: "pickle" (upstream ``projection_and_config.pt``), "safetensors" (what relsim
     writes) or "both" (the safetensors file then holds a different projection, to prove which one wins).
@@ -244,7 +257,9 @@ def build_adapter(
     hidden = json.loads((base / "config.json").read_text())["hidden_size"]
     gen = torch.Generator().manual_seed(seed)
     # A query row unlike the base padding row, so tests can tell which one the loader used.
-    _write_lora_adapter(path, base, layout, gen, rank, alpha, base_model_name_or_path, changed_row=QUERY_TOKEN_ID)
+    _write_lora_adapter(
+        path, base, layout, gen, rank, alpha, base_model_name_or_path, changed_row=QUERY_TOKEN_ID, lora_std=lora_std
+    )
 
     weight = (torch.randn(384, hidden, generator=gen) / hidden**0.5).to(torch.bfloat16)
     bias = (torch.randn(384, generator=gen) * 0.1).to(torch.bfloat16)
