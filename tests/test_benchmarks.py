@@ -1,6 +1,6 @@
-"""The CPU benchmark scripts run from a checkout and write sane JSON (smoke runs; no timing is asserted).
+"""The benchmark scripts run from a checkout and write sane JSON (smoke runs; no timing is asserted).
 
-``benchmarks/gpu.py --tiny`` is exercised in tests/test_fastpath.py.
+``benchmarks/gpu.py --tiny`` runs the GPU benchmark's whole path on CPU in bfloat16.
 """
 
 from __future__ import annotations
@@ -142,3 +142,50 @@ def test_bench_collection_small(tmp_path):
     assert data["rows"] == 3000 and data["ingest_rows_per_s"] > 0 and data["disk_bytes"] > 3000 * 384 * 2
     assert data["flat"]["recall_at_10"] == 1.0  # flat search is exact: it agrees with relsim 0.1's search
     assert data["reference_exact"]["p50_ms"] > 0 and 0 < data["IVF_SQ"]["settings"]["8"]["recall_at_10"] <= 1
+
+
+def test_gpu_benchmark_tiny_runs_every_section_in_bfloat16(tmp_path):
+    """``benchmarks/gpu.py --tiny``: the GPU script's path on the tiny model, on CPU, in bfloat16."""
+    result = run_script("gpu.py", "--tiny", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "gpu-tiny.json").read_text())
+    assert data["dtype"] == "bfloat16"
+    assert data["modules"].keys() == {"visual", "language_model"}
+    assert all(set(counts) == {"bfloat16"} for counts in data["modules"].values()), data["modules"]
+    upstream = data["sections"]["upstream"]["modules"]
+    assert set(upstream["lm_head"]) == {"bfloat16"} and set(upstream["lora_adapter (float32 by design)"]) == {"float32"}
+    assert set(data["sections"]["reference"]["modules"]["language_model"]) == {"float32"}
+    expected = ["build", "roof", "reference", "upstream", "agreement", "forward", "embed", "device-resize"]
+    assert list(data["sections"]) == expected
+    assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in data["sections"].values()), data["sections"]
+    rows = data["rows"]
+    assert {"relsim-train", "relsim-native", "upstream", "train-worker-resize"} <= {r["pipeline"] for r in rows}
+    assert all(r["images_per_s"] > 0 and r["mfu_roof"] > 0 for r in rows)
+    assert all(r["padding"] >= 1.0 for r in rows if r["pipeline"] == "relsim-native")
+    assert any("x_batch1" in r for r in rows) and any("x_upstream" in r for r in rows)
+    agreement = data["agreement"]
+    assert agreement["pairs"] == 6 and agreement["relsim_vs_float32"]["score_max"] > 0
+    assert agreement["relsim_vs_upstream"]["score_max"] < 0.01  # bf16 noise, not a different function
+    assert data["sections"]["roof"]["tflops"] > 0 and data["environment"]["transformers"]
+    assert data["device_resize"]["checked"] > 0 and data["device_resize"]["mismatches"] == []
+    assert "MFU" in result.stdout and result.returncode == 0
+
+
+def test_gpu_benchmark_builds_every_module_in_the_requested_dtype():
+    """tests/tiny.py's config says float32; transformers 5 built the language model from it whatever the default
+    dtype was. gpu.py sets the dtype on every sub-config, and its census catches a module off that dtype."""
+    import gpu
+
+    body = gpu.build_body(gpu.model_config(True, torch.bfloat16), torch.device("cpu"))
+    census = gpu.dtype_census({"visual": body.visual, "language_model": body.language_model})
+    assert all(set(counts) == {"bfloat16"} for counts in census.values()), census
+    assert gpu.dtype_mismatches(census, {"visual": torch.bfloat16, "language_model": torch.bfloat16}) == []
+    import tiny
+    from transformers import Qwen2_5_VLConfig
+
+    plain = Qwen2_5_VLConfig(**tiny.base_config())  # the config as tests/tiny.py writes it
+    plain.dtype = torch.bfloat16  # the top level alone is not enough
+    wrong = gpu.build_body(plain, torch.device("cpu"))
+    census = gpu.dtype_census({"visual": wrong.visual, "language_model": wrong.language_model})
+    assert gpu.dtype_mismatches(census, {"visual": torch.bfloat16, "language_model": torch.bfloat16}) == [
+        f"language_model: {census['language_model']['float32']:,} parameters in float32, expected bfloat16"
+    ]
