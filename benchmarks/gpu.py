@@ -146,7 +146,7 @@ def gpu_driver() -> str | None:
 # -- the model ---------------------------------------------------------------------------------------------
 
 
-def model_config(tiny: bool, dtype: torch.dtype):
+def model_config(tiny: bool, dtype: torch.dtype = torch.bfloat16):
     """``Qwen2_5_VLConfig`` of Qwen2.5-VL-7B-Instruct (or of the tiny test model) that builds in ``dtype``.
 
     The config dicts of tests/tiny.py say ``torch_dtype: float32``, and transformers 5 builds each sub-model in
@@ -161,7 +161,12 @@ def model_config(tiny: bool, dtype: torch.dtype):
 
 
 def with_dtype(config, dtype: torch.dtype):
-    config = copy.deepcopy(config)
+    """A copy of ``config`` that builds every module in ``dtype``."""
+    return set_dtype(copy.deepcopy(config), dtype)
+
+
+def set_dtype(config, dtype: torch.dtype):
+    """Set ``dtype`` on ``config`` and every sub-config, in place (transformers 5 builds each sub-model in its own)."""
     for sub in (config, *(getattr(config, key, None) for key in getattr(config, "sub_configs", {}) or {})):
         if sub is not None:
             sub.dtype = dtype
@@ -203,11 +208,17 @@ def random_init(module: nn.Module, seed: int = 0, std: float = 0.02) -> None:
             param.normal_(0.0, std, generator=generator)
 
 
-def build_body(config, device: torch.device, *, init: bool = True) -> nn.Module:
-    """A ``Qwen2_5_VLModel`` allocated directly on ``device`` in ``config.dtype`` (random weights if ``init``)."""
+def build_body(config, device: torch.device, dtype: torch.dtype | None = None, *, init: bool = True) -> nn.Module:
+    """A ``Qwen2_5_VLModel`` allocated directly on ``device`` in ``config.dtype`` (random weights if ``init``).
+
+    ``dtype`` (optional) is first set on ``config`` and all its sub-configs, in place.
+    """
     from transformers import Qwen2_5_VLModel
 
     from relsim.pretrained import attn_implementation
+
+    if dtype is not None:
+        set_dtype(config, dtype)
 
     config._attn_implementation = attn_implementation(device, config.dtype)
     with torch.device(device), _default_dtype(config.dtype), _no_init():
