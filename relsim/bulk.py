@@ -47,9 +47,11 @@ class EmbedReport:
 
     @property
     def images_per_second(self) -> float:
+        """Images embedded per second of the run."""
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values, for JSON (``relsim embed --json``)."""
         return {
             "embedded": self.embedded,
             "up_to_date": self.up_to_date,

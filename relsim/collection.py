@@ -32,7 +32,6 @@ import math
 import os
 import re
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,13 +47,14 @@ from .files import FileRecord, path_resolver, stale_paths
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from .neighbours import Hit
+
 __all__ = [
     "FORMAT_VERSION",
     "Collection",
     "CollectionError",
     "CollectionMismatchError",
     "CollectionWriteError",
-    "Hit",
     "Problem",
     "is_collection",
 ]
@@ -70,8 +70,6 @@ NORM_TOLERANCE = 1e-2  # float16 rounding keeps norms within ~1e-3 of 1
 _RECORD_COLUMNS = ["path", "size", "mtime_ns", "sha256"]
 #: ANN index kinds ``relsim index`` builds; the first is the default (see docs/search.md for the measurements).
 INDEX_KINDS = ("IVF_SQ", "IVF_HNSW_SQ", "IVF_PQ")
-#: Partitions probed per query when nprobes is not given: recall@10 0.957 on 1M clustered vectors (IVF_SQ).
-DEFAULT_NPROBES = 16
 
 
 def require_lancedb():
@@ -110,7 +108,12 @@ def one_line(err: BaseException) -> str:
     return re.sub(r",?\s*/\S+\.rs:\d+:\d+", "", text)
 
 
-def _sql(value: str) -> str:
+def sql_literal(value: str) -> str:
+    """A string as a SQL literal for Lance predicates.
+
+    >>> sql_literal("it's.jpg")
+    "'it''s.jpg'"
+    """
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -142,25 +145,6 @@ def validate_meta(meta: Any, where: str) -> dict[str, Any]:
 
 
 @dataclass
-class Hit:
-    """One search result."""
-
-    rank: int
-    score: float
-    path: str
-    sha256: str
-    duplicates: list[str] = field(default_factory=list)
-    caption: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"rank": self.rank, "score": self.score, "path": self.path, "sha256": self.sha256}
-        out["duplicates"] = list(self.duplicates)
-        if self.caption is not None:
-            out["caption"] = self.caption
-        return out
-
-
-@dataclass
 class Problem:
     """Something :meth:`Collection.check` found: what is wrong, and what to do about it."""
 
@@ -188,11 +172,17 @@ class Collection:
 
     @staticmethod
     def normalize_uri(uri: str | os.PathLike) -> str:
+        """A local path made absolute; a URI (``s3://...``) as it is.
+
+        >>> Collection.normalize_uri("s3://bucket/photos.relsim")
+        's3://bucket/photos.relsim'
+        """
         text = os.fspath(uri)
         return text if "://" in text else os.path.abspath(text)
 
     @classmethod
     def schema_for(cls, meta: dict[str, Any]) -> pa.Schema:
+        """The Arrow schema of the ``embeddings`` table for ``meta`` (its dim and dtype), ``meta`` in its metadata."""
         import pyarrow as pa
 
         value = pa.float16() if meta["dtype"] == "float16" else pa.float32()
@@ -302,14 +292,17 @@ class Collection:
 
     @property
     def fingerprint(self) -> dict[str, Any]:
+        """The fingerprint of the model that made the embeddings (model, revisions, mode, ...)."""
         return dict(self.meta["fingerprint"])
 
     @property
     def dim(self) -> int:
+        """The embedding width (384 for relsim's models)."""
         return int(self.meta["dim"])
 
     @property
     def dtype(self) -> str:
+        """How vectors are stored: ``"float16"`` or ``"float32"``."""
         return str(self.meta["dtype"])
 
     @property
@@ -339,6 +332,12 @@ class Collection:
     # -------------------------------------------------------------------------------------- reads
 
     def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
+        """The ``columns`` of every row (or of the rows matching the SQL filter ``where``) as an Arrow table.
+
+        Example:
+            >>> col.scan(["path", "caption"], "caption IS NOT NULL").num_rows  # doctest: +SKIP
+            120
+        """
         query = self._table.search().select(list(columns)).limit(None)
         if where:
             query = query.where(where)
@@ -392,7 +391,7 @@ class Collection:
             resolve = path_resolver()
             wanted = [resolve(p) if "://" not in os.fspath(p) else os.fspath(p) for p in paths]
             t = self.rows(wanted, ["path", "vector"])
-        matrix = self._matrix(t)
+        matrix = vector_matrix(t, self.dim)
         bad = bad_rows(matrix)
         if len(bad):
             names = [t.column("path")[int(i)].as_py() for i in bad[:5]]
@@ -410,23 +409,18 @@ class Collection:
         return out.to(dtype)
 
     def rows(self, paths: Sequence[str], columns: Sequence[str]) -> pa.Table:
+        """The ``columns`` of the rows of these (resolved) ``paths``, in no particular order; absent paths are left
+        out."""
         import pyarrow as pa
 
         parts = []
         unique = list(dict.fromkeys(paths))
         for start in range(0, len(unique), 1000):  # keep the IN lists of a predicate short
             chunk = unique[start : start + 1000]
-            parts.append(self.scan(columns, f"path IN ({', '.join(_sql(p) for p in chunk)})"))
+            parts.append(self.scan(columns, f"path IN ({', '.join(sql_literal(p) for p in chunk)})"))
         if not parts:
             return self.scan(columns, "false")
         return pa.concat_tables(parts)
-
-    def _matrix(self, t: pa.Table) -> np.ndarray:
-        column = t.column("vector")
-        if hasattr(column, "combine_chunks"):  # a Table's ChunkedArray; a RecordBatch holds an Array
-            column = column.combine_chunks()
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        return flat.reshape(len(t), self.dim).astype(np.float32)
 
     def iter_vectors(self, batch_rows: int = 65536, columns: Sequence[str] = ("path",)) -> Iterator[tuple[Any, Any]]:
         """``(records batch, (n, dim) float32 numpy)`` over all rows, a batch at a time (constant memory)."""
@@ -434,7 +428,7 @@ class Collection:
         try:
             for batch in query.to_batches(batch_rows):
                 if batch.num_rows:
-                    yield batch, self._matrix(batch)
+                    yield batch, vector_matrix(batch, self.dim)
         except (OSError, RuntimeError) as err:
             raise CollectionError(
                 f"cannot read the collection {self.uri!r}: {one_line(err)} -- run `relsim repair {self.uri}`"
@@ -579,7 +573,7 @@ class Collection:
         before = len(self)
         for start in range(0, len(paths), 1000):
             chunk = paths[start : start + 1000]
-            predicate = f"path IN ({', '.join(_sql(p) for p in chunk)})"
+            predicate = f"path IN ({', '.join(sql_literal(p) for p in chunk)})"
             self._write("delete rows", lambda p=predicate: self._table.delete(p))
         return before - len(self)
 
@@ -665,143 +659,20 @@ class Collection:
         return None
 
     def has_vector_index(self) -> bool:
+        """True when ``relsim index`` built an ANN index on ``vector``."""
         return self.vector_index_kind() is not None
 
-    def nearest(
-        self,
-        queries: torch.Tensor | np.ndarray,
-        k: int = 10,
-        *,
-        where: str | None = None,
-        exact: bool = False,
-        exclude_sha256: Sequence[Sequence[str]] | None = None,
-        dedup: bool = True,
-        caption_contains: str | None = None,
-        nprobes: int | None = None,
-        refine_factor: int | None = None,
-    ) -> list[list[Hit]]:
-        """The ``k`` nearest rows to each query (Q, dim), best first, by cosine (= dot of unit vectors).
-
-        Uses the ANN index when there is one, unless ``exact`` (a flat scan). ``where`` is a Lance SQL
-        predicate over the columns (``"path LIKE '%/2024/%'"``, ``"contains_tokens(caption, 'layers')"``).
-        ``exclude_sha256`` gives per query the contents to leave out (its own file and copies). With ``dedup``
-        byte-identical files (same SHA-256) among the nearest appear once, the others under ``duplicates``.
-        ``caption_contains`` keeps rows whose caption matches these words through the full-text index on
-        ``caption`` (built on first use; case-insensitive, stemmed), scored exactly.
-        Rows that are not finite unit vectors are never returned (a warning names them).
+    def nearest(self, queries: torch.Tensor | np.ndarray, k: int = 10, **options: Any) -> list[list[Hit]]:
+        """The ``k`` nearest rows to each query (Q, dim), best first: :func:`relsim.neighbours.nearest` (``where``,
+        ``exact``, ``exclude_sha256``, ``dedup``, ``caption_contains``, ``nprobes``, ``refine_factor``).
 
         Example:
-            >>> col.nearest(model.embed(["q.jpg"]), k=5)[0][0].path  # doctest: +SKIP
-            '/photos/q.jpg'
+            >>> col.nearest(model.embed(["q.jpg"]), k=5, where="path LIKE '%/2024/%'")[0][0].path  # doctest: +SKIP
+            '/photos/2024/q.jpg'
         """
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
-        q = torch.as_tensor(queries).detach().cpu().float()
-        q = q.unsqueeze(0) if q.ndim == 1 else q
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape ({self.dim},) or (Q, {self.dim}), got {tuple(q.shape)}")
-        if not torch.isfinite(q).all() or (q.norm(dim=1) == 0).any():
-            raise ValueError("a query is a zero, NaN or infinite vector")
-        q = torch.nn.functional.normalize(q, dim=1).numpy()
-        kind = None if exact else self.vector_index_kind()
-        use_index = kind is not None
-        if use_index and nprobes is None:
-            nprobes = DEFAULT_NPROBES
-        if kind is not None and "HNSW" in kind.upper() and refine_factor is None:
-            refine_factor = 5  # HNSW over 8-bit vectors needs the exact re-rank to reach recall@10 0.95
-        results = []
-        for i, vec in enumerate(q):
-            clauses = [f"({where})"] if where else []
-            if exclude_sha256 is not None and exclude_sha256[i]:
-                clauses.append(f"sha256 NOT IN ({', '.join(_sql(h) for h in exclude_sha256[i])})")
-            predicate = " AND ".join(clauses) or None
-            if caption_contains is not None:
-                rows = self._caption_rows(caption_contains, predicate)
-                results.append(self._hits(vec, k, predicate, use_index, dedup, nprobes, refine_factor, rows))
-            else:
-                results.append(self._hits(vec, k, predicate, use_index, dedup, nprobes, refine_factor))
-        return results
+        from .neighbours import nearest
 
-    def _caption_rows(self, words: str, predicate: str | None) -> pa.Table:
-        """Rows whose caption matches ``words`` (full-text index), with their vectors."""
-        if not words.strip():
-            raise ValueError("caption_contains is empty")
-        if not any(getattr(ix, "columns", None) == ["caption"] for ix in self._table.list_indices()):
-            if not self.create_caption_index():
-                return self.scan(["path", "sha256", "caption", "vector"], "false")
-        query = self._table.search(words, query_type="fts", fts_columns="caption")
-        query = query.select(["path", "sha256", "caption", "vector", "_score"]).limit(None)
-        if predicate:
-            query = query.where(predicate, prefilter=True)
-        try:
-            return query.to_arrow()
-        except (OSError, RuntimeError, ValueError) as err:
-            raise CollectionError(f"cannot search the captions of {self.uri!r}: {one_line(err)}") from err
-
-    def _hits(self, vec, k, predicate, use_index, dedup, nprobes, refine_factor, candidates=None) -> list[Hit]:
-        """Top-k hits; ``candidates`` (rows with vectors) are scored exactly instead of querying the table."""
-        import pyarrow as pa
-
-        limit = 2 * k + 8 if dedup else k + 4
-        bad_paths: list[str] = []
-        while True:
-            if candidates is not None:
-                scores = self._matrix(candidates) @ vec if candidates.num_rows else np.zeros(0, np.float32)
-                with np.errstate(invalid="ignore"):
-                    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:limit]
-                rows = candidates.take(pa.array(order)).append_column(
-                    "_distance", pa.array(1.0 - scores[order], pa.float32())
-                )
-            else:
-                rows = self._query(vec, limit, predicate, use_index, nprobes, refine_factor)
-            hits: list[Hit] = []
-            by_hash: dict[str, Hit] = {}
-            bad_paths = []
-            matrix = self._matrix(rows) if rows.num_rows else np.zeros((0, self.dim), np.float32)
-            bad = set(bad_rows(matrix).tolist())
-            for j, row in enumerate(rows.select(["path", "sha256", "caption", "_distance"]).to_pylist()):
-                score = 1.0 - float(row["_distance"])
-                if j in bad or not math.isfinite(score):
-                    bad_paths.append(row["path"])
-                    continue
-                if dedup and row["sha256"] in by_hash:
-                    by_hash[row["sha256"]].duplicates.append(row["path"])
-                    continue
-                hit = Hit(len(hits) + 1, min(1.0, max(-1.0, score)), row["path"], row["sha256"], [], row["caption"])
-                by_hash[row["sha256"]] = hit
-                hits.append(hit)
-            if len(hits) > k or rows.num_rows < limit:  # enough, or nothing more to fetch
-                break
-            limit *= 4
-        if bad_paths:
-            warnings.warn(
-                f"{self.uri}: skipped {len(bad_paths)} stored row(s) that are not finite unit vectors "
-                f"({', '.join(bad_paths[:3])}); run `relsim repair {self.uri}`",
-                stacklevel=4,
-            )
-        return hits[:k]
-
-    def _query(self, vec, limit, predicate, use_index, nprobes, refine_factor) -> pa.Table:
-        query = self._table.search(vec, vector_column_name="vector").distance_type("dot").limit(limit)
-        query = query.select(["path", "sha256", "caption", "vector", "_distance"])
-        if predicate:
-            query = query.where(predicate, prefilter=True)
-        if not use_index:
-            query = query.bypass_vector_index()
-        else:
-            if nprobes is not None:
-                query = query.nprobes(nprobes)
-            if refine_factor is not None:
-                query = query.refine_factor(refine_factor)
-        try:
-            return query.to_arrow()
-        except (OSError, RuntimeError, ValueError) as err:
-            message = one_line(err)
-            if predicate and ("parse" in message.lower() or "sql" in message.lower() or "schema" in message.lower()):
-                raise ValueError(f"invalid filter {predicate!r}: {message}") from err
-            raise CollectionError(
-                f"cannot search the collection {self.uri!r}: {message} -- run `relsim repair {self.uri}`"
-            ) from err
+        return nearest(self, queries, k, **options)
 
     # ------------------------------------------------------------------------------------- indexes
 
@@ -899,6 +770,17 @@ def bad_rows(matrix: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(matrix.astype(np.float32), axis=1)
         good = np.isfinite(matrix).all(axis=1) & (np.abs(norms - 1) <= NORM_TOLERANCE)
     return np.flatnonzero(~good)
+
+
+def vector_matrix(rows: pa.Table | pa.RecordBatch, dim: int) -> np.ndarray:
+    """The ``vector`` column of ``rows`` as a float32 (n, dim) numpy array."""
+    if not len(rows):
+        return np.zeros((0, dim), np.float32)
+    column = rows.column("vector")
+    if hasattr(column, "combine_chunks"):  # a Table's ChunkedArray; a RecordBatch holds an Array
+        column = column.combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(rows), dim).astype(np.float32)
 
 
 def _exists_error(err: BaseException) -> bool:

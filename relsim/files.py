@@ -208,6 +208,7 @@ class FileRecord:
         return item
 
     def to_dict(self) -> dict[str, Any]:
+        """``{path, size, mtime_ns, sha256}``."""
         return asdict(self)
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .collection import Collection
+from .neighbours import nearest
 from .text import DEFAULT_TEXT_MODEL
 
 if TYPE_CHECKING:
@@ -139,8 +140,15 @@ def search(
             exclude = [_self_hashes(collection, x) for x in images]
     if query.shape[-1] != collection.dim:
         raise ValueError(f"the query has {query.shape[-1]} dimensions, the collection {collection.dim}")
-    hits = collection.nearest(
-        query, k, where=where, exact=exact, exclude_sha256=exclude, dedup=dedup, caption_contains=caption_contains
+    hits = nearest(
+        collection,
+        query,
+        k,
+        where=where,
+        exact=exact,
+        exclude_sha256=exclude,
+        dedup=dedup,
+        caption_contains=caption_contains,
     )
     results = [[hit.to_dict() for hit in row] for row in hits]
     return results[0] if single else results
