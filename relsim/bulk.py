@@ -1,4 +1,4 @@
-"""Embedding many image files into a collection: incremental, resumable, shardable over ranks.
+"""Embedding (and captioning) many image files into a collection: incremental, resumable, shardable over ranks.
 
 Only new or changed files are embedded (:func:`relsim.files.stale_paths`). Each file is checked with
 ``os.stat`` before anything opens it (FIFOs, devices and sockets are skipped with their reason); decoding and
@@ -11,6 +11,8 @@ Example:
     >>> report = embed_files(model, col, collect_images(["photos/"], recursive=True))  # doctest: +SKIP
     >>> report.embedded, report.skipped                                               # doctest: +SKIP
     (200, [('/photos/broken.jpg', 'cannot read image file (...)')])
+    >>> caption_collection(model.captioner, col).captioned  # the caption column, once per content  # doctest: +SKIP
+    200
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ import torch
 from .files import FileRecord, check_regular
 
 if TYPE_CHECKING:
+    from .caption import Captioner
+    from .caption_files import CaptionReport
     from .collection import Collection
     from .encoder import RelSimModel
 
-__all__ = ["EmbedReport", "embed_files", "embed_into"]
+__all__ = ["EmbedReport", "caption_collection", "embed_files", "embed_into"]
 
 
 @dataclass
@@ -222,6 +226,58 @@ def embed_into(
         more = f" (and {len(report.skipped) - 1} more)" if len(report.skipped) > 1 else ""
         raise CollectionError(f"cannot embed {path}: {reason}{more}")
     return collection.vectors(paths)
+
+
+def caption_collection(
+    captioner: Captioner,
+    collection: Collection,
+    paths: Sequence[str | os.PathLike] | None = None,
+    *,
+    progress: bool | None = None,
+    **options: Any,
+) -> CaptionReport:
+    """Fill the ``caption`` column: the anonymous caption of every row (or of the rows of ``paths``) without one.
+
+    Each content (SHA-256) is captioned once: byte-identical files share a caption, and a file whose copy
+    already has one gets it without the captioner running. Captions are stored batch by batch as they are
+    made, so an interrupted run keeps them and a rerun captions only the rest; rows that have a caption are
+    never captioned again (whichever captioner wrote it). Files that cannot be read now are skipped and
+    reported. ``paths`` not in the collection are ignored. ``options`` go to ``Captioner.stream``
+    (``max_new_tokens``, ``batch_size``, ``prompt``, ...; one caption per image).
+
+    Example:
+        >>> report = caption_collection(model.captioner, col, max_new_tokens=64)  # doctest: +SKIP
+        >>> report.captioned, report.up_to_date, report.skipped                   # doctest: +SKIP
+        (180, 20, [])
+    """
+    from .caption_files import CaptionReport, caption_each
+    from .files import path_resolver
+
+    if options.get("num_captions", 1) != 1:
+        raise ValueError("a collection keeps one caption per image (num_captions=1)")
+    columns = ["path", "sha256", "caption"]
+    if paths is None:
+        rows = collection.scan(columns).to_pylist()
+    else:
+        resolve = path_resolver()
+        rows = collection.rows([resolve(p) for p in paths], columns).to_pylist()
+    known = {row["sha256"]: row["caption"] for row in rows if row["caption"] is not None}
+    groups: dict[str, list[str]] = {}  # content -> the paths without a caption
+    for row in rows:
+        if row["caption"] is None:
+            groups.setdefault(row["sha256"], []).append(row["path"])
+    shared = [(path, known[sha]) for sha, group in groups.items() if sha in known for path in group]
+    if shared:
+        collection.set_captions([p for p, _ in shared], [c for _, c in shared])
+    first = {group[0]: group for sha, group in groups.items() if sha not in known}
+
+    def save(batch: list[tuple[str, Any]]) -> None:
+        pairs = [(path, caption.text) for first_path, caption in batch for path in first[first_path]]
+        collection.set_captions([p for p, _ in pairs], [c for _, c in pairs])
+
+    report = caption_each(captioner, list(first), save, progress=progress, **options) if first else CaptionReport()
+    report.up_to_date = len(rows) - sum(len(g) for g in groups.values())
+    return report
 
 
 def _progress_bar(total: int, progress: bool | None):

@@ -447,6 +447,18 @@ class Collection:
         found = dict(zip(t.column("path").to_pylist(), t.column("caption").to_pylist(), strict=True))
         return [found.get(p) for p in wanted]
 
+    def count_uncaptioned(self, paths: Sequence[str | os.PathLike] | None = None) -> int:
+        """How many rows (of these ``paths``; default: all) have no caption.
+
+        Example:
+            >>> col.count_uncaptioned()  # doctest: +SKIP
+            20
+        """
+        if paths is None:
+            return int(self._table.count_rows("caption IS NULL"))
+        resolve = path_resolver()
+        return self.rows([resolve(p) for p in paths], ["caption"]).column("caption").null_count
+
     # ------------------------------------------------------------------------------------- writes
 
     def _refresh_for_write(self, fingerprint: Mapping[str, Any] | None) -> None:

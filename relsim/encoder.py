@@ -349,8 +349,17 @@ class RelSimModel(nn.Module):
         >>> model.caption("peach.jpg").text                        # doctest: +SKIP
         'A {Fruit} cut in half to reveal its layered interior.'
         """
-        captioner = self.__dict__.get("_captioner") or self.load_captioner()
-        return captioner.caption(images, **kwargs)
+        return self.captioner.caption(images, **kwargs)
+
+    @property
+    def captioner(self):
+        """The attached :class:`relsim.caption.Captioner`: the one :meth:`load_captioner` attached last, or the
+        default captioner, attached on first use.
+
+        >>> model.captioner.fingerprint["model"]                       # doctest: +SKIP
+        'thaoshibe/relsim-anonymous-caption-qwen25vl-lora'
+        """
+        return self.__dict__.get("_captioner") or self.load_captioner()
 
     def explain(self, a, b, **kwargs):
         """The relational score of ``a`` and ``b`` with both anonymous captions and their MiniLM cosine.

@@ -1,7 +1,9 @@
 """Showing search results: a self-contained HTML page and a PNG contact sheet (PIL only).
 
 Each thumbnail is made on its own: one unreadable or degenerate image (a 1000x2 strip) shows as
-"unavailable" and never loses the page.
+"unavailable" and never loses the page. A hit's anonymous caption (``hit["caption"]``, with
+``caption_similarity`` from ``relsim.search(..., explain=True)``) and the query's (``query_caption``) are shown
+when given.
 
 Example:
     >>> hits = relsim.search("photos.relsim", image="q.jpg", k=8)                 # doctest: +SKIP
@@ -88,10 +90,12 @@ def write_html(
     title: str = "relsim search",
     subtitle: str | None = None,
     thumb_size: int = 224,
+    query_caption: str | None = None,
 ) -> Path:
     """Write a self-contained HTML page: the query and each hit's thumbnail, rank, score and path.
 
     Thumbnails are embedded as base64 JPEG data URIs, so the page can be mailed or archived on its own.
+    Captions are shown under their image: each hit's stored one, and ``query_caption`` under the query.
 
     Example:
         >>> write_html("results.html", relsim.search("emb/", image="q.jpg"), image="q.jpg")  # doctest: +SKIP
@@ -100,7 +104,8 @@ def write_html(
     if image is not None:
         uri = _data_uri(_thumbnail(image, thumb_size))
         body = f'<img src="{uri}" alt="query">' if uri else '<div class="missing">unreadable</div>'
-        query = f"<figure>{body}<figcaption>{esc(_query_label(image))}</figcaption></figure>"
+        label = esc(_query_label(image)) + _caption_html(query_caption)
+        query = f"<figure>{body}<figcaption>{label}</figcaption></figure>"
     else:
         query = f'<p class="text">{esc(text if text is not None else "(an embedding)")}</p>'
     cards = []
@@ -114,13 +119,23 @@ def write_html(
             f'<figure class="hit">{body}<figcaption><b>#{hit["rank"]}</b> '
             f'<span class="score">{hit["score"]:.4f}</span>{extra}<br>'
             f'<a href="{esc(href)}" title="{esc(hit["path"])}">{esc(os.path.basename(hit["path"]))}</a>'
-            f"</figcaption></figure>"
+            f"{_caption_html(hit.get('caption'), hit.get('caption_similarity'))}</figcaption></figure>"
         )
     sub = f'<p class="meta">{esc(subtitle)}</p>' if subtitle else ""
     page = _HTML.format(title=esc(title), sub=sub, query=query, n=len(hits), cards="\n".join(cards), size=thumb_size)
     out = Path(path)
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _caption_html(caption: str | None, similarity: float | None = None) -> str:
+    if caption is None:
+        return ""
+    score = ""
+    if similarity is not None:
+        tip = "MiniLM cosine of this caption and the query's"
+        score = f' <span class="capsim" title="{tip}">caption similarity {similarity:.4f}</span>'
+    return f'<br><q class="caption">{html.escape(caption)}</q>{score}'
 
 
 _HTML = """<!doctype html>
@@ -135,6 +150,8 @@ img, .missing {{ display: block; width: {size}px; height: {size}px; object-fit: 
 figcaption {{ font-size: .8rem; overflow-wrap: anywhere; padding: .2rem; }}
 .score {{ font-variant-numeric: tabular-nums; color: #2b6cb0; }}
 .dupes {{ color: #888; }}
+.caption {{ display: block; margin-top: .2rem; font-style: italic; color: #444; }}
+.capsim {{ font-variant-numeric: tabular-nums; color: #888; }}
 .text {{ font-size: 1.2rem; font-style: italic; }}
 </style></head>
 <body>
@@ -165,6 +182,22 @@ def _fit(draw, text: str, font, width: int) -> str:
     return "…" + text
 
 
+def _wrap(draw, text: str, font, width: int, lines: int) -> list[str]:
+    """``text`` broken into at most ``lines`` lines of ``width`` pixels; an ellipsis ends it when cut."""
+    words, out = " ".join(text.split()).split(" "), []
+    while words and len(out) < lines:
+        line = words.pop(0)
+        while words and draw.textlength(line + " " + words[0], font=font) <= width:
+            line += " " + words.pop(0)
+        out.append(line)
+    if words or (out and draw.textlength(out[-1], font=font) > width):
+        last = out[-1] + " " + " ".join(words) if words else out[-1]
+        while last and draw.textlength(last + "…", font=font) > width:
+            last = last[:-1]
+        out[-1] = last.rstrip() + "…"
+    return out
+
+
 def write_grid(
     path: str | os.PathLike,
     hits: Sequence[dict[str, Any]],
@@ -173,26 +206,35 @@ def write_grid(
     text: str | None = None,
     columns: int | None = None,
     thumb_size: int = 192,
+    query_caption: str | None = None,
+    caption_lines: int = 4,
 ) -> Path:
     """Write a PNG contact sheet (PIL only): the query tile (framed) and each hit with rank, score, file name.
+
+    When the hits carry captions (or ``query_caption`` is given), each tile shows its caption below, in up to
+    ``caption_lines`` lines.
 
     Example:
         >>> write_grid("results.png", hits, text="{Animal} peeking out from behind a {Object}")  # doctest: +SKIP
     """
     from PIL import Image, ImageDraw
 
-    pad, caption = 8, 36
-    tiles = [("query", _thumbnail(image, thumb_size) if image is not None else None, True)]
+    pad, caption, line_height = 8, 36, 15
+    tiles = [("query", _thumbnail(image, thumb_size) if image is not None else None, True, query_caption)]
     for hit in hits:
         label = f"#{hit['rank']}  {hit['score']:.4f}"
-        tiles.append((label + "\n" + os.path.basename(hit["path"]), _thumbnail(hit["path"], thumb_size), False))
+        thumb = _thumbnail(hit["path"], thumb_size)
+        tiles.append((label + "\n" + os.path.basename(hit["path"]), thumb, False, hit.get("caption")))
+    with_captions = any(tile[3] is not None for tile in tiles)
+    if with_captions:
+        caption += caption_lines * line_height + 4
     cols = max(1, min(columns or 6, len(tiles)))
     rows = -(-len(tiles) // cols)
     cell_w, cell_h = thumb_size + pad, thumb_size + caption + pad
     sheet = Image.new("RGB", (pad + cols * cell_w, pad + rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     font, small = _font(14), _font(12)
-    for i, (label, thumb, is_query) in enumerate(tiles):
+    for i, (label, thumb, is_query, described) in enumerate(tiles):
         x, y = pad + (i % cols) * cell_w, pad + (i // cols) * cell_h
         draw.rectangle([x, y, x + thumb_size - 1, y + thumb_size - 1], fill=_PLACEHOLDER)
         if thumb is not None:
@@ -213,6 +255,8 @@ def write_grid(
         draw.text((x, y + thumb_size + 4), first, fill="black", font=font)
         if second:
             draw.text((x, y + thumb_size + 20), _fit(draw, second, small, thumb_size), fill="dimgray", font=small)
+        for n, line in enumerate(_wrap(draw, described or "", small, thumb_size, caption_lines)):
+            draw.text((x, y + thumb_size + 40 + n * line_height), line, fill=(60, 60, 60), font=small)
     out = Path(path)
     sheet.save(out, format="PNG", optimize=True)
     return out

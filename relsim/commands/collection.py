@@ -35,6 +35,7 @@ from ._common import (
     print_json,
     require_inputs,
 )
+from .caption import add_captioner_flags
 
 #: relsim.collection.INDEX_KINDS, repeated so that `relsim --help` imports neither torch nor LanceDB.
 INDEX_KINDS = ("IVF_SQ", "IVF_HNSW_SQ", "IVF_PQ")
@@ -114,6 +115,14 @@ def _register_embed(subparsers) -> None:
     p.add_argument("--prune", action="store_true", help="also drop rows whose file is gone")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="default: on a terminal")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    captions = p.add_argument_group("captions")
+    captions.add_argument(
+        "--captions",
+        action="store_true",
+        help="also store each image's anonymous caption (the captioner shares the model's base; images that have "
+        "one are not captioned again; search --explain and --caption-contains use them)",
+    )
+    add_caption_flags(captions)
     add_model_flags(p, from_collection=True)
     p.set_defaults(func=_embed)
 
@@ -124,6 +133,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or (args.save_every is not None and args.save_every < 1):
         raise UsageError("--batch-size and --save-every must be >= 1")
+    caption_settings(args, args.captions, "--captions")
     try:
         index, count = parse_shard(args.shard) if args.shard else shard_from_env()
     except ValueError as err:
@@ -157,7 +167,8 @@ def _embed_part(args: argparse.Namespace, part: list[str], index: int, count: in
     todo = collection.needs_embedding(part) if collection is not None and not args.reembed else part
     if not todo and collection is not None and _contradicts(args, collection.fingerprint):
         todo = part  # flags naming another model: load it, so the mismatch is refused rather than ignored
-    if not todo:  # nothing to do: no model to load
+    uncaptioned = args.captions and collection is not None and collection.count_uncaptioned(part) > 0
+    if not todo and not uncaptioned:  # nothing to do: no model to load
         return _embed_summary(args, EmbedReport(up_to_date=len(part)), collection, index, count, pruned)
     model = load_model_from_args(args, collection)
     collection = Collection.create(
@@ -179,7 +190,28 @@ def _embed_part(args: argparse.Namespace, part: list[str], index: int, count: in
         log_rank=count > 1,
         progress=args.progress,
     )
-    return _embed_summary(args, report, collection, index, count, pruned)
+    captioned = _caption_part(args, model, collection, part) if args.captions else None
+    return _embed_summary(args, report, collection, index, count, pruned, captioned)
+
+
+def _caption_part(args: argparse.Namespace, model, collection, part: list[str]):
+    """``--captions``: the rows of this shard's files without a caption get one (stored batch by batch)."""
+    from ..bulk import caption_collection
+
+    if args.captioner is None and args.captioner_revision is None:
+        captioner = model.captioner
+    else:
+        captioner = model.load_captioner(args.captioner, revision=args.captioner_revision)
+    options = caption_settings(args, True, "--captions")
+    return caption_collection(
+        captioner,
+        collection,
+        part,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=args.progress,
+        **options,
+    )
 
 
 def _contradicts(args: argparse.Namespace, fingerprint: dict[str, Any]) -> bool:
@@ -189,11 +221,14 @@ def _contradicts(args: argparse.Namespace, fingerprint: dict[str, Any]) -> bool:
     )
 
 
-def _embed_summary(args, report, collection, index: int, count: int, pruned: list[str]) -> int:
+def _embed_summary(args, report, collection, index: int, count: int, pruned: list[str], captioned=None) -> int:
     where = f" (shard {index}/{count})" if count > 1 else ""
     size = len(collection) if collection is not None else 0  # None: this shard got no files, no collection yet
     if args.json:
-        print_json({"store": str(args.output), "shard": [index, count], **report.to_dict(), "size": size})
+        summary = {"store": str(args.output), "shard": [index, count], **report.to_dict(), "size": size}
+        if args.captions:
+            summary["captions"] = captioned.to_dict() if captioned is not None else {"captioned": 0}
+        print_json(summary)
     else:
         rate = f" in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)" if report.embedded else ""
         gone = f", {len(pruned)} pruned" if pruned else ""
@@ -201,6 +236,14 @@ def _embed_summary(args, report, collection, index: int, count: int, pruned: lis
             f"relsim embed{where}: {report.embedded} embedded, {len(report.skipped)} skipped, "
             f"{report.up_to_date} already up to date{gone}{rate}; {args.output} holds {size} embeddings"
         )
+        if captioned is not None:
+            rate = f" in {captioned.seconds:.1f} s" if captioned.captioned else ""
+            print(f"relsim embed{where}: {captioned.captioned} captioned{rate}, {captioned.up_to_date} had a caption")
+    if captioned is not None and captioned.skipped:
+        print(f"relsim embed: could not caption {plural(len(captioned.skipped), 'file')}:", file=sys.stderr)
+        print("\n".join(f"  {printable(p)}: {r}" for p, r in captioned.skipped[:20]), file=sys.stderr)
+        if not report.skipped:
+            return EXIT_SKIPPED
     if report.skipped:
         shown = report.skipped[:20]
         lines = [f"  {printable(path)}: {reason}" for path, reason in shown]
@@ -245,7 +288,33 @@ def _register_search(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help=f"text encoder (default: {DEFAULT_TEXT_MODEL})")
     p.add_argument("--text-revision", help="branch, tag or commit of --text-model")
+    explain = p.add_argument_group("explain")
+    explain.add_argument(
+        "--explain",
+        action="store_true",
+        help="show the anonymous captions of the query and each result (stored ones are computed once and kept in "
+        "the collection) and the MiniLM cosine of each result's caption with the query's",
+    )
+    add_caption_flags(explain)
     add_model_flags(p, from_collection=True)
+
+
+def add_caption_flags(group) -> None:
+    """``--captioner``, ``--captioner-revision``, ``--max-new-tokens`` (search --explain, embed --captions)."""
+    add_captioner_flags(group, "--captioner", "--captioner-revision")
+    group.add_argument("--max-new-tokens", type=int, default=None, help="caption length limit (default: 128)")
+
+
+def caption_settings(args: argparse.Namespace, enabled: bool, flag: str) -> dict[str, Any]:
+    """The caption options of the command line, checked: they need ``flag`` (``--explain`` / ``--captions``)."""
+    given = [args.captioner, args.captioner_revision, args.max_new_tokens]
+    if not enabled:
+        if any(value is not None for value in given):
+            raise UsageError(f"--captioner, --captioner-revision and --max-new-tokens go with {flag}")
+        return {}
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be >= 1")
+    return {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
 
 
 @command
@@ -258,10 +327,14 @@ def _search(args: argparse.Namespace) -> int:
         raise UsageError("-k must be >= 1")
     if args.text is not None and not args.text.strip():
         raise UsageError("--text is empty: describe the relation to look for")
+    caption_options = caption_settings(args, args.explain, "--explain")
     _require_store(args.store)
     collection = Collection.open(args.store)
     common = {"k": args.k, "dedup": args.dedup, "where": args.where, "exact": args.exact}
     common.update(caption_contains=args.caption_contains, device=device_from_args(args))
+    if args.explain:
+        common.update(explain=True, captioner=args.captioner, captioner_revision=args.captioner_revision)
+        common.update(caption_options=caption_options, text_model=args.text_model, text_revision=args.text_revision)
     if args.image is not None:
         if not os.path.exists(args.image):
             raise FileNotFoundError(f"{args.image}: no such file")
@@ -270,11 +343,12 @@ def _search(args: argparse.Namespace) -> int:
         hits = search(collection, image=args.image, model=model, exclude_self=args.exclude_self, **common)
         query: dict[str, Any] = {"image": os.path.abspath(args.image)}
     else:
-        hits = search(
-            collection, text=args.text, text_model=args.text_model, text_revision=args.text_revision, **common
-        )
+        common.update(text_model=args.text_model, text_revision=args.text_revision)
+        hits = search(collection, text=args.text, **common)
         query = {"text": args.text}
-    visual = {"image": args.image, "text": args.text}
+    if args.explain and args.image is not None:
+        query["caption"] = hits.query_caption
+    visual = {"image": args.image, "text": args.text, "query_caption": hits.query_caption}
     size = {"thumb_size": args.thumb_size} if args.thumb_size else {}
     if args.html:
         subtitle = f"{len(hits)} nearest of {len(collection)} images in {collection.uri}"
@@ -284,20 +358,33 @@ def _search(args: argparse.Namespace) -> int:
         write_grid(args.grid, hits, **visual, **size)
         print(f"wrote {args.grid}", file=sys.stderr)
     if args.json:
-        print_json({"store": collection.uri, "query": query, "k": args.k, "results": hits}, indent=2)
+        print_json({"store": collection.uri, "query": query, "k": args.k, "results": list(hits)}, indent=2)
     else:
-        _print_hits(hits)
+        _print_hits(hits, args.explain)
     return 0
 
 
-def _print_hits(hits: list[dict[str, Any]]) -> None:
-    print(f"{'rank':>4}  {'score':>7}  path")
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _print_hits(hits, explain: bool) -> None:
+    if explain and hits.query_caption is not None:
+        print(f"query caption: {_one_line(hits.query_caption)}")
+    print(f"{'rank':>4}  {'score':>7}  " + ("caption  path" if explain else "path"))
     for hit in hits:
         dupes = len(hit["duplicates"])
         extra = f"  (+{dupes} identical)" if dupes else ""
         if "://" not in hit["path"] and not os.path.exists(hit["path"]):
             extra += "  [file unavailable]"
-        print(f"{hit['rank']:>4}  {hit['score']:7.4f}  {printable(hit['path'])}{extra}")
+        similarity = ""
+        if explain:
+            value = hit["caption_similarity"]
+            similarity = f"{value:7.4f}  " if value is not None else f"{'-':>7}  "
+        print(f"{hit['rank']:>4}  {hit['score']:7.4f}  {similarity}{printable(hit['path'])}{extra}")
+        if explain:
+            caption = hit["caption"]
+            print(" " * 24 + (_one_line(caption) if caption is not None else "(no caption: the file cannot be read)"))
 
 
 # --------------------------------------------------------------------------------------------------- info
