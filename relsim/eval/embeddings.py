@@ -34,7 +34,7 @@ from safetensors.numpy import load_file, save_file
 from ..preprocess import ImageInputError, decode
 from .pool import Pool
 
-__all__ = ["ImageEncoder", "PoolVectors", "VectorTable", "embed_pool", "normalise_rows"]
+__all__ = ["ImageEncoder", "PoolVectors", "VectorTable", "embed_pool", "normalise_rows", "open_keyed_dir"]
 
 _META = "meta.json"
 _FAILURES = "failures.jsonl"
@@ -94,19 +94,7 @@ class VectorTable:
     @classmethod
     def open(cls, path: str | os.PathLike, fingerprint: dict[str, Any]) -> VectorTable:
         """Open the table at ``path``, creating it for ``fingerprint``; refuse one made by something else."""
-        root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
-        meta_file = root / _META
-        wanted = json.loads(json.dumps(fingerprint))
-        if meta_file.is_file():
-            meta = json.loads(meta_file.read_text())
-            if meta != wanted:
-                raise ValueError(
-                    f"{root} holds embeddings of {meta}, not of {wanted}: use another --out directory or delete it"
-                )
-        else:
-            _atomic_write(meta_file, (json.dumps(wanted, indent=1, sort_keys=True) + "\n").encode())
-        return cls(root, wanted)
+        return cls(Path(path), open_keyed_dir(path, fingerprint, "embeddings"))
 
     def _load(self) -> None:
         for part in sorted(self.path.glob("part-*.safetensors")):
@@ -167,6 +155,24 @@ class VectorTable:
         if valid.any():
             vectors[valid] = normalise_rows(vectors[valid], str(self.path))
         return PoolVectors(vectors, valid, dict(self.meta), failures, computed)
+
+
+def open_keyed_dir(path: str | os.PathLike, fingerprint: dict[str, Any], what: str) -> dict[str, Any]:
+    """Create the folder ``path`` for results of ``fingerprint`` (written to its ``meta.json``), or check that the
+    folder holds results of exactly that; returns the fingerprint as JSON reads it back."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    meta_file = root / _META
+    wanted = json.loads(json.dumps(fingerprint))
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if meta != wanted:
+            raise ValueError(
+                f"{root} holds {what} of {meta}, not of {wanted}: use another --out directory or delete it"
+            )
+    else:
+        _atomic_write(meta_file, (json.dumps(wanted, indent=1, sort_keys=True) + "\n").encode())
+    return wanted
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

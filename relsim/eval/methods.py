@@ -5,7 +5,7 @@
 ``clip``       CLIP image features through transformers (default ``openai/clip-vit-large-patch14``)
 ``dino``       DINOv2 ``[CLS]`` through transformers (default ``facebook/dinov2-large``)
 ``dreamsim``   DreamSim, when ``pip install dreamsim`` is there (skipped with a message otherwise)
-``caption``    the anonymous captioner's caption embedded with all-MiniLM-L6-v2 (needs relsim's captioner)
+``caption``    the anonymous captioner's caption embedded with all-MiniLM-L6-v2 (:mod:`relsim.eval.captions`)
 NAME=FILE      ``--embeddings``: any method's vectors as ``.npy`` / ``.safetensors``, rows in pool order
 =============  ===========================================================================================
 
@@ -41,6 +41,7 @@ __all__ = [
     "MethodUnavailable",
     "build_method",
     "external_method",
+    "key_of",
 ]
 
 BUILTIN_METHODS = ("relsim", "clip", "dino", "dreamsim", "caption")
@@ -53,7 +54,9 @@ class MethodUnavailable(Exception):
 
 @dataclass
 class MethodOptions:
-    """What the built-in methods need to know. ``relsim`` holds the keyword arguments of :func:`relsim.load`."""
+    """What the built-in methods need to know. ``relsim`` holds the keyword arguments of :func:`relsim.load`,
+    ``caption`` those of :func:`relsim.load_captioner` (``model``, ``revision``, ``base_model``,
+    ``base_revision``, ``dtype``)."""
 
     device: str | None = None
     batch_size: int = 32
@@ -66,6 +69,11 @@ class MethodOptions:
     dino_revision: str | None = None
     dreamsim_type: str = "ensemble"
     dreamsim_cache: str | None = None
+    caption: dict[str, Any] = field(default_factory=dict)
+    caption_max_new_tokens: int = 128
+    text_model: str | None = None
+    """The caption method's MiniLM (default: sentence-transformers/all-MiniLM-L6-v2)."""
+    text_revision: str | None = None
 
 
 class Method(ABC):
@@ -78,7 +86,8 @@ class Method(ABC):
         """The pool's vectors, computing only what ``workdir`` does not hold yet."""
 
 
-def _key(fingerprint: dict[str, Any]) -> str:
+def key_of(fingerprint: dict[str, Any]) -> str:
+    """A short, stable name for what a fingerprint describes (folder names under ``DIR/embeddings``)."""
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -92,7 +101,7 @@ class EncoderMethod(Method):
 
     def embed(self, pool: Pool, workdir: Path) -> PoolVectors:
         fingerprint = self.encoder.fingerprint
-        table = VectorTable.open(workdir / f"{self.name}-{_key(fingerprint)}", fingerprint)
+        table = VectorTable.open(workdir / f"{self.name}-{key_of(fingerprint)}", fingerprint)
         return embed_pool(
             self.encoder,
             pool,
@@ -116,7 +125,7 @@ class RelSimMethod(Method):
 
     def _store_dir(self, workdir: Path) -> Path:
         spec = {k: str(v) for k, v in sorted(self.load_kwargs.items()) if k != "device"}
-        return workdir / f"relsim-{_key(spec)}"
+        return workdir / f"relsim-{key_of(spec)}"
 
     def embed(self, pool: Pool, workdir: Path) -> PoolVectors:
         from ..bulk import embed_files
@@ -232,14 +241,7 @@ def build_method(name: str, options: MethodOptions) -> Method:
             raise MethodUnavailable(f"dreamsim skipped: {err}") from None
         return EncoderMethod(name, encoder, options)
     if name == "caption":
-        import relsim
+        from .captions import CaptionMethod
 
-        if not hasattr(relsim, "load_captioner"):
-            raise MethodUnavailable(
-                "caption skipped: it needs the anonymous captioner (relsim.load_captioner), "
-                "which this version of relsim does not have yet"
-            )
-        raise MethodUnavailable(
-            "caption skipped: the anonymous captioner (relsim.load_captioner) is not wired into the evaluation yet"
-        )
+        return CaptionMethod(options)
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(BUILTIN_METHODS)} or use --embeddings")
