@@ -115,6 +115,22 @@ def offline_hub(hf_cache, monkeypatch):
     return hf_cache
 
 
+@pytest.fixture
+def captioner_calls(monkeypatch) -> list[int]:
+    """The number of images of every captioner run (``caption``, ``stream``, ``generate_ids``), recorded."""
+    from relsim.caption import Captioner
+
+    calls: list[int] = []
+    real = Captioner._stream
+
+    def counting(self, items, *args, **kwargs):
+        calls.append(len(items))
+        return real(self, items, *args, **kwargs)
+
+    monkeypatch.setattr(Captioner, "_stream", counting)
+    return calls
+
+
 def photo(height: int, width: int, seed: int = 0) -> Image.Image:
     """A smooth, photo-like RGB test image (gradients plus noise), deterministic."""
     rng = np.random.default_rng(seed)

@@ -329,19 +329,14 @@ def test_unavailable_methods_say_why():
         build_method("sift", MethodOptions())
 
 
-def test_caption_method_captions_each_content_once_and_reruns_free(pool_dir, tmp_path, offline_eval, monkeypatch):
-    from relsim.caption import Captioner, load_captioner
+def test_caption_method_captions_each_content_once_and_reruns_free(
+    pool_dir, tmp_path, offline_eval, captioner_calls, monkeypatch
+):
+    from relsim.caption import load_captioner
     from relsim.eval.captions import CaptionMethod
 
     pool = load_pool([str(pool_dir)])
-    calls: list[int] = []
-    real_stream = Captioner._stream
-
-    def counting(self, items, *args, **kwargs):
-        calls.append(len(items))
-        return real_stream(self, items, *args, **kwargs)
-
-    monkeypatch.setattr(Captioner, "_stream", counting)
+    calls = captioner_calls
     options = MethodOptions(device="cpu", batch_size=4, caption_max_new_tokens=8)
     workdir = tmp_path / "embeddings"
     first = build_method("caption", options).embed(pool, workdir)

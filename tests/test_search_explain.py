@@ -73,20 +73,6 @@ def store(pristine, tmp_path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "photos.relsim"))
 
 
-@pytest.fixture
-def captioner_calls(monkeypatch) -> list[int]:
-    """The number of images of every captioner run (captions, streams), recorded."""
-    calls: list[int] = []
-    real = Captioner._stream
-
-    def counting(self, items, *args, **kwargs):
-        calls.append(len(items))
-        return real(self, items, *args, **kwargs)
-
-    monkeypatch.setattr(Captioner, "_stream", counting)
-    return calls
-
-
 def explain_flags(captioner_dir, text_model) -> list[str]:
     return [
         "--explain",

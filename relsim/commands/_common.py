@@ -97,7 +97,12 @@ def command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
 
 
 def _one_line(message: str) -> str:
-    return " ".join(message.split()) if "\n" in message else message
+    return single_line(message) if "\n" in message else message
+
+
+def single_line(text: str) -> str:
+    """``text`` on one line, runs of whitespace (newlines included) made one space: a caption in a table."""
+    return " ".join(text.split())
 
 
 def require_inputs(*paths: str) -> None:

@@ -25,6 +25,7 @@ from ._common import (
     dumps,
     plural,
     print_json,
+    single_line,
 )
 
 
@@ -105,11 +106,6 @@ def caption_options(args: argparse.Namespace) -> dict:
     }
 
 
-def _line(text: str) -> str:
-    """A caption on one line of tab-separated output."""
-    return " ".join(text.split())
-
-
 @command
 def _caption(args: argparse.Namespace) -> int:
     options = caption_options(args)
@@ -132,7 +128,7 @@ def _caption(args: argparse.Namespace) -> int:
                 print(dumps(record))
             else:
                 for caption in captions:
-                    print(f"{path}\t{_line(caption.text)}")
+                    print(f"{path}\t{single_line(caption.text)}")
         sys.stdout.flush()
     return _report_skipped(args, skipped)
 

@@ -34,6 +34,7 @@ from ._common import (
     plural,
     print_json,
     require_inputs,
+    single_line,
 )
 from .caption import add_captioner_flags
 
@@ -179,39 +180,19 @@ def _embed_part(args: argparse.Namespace, part: list[str], index: int, count: in
         exist_ok=True,
         reembed=args.reembed,
     )
-    report = embed_files(
-        model,
-        collection,
-        part,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        save_every=args.save_every,
-        rank=index,
-        log_rank=count > 1,
-        progress=args.progress,
-    )
-    captioned = _caption_part(args, model, collection, part) if args.captions else None
+    batches = {"batch_size": args.batch_size, "num_workers": args.num_workers, "progress": args.progress}
+    report = embed_files(model, collection, part, save_every=args.save_every, rank=index, log_rank=count > 1, **batches)
+    captioned = None
+    if args.captions:  # the rows of this shard's files without a caption get one (stored batch by batch)
+        from ..bulk import caption_collection
+
+        if args.captioner is None and args.captioner_revision is None:
+            captioner = model.captioner
+        else:
+            captioner = model.load_captioner(args.captioner, revision=args.captioner_revision)
+        options = caption_settings(args, True, "--captions")
+        captioned = caption_collection(captioner, collection, part, **batches, **options)
     return _embed_summary(args, report, collection, index, count, pruned, captioned)
-
-
-def _caption_part(args: argparse.Namespace, model, collection, part: list[str]):
-    """``--captions``: the rows of this shard's files without a caption get one (stored batch by batch)."""
-    from ..bulk import caption_collection
-
-    if args.captioner is None and args.captioner_revision is None:
-        captioner = model.captioner
-    else:
-        captioner = model.load_captioner(args.captioner, revision=args.captioner_revision)
-    options = caption_settings(args, True, "--captions")
-    return caption_collection(
-        captioner,
-        collection,
-        part,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        progress=args.progress,
-        **options,
-    )
 
 
 def _contradicts(args: argparse.Namespace, fingerprint: dict[str, Any]) -> bool:
@@ -364,13 +345,9 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _print_hits(hits, explain: bool) -> None:
     if explain and hits.query_caption is not None:
-        print(f"query caption: {_one_line(hits.query_caption)}")
+        print(f"query caption: {single_line(hits.query_caption)}")
     print(f"{'rank':>4}  {'score':>7}  " + ("caption  path" if explain else "path"))
     for hit in hits:
         dupes = len(hit["duplicates"])
@@ -384,7 +361,7 @@ def _print_hits(hits, explain: bool) -> None:
         print(f"{hit['rank']:>4}  {hit['score']:7.4f}  {similarity}{printable(hit['path'])}{extra}")
         if explain:
             caption = hit["caption"]
-            print(" " * 24 + (_one_line(caption) if caption is not None else "(no caption: the file cannot be read)"))
+            print(" " * 24 + (single_line(caption) if caption is not None else "(no caption: the file cannot be read)"))
 
 
 # --------------------------------------------------------------------------------------------------- info
