@@ -153,6 +153,8 @@ def search(
         raise ValueError(f"give exactly one of image=, text= or embedding= (got {given or 'none'})")
     if not explain and (captioner is not None or captioner_revision is not None or caption_options):
         raise ValueError("captioner=, captioner_revision= and caption_options= go with explain=True")
+    if (caption_options or {}).get("num_captions", 1) != 1:
+        raise ValueError("explain uses one caption per image (num_captions=1)")
     if not isinstance(collection, Collection):
         collection = Collection.open(collection)
     models = _ModelSource(collection, model, device)
@@ -222,8 +224,6 @@ class _Explainer:
     """Anonymous captions for search results: stored ones read, missing ones made once and stored."""
 
     def __init__(self, collection: Collection, models: _ModelSource, captioner, revision, options: dict) -> None:
-        if options.get("num_captions", 1) != 1:
-            raise ValueError("explain uses one caption per image (num_captions=1)")
         self.collection = collection
         self.models = models
         self.options = options
@@ -285,6 +285,8 @@ class _Explainer:
         else:
             sources = texts if texts is not None else [None] * len(results)
         wanted = list(dict.fromkeys(t for t in [*sources, *captions.values()] if t is not None))
+        if not any(c is not None for c in captions.values()):
+            wanted = []  # no hit to compare with: the text model is not needed
         embedded = _embed_texts(wanted, text_model, text_revision, device) if wanted else []
         vectors = dict(zip(wanted, embedded, strict=True))
         for result, source in zip(results, sources, strict=True):

@@ -223,6 +223,8 @@ def test_caption_flags_need_explain(store, images, tmp_path, capsys) -> None:
     assert code == 2 and "go with --captions" in err
     with pytest.raises(ValueError, match="explain=True"):
         relsim.search(store, image=images[0], captioner="x")
+    with pytest.raises(ValueError, match="one caption per image"):
+        relsim.search(store, image=images[0], explain=True, caption_options={"num_captions": 2})
 
 
 # ------------------------------------------------------------------------------------------ the Python API
