@@ -38,7 +38,7 @@ from torch import nn
 
 from . import __version__, fastpath, generation, preprocess
 from .caption_inputs import IMAGE_SIZE, TRAINING_PROMPT, CaptionPrompt, build_batch, prepare_image
-from .checkpoint import BaseShards, LoraWeights, read_adapter_config, read_lm_head, read_lora
+from .checkpoint import RELSIM_CONFIG, BaseShards, LoraWeights, read_adapter_config, read_json, read_lm_head, read_lora
 from .encoder import deduplicate, weights_lock
 from .errors import CheckpointError, ImageInputError
 from .hub import ResolvedRepo, resolve
@@ -47,7 +47,7 @@ from .registry import CAPTIONERS, DEFAULT_CAPTIONER, DEFAULT_TEXT_MODEL
 
 #: The only files of a captioner repo relsim fetches or reads. Upstream's checkpoint folder also holds trainer
 #: state (optimizer.pt, rng_state.pth, scheduler.pt, scaler.pt, training_args.bin: pickles): never touched.
-CAPTIONER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
+CAPTIONER_FILES = ["adapter_config.json", "adapter_model.safetensors", "relsim_config.json"]
 
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 _ROWS_PER_READ = 8192  # embedding rows compared with the base per read (bounded host memory)
@@ -140,8 +140,12 @@ class Captioner:
         embedding_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
         generation_config=None,
         fingerprint: dict | None = None,
+        default_prompt: str | None = None,
     ) -> None:
         self.body = body
+        #: the prompt used when none is given: the one the checkpoint was trained with when relsim trained it
+        #: (``relsim_config.json``), else upstream's training prompt
+        self.default_prompt = default_prompt or TRAINING_PROMPT
         self.tokenizer = tokenizer
         self.generation_config = generation_config
         self.fingerprint = dict(fingerprint or {})
@@ -348,7 +352,7 @@ class Captioner:
         batch_size: int = 32,
         num_workers: int | None = None,
     ) -> Iterator[list[tuple[int, Any]]]:
-        prompts = _prompt_list(prompt, len(items))
+        prompts = _prompt_list(self.default_prompt if prompt is None else prompt, len(items))
         if not isinstance(num_captions, int) or num_captions < 1:
             raise ValueError(f"num_captions must be an integer >= 1, got {num_captions!r}")
         if num_captions > 1 and not sample:
@@ -510,15 +514,6 @@ def _read_adapter(path: Path) -> tuple[dict, LoraWeights, torch.Tensor | None, t
     return config, lora, table, read_lm_head(path)
 
 
-def _generation_config(base_path: Path, body: nn.Module):
-    """The base's ``generation_config.json``, or (as transformers does without one) the model config's ids."""
-    from transformers import GenerationConfig
-
-    if not (base_path / "generation_config.json").is_file():
-        return GenerationConfig.from_model_config(body.config)
-    return GenerationConfig.from_pretrained(base_path, trust_remote_code=False)
-
-
 @torch.no_grad()
 def _embedding_patch(
     body: nn.Module, shards: BaseShards, replaced_rows: int, table: torch.Tensor | None
@@ -576,8 +571,11 @@ def build_captioner(
 ) -> Captioner:
     """A captioner on ``body``, whose weights are the base's in ``base_path`` except ``merged_modules`` (a merged
     LoRA) and the first ``replaced_rows`` input-embedding rows. Reads the base's values of exactly those."""
-    config, lora, table, head = _read_adapter(adapter_path)
-    del config
+    _, lora, table, head = _read_adapter(adapter_path)
+    trained = read_json(adapter_path / RELSIM_CONFIG) if (adapter_path / RELSIM_CONFIG).is_file() else {}
+    prompt = trained.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise CheckpointError(f"{str(adapter_path / RELSIM_CONFIG)!r}: prompt must be a string, got {prompt!r}")
     shards = BaseShards(base_path)
     weight = body.language_model.embed_tokens.weight
     base_weights = {
@@ -591,8 +589,9 @@ def build_captioner(
         lora,
         base_weights=base_weights,
         embedding_rows=patch,
-        generation_config=_generation_config(base_path, body),
+        generation_config=generation.base_generation_config(base_path, body),
         fingerprint=fingerprint,
+        default_prompt=prompt,
     )
 
 
@@ -616,7 +615,8 @@ def load_captioner(
 
     The same Hub, offline and pinning behaviour as :func:`relsim.load`: ``base_model=None`` takes the base the
     adapter names; ``revision`` / ``base_revision`` pin commits (recorded in ``captioner.fingerprint``); only
-    ``adapter_config.json`` and ``adapter_model.safetensors`` are fetched or read (never trainer-state pickles);
+    ``adapter_config.json``, ``adapter_model.safetensors`` and (when relsim trained it, for the prompt it was
+    trained with) ``relsim_config.json`` are fetched or read (never trainer-state pickles);
     no remote code. To share a loaded embedder's base instead, use ``model.caption(...)``.
 
     >>> captioner = relsim.load_captioner(device="cuda")                  # doctest: +SKIP

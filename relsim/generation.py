@@ -22,12 +22,24 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 #: transformers' defaults for what neither the caller nor the model's generation config sets.
 TRANSFORMERS_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}
+
+
+def base_generation_config(base_path: str | Path, body):
+    """The base model's ``GenerationConfig`` (what ``generate()`` merges in, and relsim's captioner and its
+    training too); without a ``generation_config.json``, the model config's token ids, as transformers does."""
+    from transformers import GenerationConfig
+
+    if not (Path(base_path) / "generation_config.json").is_file():
+        return GenerationConfig.from_model_config(body.config)
+    return GenerationConfig.from_pretrained(base_path, trust_remote_code=False)
+
 
 #: Generation config fields that would add a logits processor this module does not implement (value when off).
 _UNSUPPORTED = {

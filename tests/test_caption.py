@@ -441,3 +441,23 @@ def test_a_base_without_generation_config_stops_at_the_model_configs_eos(tmp_pat
     settings = GenerationSettings.from_config(captioner.generation_config, do_sample=False)
     assert settings.eos_token_ids == (151645,) and settings.repetition_penalty == 1.0
     assert len(captioner.generate_ids(images[0], max_new_tokens=4)) <= 4
+
+
+def test_a_checkpoint_trained_with_its_own_prompt_uses_it_by_default(captioner_dir, base_dir, tmp_path):
+    """relsim train-captioner records its prompt in relsim_config.json; captioning that checkpoint without a
+    prompt uses it (an upstream checkpoint, without the file, uses upstream's training prompt)."""
+    import shutil
+
+    custom = shutil.copytree(captioner_dir, tmp_path / "custom")
+    prompt = "Describe the relational logic of this image with {Placeholders}."
+    (custom / "relsim_config.json").write_text(json.dumps({"kind": "captioner", "prompt": prompt}))
+    ours = relsim.load_captioner(custom, base_model=base_dir, device="cpu", dtype=torch.float32)
+    upstream = relsim.load_captioner(captioner_dir, base_model=base_dir, device="cpu", dtype=torch.float32)
+    assert ours.default_prompt == prompt and upstream.default_prompt == TRAINING_PROMPT
+    image = photo(40, 40, seed=3)
+    default_ids = ours.generate_ids(image, max_new_tokens=6)
+    assert default_ids == ours.generate_ids(image, prompt=prompt, max_new_tokens=6)
+    assert default_ids != ours.generate_ids(image, prompt=TRAINING_PROMPT, max_new_tokens=6)
+    (custom / "relsim_config.json").write_text(json.dumps({"prompt": 5}))
+    with pytest.raises(relsim.CheckpointError, match="prompt must be a string"):
+        relsim.load_captioner(custom, base_model=base_dir, device="cpu", dtype=torch.float32)

@@ -370,8 +370,7 @@ def test_upstream_peft_loads_the_checkpoint_and_generates_the_same(run, base_dir
 
 
 def _settings(base_dir: Path, max_new_tokens: int):
-    from relsim.generation import GenerationSettings
-    from relsim.train.caption_model import base_generation_config
+    from relsim.generation import GenerationSettings, base_generation_config
 
     config = base_generation_config(base_dir, None)  # the fixture base has a generation_config.json
     return GenerationSettings.from_config(config, do_sample=False, max_new_tokens=max_new_tokens)

@@ -169,16 +169,6 @@ def greedy_captions(
         return generation.generate(step, embeds, batch.positions.to(model.device), mask, ids, settings)
 
 
-def base_generation_config(base_path: str | Path, body: nn.Module):
-    """The base model's ``GenerationConfig`` (what ``generate()`` and relsim's captioner merge in); without a
-    ``generation_config.json``, the model config's token ids, as transformers does."""
-    from transformers import GenerationConfig
-
-    if not (Path(base_path) / "generation_config.json").is_file():
-        return GenerationConfig.from_model_config(body.config)
-    return GenerationConfig.from_pretrained(base_path, trust_remote_code=False)
-
-
 def read_lm_head(base_path: Path, body: nn.Module) -> torch.Tensor:
     """The base model's LM head weight (the input embedding when the two are tied)."""
     shards = BaseShards(base_path)
