@@ -1,9 +1,10 @@
 """Nearest-neighbour queries on a collection: query vectors in, :class:`Hit` lists out.
 
-Flat exact search (LanceDB's brute-force scan, cosine = dot of unit vectors) until the collection has an ANN
-index, then the index (IVF_SQ probes :data:`DEFAULT_NPROBES` partitions; HNSW gets an exact re-rank). SQL
-filters (``where``) apply before the top-k; ``caption_contains`` goes through the full-text index on
-``caption`` and scores its rows exactly. Byte-identical files (same SHA-256) appear once, the others listed
+Flat exact search (cosine = dot of unit vectors) until the collection has an ANN index: LanceDB's brute-force
+scan for a one-off query, the vectors held in memory (:mod:`relsim.exact`) from the second query on or for
+several queries at once. Then the index (IVF_SQ probes :data:`DEFAULT_NPROBES` partitions; HNSW gets an exact
+re-rank). SQL filters (``where``) apply before the top-k; ``caption_contains`` goes through the full-text
+index on ``caption`` and scores its rows exactly. Byte-identical files (same SHA-256) appear once, the others listed
 under :attr:`Hit.duplicates`, and stored rows that are not finite unit vectors are never returned.
 
 :meth:`relsim.collection.Collection.nearest` is this module's :func:`nearest`; :func:`relsim.search` builds
@@ -28,6 +29,7 @@ import torch
 
 from .collection import bad_rows, one_line, sql_literal, vector_matrix
 from .errors import CollectionError
+from .exact import VectorMemory
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -81,6 +83,11 @@ class _Search:
     use_index: bool
     nprobes: int | None
     refine_factor: int | None
+    memory: VectorMemory | None = None
+    """Flat search over the vectors in memory (no SQL filter: ``excluded`` is applied here instead)."""
+    excluded: frozenset[str] = frozenset()
+    prefetched: np.ndarray | None = None
+    """This query's best row ids, computed with the other queries' in one pass."""
 
 
 def nearest(
@@ -125,15 +132,31 @@ def nearest(
         nprobes = DEFAULT_NPROBES
     if kind is not None and "HNSW" in kind.upper() and refine_factor is None:
         refine_factor = HNSW_REFINE_FACTOR
+    excluded = [frozenset(exclude_sha256[i]) if exclude_sha256 is not None else frozenset() for i in range(len(q))]
+    memory = None
+    if kind is None and where is None and caption_contains is None:
+        memory = VectorMemory.of(collection)
+        memory = memory if memory.wanted(len(q)) else None
+    prefetched: list[np.ndarray | None] = [None] * len(q)
+    if memory is not None:
+        memory.load()
+        prefetched = memory.top(q, _first_limit(k, dedup) + max(map(len, excluded)))
     results = []
     for i, vec in enumerate(q):
         clauses = [f"({where})"] if where else []
-        if exclude_sha256 is not None and exclude_sha256[i]:
-            clauses.append(f"sha256 NOT IN ({', '.join(sql_literal(h) for h in exclude_sha256[i])})")
+        if excluded[i] and memory is None:
+            clauses.append(f"sha256 NOT IN ({', '.join(sql_literal(h) for h in sorted(excluded[i]))})")
         search = _Search(collection, k, " AND ".join(clauses) or None, dedup, kind is not None, nprobes, refine_factor)
+        if memory is not None:
+            search.memory, search.excluded, search.prefetched = memory, excluded[i], prefetched[i]
         candidates = _caption_rows(search, caption_contains) if caption_contains is not None else None
         results.append(_hits(search, vec, candidates))
     return results
+
+
+def _first_limit(k: int, dedup: bool) -> int:
+    """Rows fetched for k hits at first: more than k, as duplicates and damaged rows are dropped."""
+    return 2 * k + 8 if dedup else k + 4
 
 
 def _caption_rows(search: _Search, words: str) -> pa.Table:
@@ -157,8 +180,8 @@ def _ranked(candidates: pa.Table, vec: np.ndarray, limit: int, dim: int) -> pa.T
     """The ``limit`` best of ``candidates`` scored exactly, with a ``_distance`` column as LanceDB gives it."""
     import pyarrow as pa
 
-    scores = vector_matrix(candidates, dim) @ vec if candidates.num_rows else np.zeros(0, np.float32)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # damaged rows: reported by the caller
+        scores = vector_matrix(candidates, dim) @ vec if candidates.num_rows else np.zeros(0, np.float32)
         order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:limit]
     return candidates.take(pa.array(order)).append_column("_distance", pa.array(1.0 - scores[order], pa.float32()))
 
@@ -170,9 +193,14 @@ def _hits(search: _Search, vec: np.ndarray, candidates: pa.Table | None = None) 
     the table has no more.
     """
     dim, uri = search.collection.dim, search.collection.uri
-    limit = 2 * search.k + 8 if search.dedup else search.k + 4
+    limit = _first_limit(search.k, search.dedup)
     while True:
-        rows = _ranked(candidates, vec, limit, dim) if candidates is not None else _query(search, vec, limit)
+        if candidates is not None:
+            rows = _ranked(candidates, vec, limit, dim)
+        elif search.memory is not None:
+            rows = _memory_query(search, vec, limit)
+        else:  # LanceDB scores float16 in float16, an index from quantized vectors: rescore what it found
+            rows = _ranked(_query(search, vec, limit).drop_columns(["_distance"]), vec, limit, dim)
         hits: list[Hit] = []
         by_hash: dict[str, Hit] = {}
         bad_paths: list[str] = []
@@ -198,6 +226,25 @@ def _hits(search: _Search, vec: np.ndarray, candidates: pa.Table | None = None) 
             stacklevel=4,
         )
     return hits[: search.k]
+
+
+def _memory_query(search: _Search, vec: np.ndarray, limit: int) -> pa.Table:
+    """The ``limit`` best rows from the vectors in memory, excluded contents left out, scored as stored."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    memory, total = search.memory, len(search.memory.row_ids)
+    fetch = limit + len(search.excluded)
+    while True:
+        ids = search.prefetched
+        if ids is None or len(ids) < min(fetch, total):
+            ids = memory.top(vec[None], fetch)[0]
+        rows = memory.rows(ids[:fetch], _COLUMNS)
+        if search.excluded:
+            rows = rows.filter(pc.invert(pc.is_in(rows.column("sha256"), pa.array(sorted(search.excluded)))))
+        if rows.num_rows >= limit or fetch >= total:
+            return _ranked(rows, vec, limit, search.collection.dim)
+        fetch *= 4
 
 
 def _query(search: _Search, vec: np.ndarray, limit: int) -> pa.Table:

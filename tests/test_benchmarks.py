@@ -141,6 +141,8 @@ def test_bench_collection_small(tmp_path):
     data = json.loads(out.read_text())
     assert data["rows"] == 3000 and data["ingest_rows_per_s"] > 0 and data["disk_bytes"] > 3000 * 384 * 2
     assert data["flat"]["recall_at_10"] == 1.0  # flat search is exact: it agrees with relsim 0.1's search
+    memory = data["flat_memory"]  # so is the flat path with the vectors in memory, one query or a batch
+    assert memory["recall_at_10"] == memory["batch_recall_at_10"] == 1.0 and memory["load_s"] > 0
     assert data["reference_exact"]["p50_ms"] > 0 and 0 < data["IVF_SQ"]["settings"]["8"]["recall_at_10"] <= 1
 
 

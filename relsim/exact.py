@@ -1,0 +1,133 @@
+"""Exact cosine search over a collection's vectors held in memory: the flat path from the second query on.
+
+LanceDB's flat scan reads and decodes the whole ``vector`` column for every query (about 1.5 s per million
+float16 rows on 2 cores). A :class:`VectorMemory` reads the column once per table version (a few seconds per
+million rows; 768 MB of float16 for 1M x 384) and then answers with chunked matrix products, every query of
+a call in one pass: relsim 0.1's exact search, 5-7x faster than the scan for one query, 100x for a batch.
+The winning rows are then fetched from the table by row id, so what a search returns is read from the table.
+
+:func:`relsim.neighbours.nearest` uses it for a flat search with no ``where`` filter, from a collection's
+second flat search on (a one-off query stays a single scan) or at once for several queries, while the
+matrix fits :data:`MAX_BYTES`.
+
+Example:
+    >>> memory = VectorMemory.of(Collection.open("photos.relsim"))  # doctest: +SKIP
+    >>> memory.top(queries, 10)[0][:3]                                # row ids of query 0's three best
+    array([17179869184, 3, 8589934593], dtype=uint64)
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .collection import Collection
+
+__all__ = ["MAX_BYTES", "VectorMemory"]
+
+#: The most vector bytes kept in memory per collection (``RELSIM_FLAT_MEMORY_BYTES``; 0 turns it off).
+MAX_BYTES = int(os.environ.get("RELSIM_FLAT_MEMORY_BYTES", 4 << 30))
+_CHUNK = 16384
+_MEMORIES: weakref.WeakKeyDictionary[Collection, VectorMemory] = weakref.WeakKeyDictionary()
+
+
+class VectorMemory:
+    """A collection's vectors as one (n, dim) tensor and their LanceDB row ids, for one table version."""
+
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+        self.flat_searches = 0
+        self.version: int | None = None
+        self.row_ids = np.zeros(0, np.uint64)
+        self.matrix = torch.zeros(0, collection.dim)
+
+    @classmethod
+    def of(cls, collection: Collection) -> VectorMemory:
+        """The memory attached to this Collection object (created empty, loaded on first use)."""
+        memory = _MEMORIES.get(collection)
+        if memory is None:
+            memory = _MEMORIES[collection] = cls(collection)
+        return memory
+
+    def wanted(self, queries: int) -> bool:
+        """Count a flat search of ``queries`` vectors; True when it should use (and if needed load) memory."""
+        self.flat_searches += 1
+        if self.collection.dim * len(self.collection) * np.dtype(self.collection.dtype).itemsize > MAX_BYTES:
+            return False
+        return self.flat_searches > 1 or queries > 1
+
+    def load(self) -> None:
+        """Read the ``vector`` column and row ids when the table changed since the last load."""
+        table = self.collection.table
+        if self.version == table.version:
+            return
+        dim, dtype = self.collection.dim, np.dtype(self.collection.dtype)
+        n = len(self.collection)
+        matrix = np.empty((n, dim), dtype)
+        row_ids = np.empty(n, np.uint64)
+        at = 0
+        for batch in self.collection.table.search().select(["vector"]).with_row_id(True).limit(None).to_batches(
+            1 << 16
+        ):
+            rows = batch.num_rows
+            if at + rows > n:  # a concurrent append in between: grow
+                matrix = np.concatenate([matrix, np.empty((at + rows - n, dim), dtype)])
+                row_ids = np.concatenate([row_ids, np.empty(at + rows - n, np.uint64)])
+                n = at + rows
+            matrix[at : at + rows] = _fixed_size_values(batch.column("vector")).reshape(rows, dim)
+            row_ids[at : at + rows] = batch.column("_rowid").to_numpy()
+            at += rows
+        self.matrix = torch.from_numpy(matrix[:at])
+        self.row_ids = row_ids[:at]
+        self.version = table.version
+
+    def top(self, queries: np.ndarray, limit: int) -> list[np.ndarray]:
+        """Row ids of the ``limit`` best rows per query (Q, dim) by dot product, best first.
+
+        Rows whose score is NaN rank first, as in LanceDB, so that the caller sees and reports them.
+        """
+        n = len(self.row_ids)
+        limit = min(limit, n)
+        if limit == 0:
+            return [np.zeros(0, np.uint64) for _ in queries]
+        q = torch.from_numpy(np.ascontiguousarray(queries, np.float32)).T.contiguous()
+        buffer = torch.empty(min(_CHUNK, n), q.shape[0])
+        best_scores, best_positions = [], []
+        for start in range(0, n, _CHUNK):
+            rows = self.matrix[start : start + _CHUNK]
+            block = buffer[: len(rows)].copy_(rows)
+            scores = (block @ q).nan_to_num_(nan=torch.inf)
+            s, i = scores.topk(min(limit, len(rows)), dim=0)
+            best_scores.append(s)
+            best_positions.append(i + start)
+        scores, positions = torch.cat(best_scores), torch.cat(best_positions)
+        order = scores.topk(limit, dim=0).indices
+        winners = torch.gather(positions, 0, order).T.numpy()
+        return [self.row_ids[w] for w in winners]
+
+    def rows(self, row_ids: np.ndarray, columns: list[str]) -> pa.Table:
+        """The table's ``columns`` for these row ids, in this order."""
+        import pyarrow as pa
+
+        if not len(row_ids):
+            return self.collection.scan(columns, "false")
+        found = self.collection.table.take_row_ids(row_ids.tolist()).select(columns).with_row_id().to_arrow()
+        where = {int(r): i for i, r in enumerate(found.column("_rowid").to_pylist())}
+        order = [where[int(r)] for r in row_ids if int(r) in where]
+        return found.take(pa.array(order, pa.int64())).drop_columns(["_rowid"])
+
+
+def _fixed_size_values(column: Any) -> np.ndarray:
+    """The flat values of a fixed-size-list column of floats, without a per-element conversion."""
+    values = column.values
+    dtype = np.dtype(values.type.to_pandas_dtype())
+    if column.offset:
+        values = values.slice(column.offset * column.type.list_size, len(column) * column.type.list_size)
+    return np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize)
