@@ -12,7 +12,7 @@ matrix fits :data:`MAX_BYTES`.
 
 Example:
     >>> memory = VectorMemory.of(Collection.open("photos.relsim"))  # doctest: +SKIP
-    >>> memory.top(queries, 10)[0][:3]                                # row ids of query 0's three best
+    >>> memory.load(); memory.top(queries, 10)[0][:3]                # doctest: +SKIP
     array([17179869184, 3, 8589934593], dtype=uint64)
 """
 
@@ -34,7 +34,7 @@ __all__ = ["MAX_BYTES", "VectorMemory"]
 
 #: The most vector bytes kept in memory per collection (``RELSIM_FLAT_MEMORY_BYTES``; 0 turns it off).
 MAX_BYTES = int(os.environ.get("RELSIM_FLAT_MEMORY_BYTES", 4 << 30))
-_CHUNK = 16384
+_CHUNK = 4096  # rows per product: measured fastest on 2 cores for 1 to 64 queries
 _MEMORIES: weakref.WeakKeyDictionary[Collection, VectorMemory] = weakref.WeakKeyDictionary()
 
 
@@ -97,19 +97,19 @@ class VectorMemory:
         limit = min(limit, n)
         if limit == 0:
             return [np.zeros(0, np.uint64) for _ in queries]
-        q = torch.from_numpy(np.ascontiguousarray(queries, np.float32)).T.contiguous()
-        buffer = torch.empty(min(_CHUNK, n), q.shape[0])
+        q = torch.from_numpy(np.ascontiguousarray(queries, np.float32))
+        chunk = min(_CHUNK, n)
+        rows_buffer, scores_buffer = torch.empty(chunk, q.shape[1]), torch.empty(len(q), chunk)
         best_scores, best_positions = [], []
-        for start in range(0, n, _CHUNK):
-            rows = self.matrix[start : start + _CHUNK]
-            block = buffer[: len(rows)].copy_(rows)
-            scores = (block @ q).nan_to_num_(nan=torch.inf)
-            s, i = scores.topk(min(limit, len(rows)), dim=0)
+        for start in range(0, n, chunk):
+            rows = self.matrix[start : start + chunk]
+            block = rows_buffer[: len(rows)].copy_(rows)  # float16 -> float32 a cache-sized block at a time
+            scores = torch.mm(q, block.T, out=scores_buffer[:, : len(rows)]).nan_to_num_(nan=torch.inf)
+            s, i = scores.topk(min(limit, len(rows)), dim=1)
             best_scores.append(s)
             best_positions.append(i + start)
-        scores, positions = torch.cat(best_scores), torch.cat(best_positions)
-        order = scores.topk(limit, dim=0).indices
-        winners = torch.gather(positions, 0, order).T.numpy()
+        scores, positions = torch.cat(best_scores, dim=1), torch.cat(best_positions, dim=1)
+        winners = torch.gather(positions, 1, scores.topk(limit, dim=1).indices).numpy()
         return [self.row_ids[w] for w in winners]
 
     def rows(self, row_ids: np.ndarray, columns: list[str]) -> pa.Table:
