@@ -107,6 +107,7 @@ def search(
     where: str | None = None,
     caption_contains: str | None = None,
     exact: bool = False,
+    nprobes: int | None = None,
     device: str | torch.device | None = None,
     explain: bool = False,
     captioner: Captioner | str | os.PathLike | None = None,
@@ -127,7 +128,8 @@ def search(
     ``exclude_self`` drops a query file and its byte-identical copies from its own results; ``dedup`` lists
     identical files once. ``where`` is a SQL filter (``"path LIKE '%/2024/%'"``), ``caption_contains`` keeps
     images whose caption has these words. The ANN index (``relsim index``) is used when there is one, unless
-    ``exact``.
+    ``exact``; ``nprobes`` sets how many of its partitions a query visits (default 16: more is slower and finds
+    more).
 
     ``explain=True`` adds the anonymous captions: every hit gets ``caption`` (None only for a file that
     cannot be read any more) and ``caption_similarity``, the MiniLM cosine of its caption with the query's
@@ -186,6 +188,7 @@ def search(
         k,
         where=where,
         exact=exact,
+        nprobes=nprobes,
         exclude_sha256=exclude,
         dedup=dedup,
         caption_contains=caption_contains,

@@ -49,6 +49,8 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], int, str]]:
         (["embed", str(image), "-o", str(tmp / "c"), "--batch-size", "0"], EXIT_USAGE, "--batch-size"),
         (["search", str(tmp / "nowhere"), "--text", "x"], EXIT_USAGE, "nowhere"),
         (["search", str(empty_dir), "--text", "x", "-k", "0"], EXIT_USAGE, "-k"),
+        (["search", str(empty_dir), "--text", "x", "--nprobes", "0"], EXIT_USAGE, "--nprobes"),
+        (["search", str(empty_dir), "--text", "x", "--nprobes", "4", "--exact"], EXIT_USAGE, "--exact"),
         (["info", str(tmp / "nowhere")], EXIT_USAGE, "nowhere"),
         (["download", "--model", "nobody/nothing"], EXIT_ERROR, "nobody/nothing"),
         (["push-to-hub", str(tmp / "nowhere"), "me/x"], EXIT_USAGE, "nowhere"),

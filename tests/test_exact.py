@@ -136,3 +136,20 @@ def test_more_rows_than_memory_allows_stay_on_the_scan(tmp_path: Path, monkeypat
     col.nearest(data[:4], k=3)
     col.nearest(data[:4], k=3)
     assert VectorMemory.of(col).version is None
+
+
+def test_nprobes_reaches_the_index_and_is_checked(tmp_path: Path, monkeypatch) -> None:
+    import relsim
+    from relsim import neighbours
+
+    col, data = filled(tmp_path, n=600)
+    col.create_vector_index("IVF_SQ", num_partitions=4)
+    seen: list[int | None] = []
+    real = neighbours._query
+    monkeypatch.setattr(neighbours, "_query", lambda search, *a: seen.append(search.nprobes) or real(search, *a))
+    hits = relsim.search(col, embedding=torch.from_numpy(data[3]), k=3, nprobes=2)
+    col.nearest(data[3], k=3)
+    assert seen == [2, neighbours.DEFAULT_NPROBES] and hits[0]["path"] == "/d/00003.jpg"
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="nprobes must be an int >= 1"):
+            col.nearest(data[3], k=3, nprobes=bad)

@@ -261,6 +261,9 @@ def _register_search(subparsers) -> None:
     )
     p.add_argument("--caption-contains", metavar="WORDS", help="only images whose caption has these words")
     p.add_argument("--exact", action="store_true", help="flat exact search even when an ANN index exists")
+    p.add_argument(
+        "--nprobes", type=int, help="ANN index partitions a query visits (default: 16; more is slower, finds more)"
+    )
     p.add_argument("--exclude-self", action="store_true", help="leave the query image (and identical copies) out")
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="list byte-identical files separately")
     p.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML page of the results")
@@ -308,10 +311,14 @@ def _search(args: argparse.Namespace) -> int:
         raise UsageError("-k must be >= 1")
     if args.text is not None and not args.text.strip():
         raise UsageError("--text is empty: describe the relation to look for")
+    if args.nprobes is not None and args.nprobes < 1:
+        raise UsageError("--nprobes must be >= 1")
+    if args.nprobes is not None and args.exact:
+        raise UsageError("--nprobes tunes the ANN index: not with --exact")
     caption_options = caption_settings(args, args.explain, "--explain")
     _require_store(args.store)
     collection = Collection.open(args.store)
-    common = {"k": args.k, "dedup": args.dedup, "where": args.where, "exact": args.exact}
+    common = {"k": args.k, "dedup": args.dedup, "where": args.where, "exact": args.exact, "nprobes": args.nprobes}
     common.update(caption_contains=args.caption_contains, device=device_from_args(args))
     if args.explain:
         common.update(explain=True, captioner=args.captioner, captioner_revision=args.captioner_revision)
