@@ -42,11 +42,18 @@ class VectorMemory:
     """A collection's vectors as one (n, dim) tensor and their LanceDB row ids, for one table version."""
 
     def __init__(self, collection: Collection) -> None:
-        self.collection = collection
+        self._collection = weakref.ref(collection)  # the collection owns its memory, not the other way round
         self.flat_searches = 0
         self.version: int | None = None
         self.row_ids = np.zeros(0, np.uint64)
         self.matrix = torch.zeros(0, collection.dim)
+
+    @property
+    def collection(self) -> Collection:
+        collection = self._collection()
+        if collection is None:
+            raise ReferenceError("the collection of this VectorMemory is gone")
+        return collection
 
     @classmethod
     def of(cls, collection: Collection) -> VectorMemory:

@@ -153,3 +153,15 @@ def test_nprobes_reaches_the_index_and_is_checked(tmp_path: Path, monkeypatch) -
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="nprobes must be an int >= 1"):
             col.nearest(data[3], k=3, nprobes=bad)
+
+
+def test_memory_goes_with_its_collection(tmp_path: Path) -> None:
+    import gc
+
+    col, data = filled(tmp_path, n=600)
+    col.nearest(data[:2], k=3)
+    assert len(VectorMemory.of(col).row_ids) == 600 and col in exact._MEMORIES
+    before = len(exact._MEMORIES)
+    del col
+    gc.collect()
+    assert len(exact._MEMORIES) == before - 1  # 768 MB per million rows is not kept after the collection
