@@ -50,6 +50,7 @@ class VectorMemory:
 
     @property
     def collection(self) -> Collection:
+        """The collection whose vectors these are (ReferenceError once it is gone)."""
         collection = self._collection()
         if collection is None:
             raise ReferenceError("the collection of this VectorMemory is gone")
