@@ -18,12 +18,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from .collection import one_line
+from .errors import CollectionError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -73,28 +78,29 @@ class VectorMemory:
 
     def load(self) -> None:
         """Read the ``vector`` column and row ids when the table changed since the last load."""
-        table = self.collection.table
-        if self.version == table.version:
+        collection = self.collection
+        version = collection.table.version
+        if self.version == version:
             return
-        dim, dtype = self.collection.dim, np.dtype(self.collection.dtype)
-        n = len(self.collection)
+        dim, dtype = collection.dim, np.dtype(collection.dtype)
+        n = len(collection)
         matrix = np.empty((n, dim), dtype)
         row_ids = np.empty(n, np.uint64)
         at = 0
-        for batch in self.collection.table.search().select(["vector"]).with_row_id(True).limit(None).to_batches(
-            1 << 16
-        ):
-            rows = batch.num_rows
-            if at + rows > n:  # a concurrent append in between: grow
-                matrix = np.concatenate([matrix, np.empty((at + rows - n, dim), dtype)])
-                row_ids = np.concatenate([row_ids, np.empty(at + rows - n, np.uint64)])
-                n = at + rows
-            matrix[at : at + rows] = _fixed_size_values(batch.column("vector")).reshape(rows, dim)
-            row_ids[at : at + rows] = batch.column("_rowid").to_numpy()
-            at += rows
+        query = collection.table.search().select(["vector"]).with_row_id(True).limit(None)
+        with _reading(collection):
+            for batch in query.to_batches(1 << 16):
+                rows = batch.num_rows
+                if at + rows > n:  # more rows than counted (a concurrent append): grow
+                    matrix = np.concatenate([matrix, np.empty((at + rows - n, dim), dtype)])
+                    row_ids = np.concatenate([row_ids, np.empty(at + rows - n, np.uint64)])
+                    n = at + rows
+                matrix[at : at + rows] = _fixed_size_values(batch.column("vector")).reshape(rows, dim)
+                row_ids[at : at + rows] = batch.column("_rowid").to_numpy()
+                at += rows
         self.matrix = torch.from_numpy(matrix[:at])
         self.row_ids = row_ids[:at]
-        self.version = table.version
+        self.version = version
 
     def top(self, queries: np.ndarray, limit: int) -> list[np.ndarray]:
         """Row ids of the ``limit`` best rows per query (Q, dim) by dot product, best first.
@@ -126,10 +132,22 @@ class VectorMemory:
 
         if not len(row_ids):
             return self.collection.scan(columns, "false")
-        found = self.collection.table.take_row_ids(row_ids.tolist()).select(columns).with_row_id().to_arrow()
+        with _reading(self.collection):
+            found = self.collection.table.take_row_ids(row_ids.tolist()).select(columns).with_row_id().to_arrow()
         where = {int(r): i for i, r in enumerate(found.column("_rowid").to_pylist())}
         order = [where[int(r)] for r in row_ids if int(r) in where]
         return found.take(pa.array(order, pa.int64())).drop_columns(["_rowid"])
+
+
+@contextlib.contextmanager
+def _reading(collection: Collection) -> Iterator[None]:
+    """LanceDB's read errors (a lost or damaged data file) as one CollectionError naming the fix."""
+    try:
+        yield
+    except (OSError, RuntimeError, ValueError) as err:
+        raise CollectionError(
+            f"cannot read the collection {collection.uri!r}: {one_line(err)} -- run `relsim repair {collection.uri}`"
+        ) from err
 
 
 def _fixed_size_values(column: Any) -> np.ndarray:

@@ -165,3 +165,14 @@ def test_memory_goes_with_its_collection(tmp_path: Path) -> None:
     del col
     gc.collect()
     assert len(exact._MEMORIES) == before - 1  # 768 MB per million rows is not kept after the collection
+
+
+def test_a_lost_data_file_is_one_error_naming_the_fix(tmp_path: Path) -> None:
+    from relsim.errors import CollectionError
+
+    col, data = filled(tmp_path, n=2000)
+    (lost,) = sorted(Path(col.uri, "embeddings.lance", "data").iterdir())[-1:]
+    lost.unlink()
+    with pytest.raises(CollectionError, match="relsim repair") as err:
+        Collection.open(col.uri).nearest(data[:2], k=3)
+    assert lost.name in str(err.value) and "\n" not in str(err.value)
