@@ -685,10 +685,10 @@ def agreement(r: Run, entry: dict) -> None:
     entry["lora_relative_size"] = LORA_RELATIVE
     r.data["agreement"] = figures
     gap, ours32, theirs32 = (
-        figures[key]["score_max"] for key in ("relsim_vs_upstream", "relsim_vs_float32", "upstream_vs_float32")
+        figures[key]["score_rms"] for key in ("relsim_vs_upstream", "relsim_vs_float32", "upstream_vs_float32")
     )
     print(
-        f"  {figures['pairs']} pair scores: relsim-bf16 vs upstream-bf16 max {gap:.2e}; vs float32: relsim "
+        f"  {figures['pairs']} pair scores: relsim-bf16 vs upstream-bf16 RMS {gap:.2e}; vs float32: relsim "
         f"{ours32:.2e}, upstream {theirs32:.2e}; gap/spread {figures['gap_over_spread']:.2f} "
         f"({'within' if figures['within_spread'] else 'OUTSIDE'} the bf16 spread)",
         flush=True,

@@ -72,7 +72,8 @@ def test_ctrl_c_stops_within_seconds_keeping_what_was_saved(adapter_dir, base_di
     argv += ["--base-model", str(base_dir)]
     script = textwrap.dedent(
         f"""
-        import sys, time, relsim
+        import sys, time, relsim, faulthandler, signal
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         from relsim.cli import main
         original, calls = relsim.RelSimModel._embed_batch, []
         def slow(self, *args, **kwargs):
@@ -89,7 +90,14 @@ def test_ctrl_c_stops_within_seconds_keeping_what_was_saved(adapter_dir, base_di
     assert proc.stdout.readline().strip() == "ready"
     start = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"no exit 30 s after Ctrl-C; its threads:\n{err}") from None
     assert proc.returncode == 130 and "interrupted" in err
     assert time.monotonic() - start < 10
     assert len(Collection.open(out)) == 4  # the two batches committed before the interrupt
