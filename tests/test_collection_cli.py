@@ -74,6 +74,13 @@ def test_ctrl_c_stops_within_seconds_keeping_what_was_saved(adapter_dir, base_di
         f"""
         import sys, time, relsim, faulthandler, signal
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+        # Ctrl-C as a terminal delivers it: a test process can hand SIGINT down ignored or blocked (both survive
+        # fork and exec), and then no program could see it.
+        inherited = signal.getsignal(signal.SIGINT), signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        print(f"SIGINT inherited as (handler, blocked) = {{inherited}}", file=sys.stderr, flush=True)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         from relsim.cli import main
         original, calls = relsim.RelSimModel._embed_batch, []
         def slow(self, *args, **kwargs):
