@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -341,8 +342,19 @@ class Collection:
         query = self._table.search().select(list(columns)).limit(None)
         if where:
             query = query.where(where)
-        try:
+        with self.reading():
             return query.to_arrow()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """LanceDB's read errors inside (a lost or damaged data file) as one CollectionError naming the fix.
+
+        Example:
+            >>> with col.reading():                                   # doctest: +SKIP
+            ...     table = col.table.search().limit(None).to_arrow()
+        """
+        try:
+            yield
         except (OSError, RuntimeError) as err:
             raise CollectionError(
                 f"cannot read the collection {self.uri!r}: {one_line(err)} -- run `relsim repair {self.uri}`"
@@ -425,14 +437,10 @@ class Collection:
     def iter_vectors(self, batch_rows: int = 65536, columns: Sequence[str] = ("path",)) -> Iterator[tuple[Any, Any]]:
         """``(records batch, (n, dim) float32 numpy)`` over all rows, a batch at a time (constant memory)."""
         query = self._table.search().select([*columns, "vector"]).limit(None)
-        try:
+        with self.reading():
             for batch in query.to_batches(batch_rows):
                 if batch.num_rows:
                     yield batch, vector_matrix(batch, self.dim)
-        except (OSError, RuntimeError) as err:
-            raise CollectionError(
-                f"cannot read the collection {self.uri!r}: {one_line(err)} -- run `relsim repair {self.uri}`"
-            ) from err
 
     def captions(self, paths: Sequence[str | os.PathLike]) -> list[str | None]:
         """The stored caption of each path (None where none is stored or the path is not in the collection).

@@ -18,17 +18,12 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import weakref
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-
-from .collection import one_line
-from .errors import CollectionError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -88,7 +83,7 @@ class VectorMemory:
         row_ids = np.empty(n, np.uint64)
         at = 0
         query = collection.table.search().select(["vector"]).with_row_id(True).limit(None)
-        with _reading(collection):
+        with collection.reading():
             for batch in query.to_batches(1 << 16):
                 rows = batch.num_rows
                 if at + rows > n:  # more rows than counted (a concurrent append): grow
@@ -132,22 +127,11 @@ class VectorMemory:
 
         if not len(row_ids):
             return self.collection.scan(columns, "false")
-        with _reading(self.collection):
+        with self.collection.reading():
             found = self.collection.table.take_row_ids(row_ids.tolist()).select(columns).with_row_id().to_arrow()
         where = {int(r): i for i, r in enumerate(found.column("_rowid").to_pylist())}
         order = [where[int(r)] for r in row_ids if int(r) in where]
         return found.take(pa.array(order, pa.int64())).drop_columns(["_rowid"])
-
-
-@contextlib.contextmanager
-def _reading(collection: Collection) -> Iterator[None]:
-    """LanceDB's read errors (a lost or damaged data file) as one CollectionError naming the fix."""
-    try:
-        yield
-    except (OSError, RuntimeError, ValueError) as err:
-        raise CollectionError(
-            f"cannot read the collection {collection.uri!r}: {one_line(err)} -- run `relsim repair {collection.uri}`"
-        ) from err
 
 
 def _fixed_size_values(column: Any) -> np.ndarray:
