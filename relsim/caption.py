@@ -442,9 +442,7 @@ def _is_single(images) -> bool:
     return not isinstance(images, (list, tuple))
 
 
-def _prompt_list(prompt: str | Sequence[str] | None, n: int) -> list[str]:
-    if prompt is None:
-        return [TRAINING_PROMPT] * n
+def _prompt_list(prompt: str | Sequence[str], n: int) -> list[str]:
     if isinstance(prompt, str):
         return [prompt] * n
     prompts = list(prompt)
@@ -560,6 +558,20 @@ def _lm_head(body: nn.Module, shards: BaseShards, head: torch.Tensor | None, pat
     raise CheckpointError(f"the base model in {str(shards.path)!r} has no lm_head.weight to generate text with")
 
 
+def trained_prompt(adapter_path: str | os.PathLike) -> str:
+    """The prompt a captioner checkpoint was trained with, its default: the one relsim's training recorded in
+    ``relsim_config.json``, else (an upstream checkpoint) upstream's training prompt. Reads no weights.
+
+    >>> trained_prompt(adapter.path) == TRAINING_PROMPT                  # doctest: +SKIP
+    True
+    """
+    config = Path(adapter_path) / RELSIM_CONFIG
+    prompt = read_json(config).get("prompt") if config.is_file() else None
+    if prompt is not None and not isinstance(prompt, str):
+        raise CheckpointError(f"{str(config)!r}: prompt must be a string, got {prompt!r}")
+    return TRAINING_PROMPT if prompt is None else prompt
+
+
 def build_captioner(
     body: nn.Module,
     base_path: Path,
@@ -572,10 +584,7 @@ def build_captioner(
     """A captioner on ``body``, whose weights are the base's in ``base_path`` except ``merged_modules`` (a merged
     LoRA) and the first ``replaced_rows`` input-embedding rows. Reads the base's values of exactly those."""
     _, lora, table, head = _read_adapter(adapter_path)
-    trained = read_json(adapter_path / RELSIM_CONFIG) if (adapter_path / RELSIM_CONFIG).is_file() else {}
-    prompt = trained.get("prompt")
-    if prompt is not None and not isinstance(prompt, str):
-        raise CheckpointError(f"{str(adapter_path / RELSIM_CONFIG)!r}: prompt must be a string, got {prompt!r}")
+    prompt = trained_prompt(adapter_path)
     shards = BaseShards(base_path)
     weight = body.language_model.embed_tokens.weight
     base_weights = {
@@ -796,4 +805,5 @@ __all__ = [
     "explain",
     "load_captioner",
     "resolve_captioner",
+    "trained_prompt",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import threading
@@ -458,6 +459,18 @@ def test_a_checkpoint_trained_with_its_own_prompt_uses_it_by_default(captioner_d
     default_ids = ours.generate_ids(image, max_new_tokens=6)
     assert default_ids == ours.generate_ids(image, prompt=prompt, max_new_tokens=6)
     assert default_ids != ours.generate_ids(image, prompt=TRAINING_PROMPT, max_new_tokens=6)
+    # what the evaluation's caption method records as the prompt its captions were made with (no weights read)
+    from relsim.caption import trained_prompt
+    from relsim.eval.captions import CaptionMethod
+    from relsim.eval.methods import MethodOptions
+
+    assert trained_prompt(custom) == prompt and trained_prompt(captioner_dir) == TRAINING_PROMPT
+    for folder, text in ((custom, prompt), (captioner_dir, TRAINING_PROMPT)):
+        options = MethodOptions(caption={"model": str(folder), "base_model": str(base_dir)}, text_model=str(base_dir))
+        recorded = CaptionMethod(options).fingerprints()[0]["prompt_sha256"]
+        assert recorded == hashlib.sha256(text.encode()).hexdigest()
     (custom / "relsim_config.json").write_text(json.dumps({"prompt": 5}))
     with pytest.raises(relsim.CheckpointError, match="prompt must be a string"):
         relsim.load_captioner(custom, base_model=base_dir, device="cpu", dtype=torch.float32)
+    with pytest.raises(relsim.CheckpointError, match="prompt must be a string"):
+        trained_prompt(custom)

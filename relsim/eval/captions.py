@@ -1,6 +1,6 @@
 """The ``caption`` method: each pool image's anonymous caption, embedded with all-MiniLM-L6-v2, ranked by cosine.
 
-The anonymous captioner (``relsim.load_captioner``; greedy, upstream's training prompt) writes each image's
+The anonymous captioner (``relsim.load_captioner``; greedy, the prompt it was trained with) writes each image's
 relational logic with the objects left out; the caption's MiniLM embedding is the method's vector, in the very
 space relsim's image embeddings were trained into. Two things are kept under ``DIR/embeddings``:
 
@@ -84,8 +84,7 @@ class CaptionMethod(Method):
 
     def fingerprints(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """What the captions depend on, and what their vectors depend on: resolved revisions, no weights loaded."""
-        from ..caption import captioner_fingerprint, resolve_captioner
-        from ..caption_inputs import TRAINING_PROMPT
+        from ..caption import captioner_fingerprint, resolve_captioner, trained_prompt
         from ..hub import resolve
         from ..pretrained import canonical_device, parse_dtype
         from ..text import DEFAULT_TEXT_MODEL, HUB_FILES
@@ -97,7 +96,7 @@ class CaptionMethod(Method):
         captions = {
             "method": "caption",
             "captioner": captioner_fingerprint(adapter, base, dtype),
-            "prompt_sha256": hashlib.sha256(TRAINING_PROMPT.encode()).hexdigest(),
+            "prompt_sha256": hashlib.sha256(trained_prompt(adapter.path).encode()).hexdigest(),
             "max_new_tokens": self.options.caption_max_new_tokens,
         }
         text = resolve(
