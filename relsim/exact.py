@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from .collection import vector_values
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -90,7 +92,7 @@ class VectorMemory:
                     matrix = np.concatenate([matrix, np.empty((at + rows - n, dim), dtype)])
                     row_ids = np.concatenate([row_ids, np.empty(at + rows - n, np.uint64)])
                     n = at + rows
-                matrix[at : at + rows] = _fixed_size_values(batch.column("vector")).reshape(rows, dim)
+                matrix[at : at + rows] = vector_values(batch.column("vector")).reshape(rows, dim)
                 row_ids[at : at + rows] = batch.column("_rowid").to_numpy()
                 at += rows
         self.matrix = torch.from_numpy(matrix[:at])
@@ -132,12 +134,3 @@ class VectorMemory:
         where = {int(r): i for i, r in enumerate(found.column("_rowid").to_pylist())}
         order = [where[int(r)] for r in row_ids if int(r) in where]
         return found.take(pa.array(order, pa.int64())).drop_columns(["_rowid"])
-
-
-def _fixed_size_values(column: Any) -> np.ndarray:
-    """The flat values of a fixed-size-list column of floats, without a per-element conversion."""
-    values = column.values
-    dtype = np.dtype(values.type.to_pandas_dtype())
-    if column.offset:
-        values = values.slice(column.offset * column.type.list_size, len(column) * column.type.list_size)
-    return np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize)

@@ -176,3 +176,23 @@ def test_a_lost_data_file_is_one_error_naming_the_fix(tmp_path: Path) -> None:
     with pytest.raises(CollectionError, match="relsim repair") as err:
         Collection.open(col.uri).nearest(data[:2], k=3)
     assert lost.name in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_vector_values_reads_any_slice_in_place(dtype) -> None:
+    import pyarrow as pa
+
+    from relsim.collection import vector_matrix, vector_values
+
+    x = np.random.default_rng(0).normal(size=(50, DIM)).astype(dtype)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)
+    for part, rows in (
+        (column, x),
+        (column.slice(7, 20), x[7:27]),
+        (column.slice(0, 5), x[:5]),
+        (column.slice(0, 0), x[:0]),
+    ):
+        values = vector_values(part)
+        assert values.dtype == dtype and np.array_equal(values, rows.ravel())
+    table = pa.table({"vector": pa.chunked_array([column.slice(0, 10), column.slice(10, 40)])})
+    assert np.array_equal(vector_matrix(table, DIM), x.astype(np.float32))
