@@ -134,7 +134,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or (args.save_every is not None and args.save_every < 1):
         raise UsageError("--batch-size and --save-every must be >= 1")
-    caption_settings(args, args.captions, "--captions")
+    caption_options = caption_settings(args, args.captions, "--captions")
     try:
         index, count = parse_shard(args.shard) if args.shard else shard_from_env()
     except ValueError as err:
@@ -142,7 +142,7 @@ def _embed(args: argparse.Namespace) -> int:
     paths = collect_image_paths(args)
     part = shard_of(paths, index, count) if count > 1 else paths
     try:
-        return _embed_part(args, part, index, count)
+        return _embed_part(args, part, index, count, caption_options)
     except KeyboardInterrupt:
         try:
             collection = _open_if_any(args.output)
@@ -157,7 +157,9 @@ def _embed(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
-def _embed_part(args: argparse.Namespace, part: list[str], index: int, count: int) -> int:
+def _embed_part(
+    args: argparse.Namespace, part: list[str], index: int, count: int, caption_options: dict[str, Any]
+) -> int:
     from ..bulk import EmbedReport, embed_files
     from ..collection import Collection
 
@@ -190,8 +192,7 @@ def _embed_part(args: argparse.Namespace, part: list[str], index: int, count: in
             captioner = model.captioner
         else:
             captioner = model.load_captioner(args.captioner, revision=args.captioner_revision)
-        options = caption_settings(args, True, "--captions")
-        captioned = caption_collection(captioner, collection, part, **batches, **options)
+        captioned = caption_collection(captioner, collection, part, **batches, **caption_options)
     return _embed_summary(args, report, collection, index, count, pruned, captioned)
 
 
