@@ -107,14 +107,23 @@ def build_inputs(prompt: Prompt, grids: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def multimodal_inputs(
-    body: nn.Module, prompt: Prompt, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    body: nn.Module,
+    prompt: Prompt,
+    pixel_values: torch.Tensor,
+    grid_thw: torch.Tensor,
+    image_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input embeddings (B, L, H) with the vision tower's tokens in place of ``<|image_pad|>``, the 3-D
-    positions (3, B, L) and the query index (B,), on the body's device. Shared by inference and training."""
+    positions (3, B, L) and the query index (B,), on the body's device. Shared by inference and training.
+
+    ``image_hook(tokens) -> tokens``, when given, sees the vision merger's output (all images' tokens in order,
+    (N, H)) and returns what goes in its place: relsim.heatmap differentiates with respect to it."""
     device = body.language_model.embed_tokens.weight.device
     ids, positions, query = (t.to(device) for t in build_inputs(prompt, grid_thw.cpu()))
     visual = body.visual(pixel_values.to(device, body.visual.dtype), grid_thw=grid_thw.to(device))
     image_embeds = getattr(visual, "pooler_output", visual)  # transformers >= 5 returns a model output
+    if image_hook is not None:
+        image_embeds = image_hook(image_embeds)
     embeds = body.language_model.embed_tokens(ids)
     mask = (ids == prompt.image_token_id).unsqueeze(-1)
     return embeds.masked_scatter(mask, image_embeds.to(embeds.dtype)), positions, query
@@ -199,10 +208,12 @@ class RelSimModel(nn.Module):
         return super().train(False)
 
     # -- the model ----------------------------------------------------------------------------------
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """Embeddings (B, 384), float32, L2-normalised, from patchified pixels (see ``preprocess.patchify``)."""
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, *, image_hook=None) -> torch.Tensor:
+        """Embeddings (B, 384), float32, L2-normalised, from patchified pixels (see ``preprocess.patchify``).
+
+        ``image_hook``: see :func:`multimodal_inputs` (None for embeddings)."""
         with weights_lock(self.body):
-            embeds, positions, query = multimodal_inputs(self.body, self.prompt, pixel_values, grid_thw)
+            embeds, positions, query = multimodal_inputs(self.body, self.prompt, pixel_values, grid_thw, image_hook)
             states = query_states(self.body, embeds, positions, query)
         projected = F.linear(states.float(), self.projection.weight.float(), self.projection.bias.float())
         return F.normalize(projected, dim=-1)
@@ -324,6 +335,18 @@ class RelSimModel(nn.Module):
         from .text import embed_text
 
         return embed_text(texts, **kwargs)
+
+    def heatmap(self, a, b=None, *, text=None, method: str = "gradxinput", batch_size: int = 8, **text_options):
+        """Where in image ``a`` its relational similarity to ``b`` (an image, or ``text``) comes from.
+
+        One image ``a`` gives a :class:`relsim.heatmap.Heatmap`; a list gives a list (``b``: one image for all
+        or a list of equal length). See :func:`relsim.heatmap.compute` for the method and the options.
+
+        >>> model.heatmap("peach.jpg", "earth.jpg").overlay().save("peach-map.png")     # doctest: +SKIP
+        """
+        from .heatmap import compute
+
+        return compute(self, a, b, text=text, method=method, batch_size=batch_size, **text_options)
 
     # -- anonymous captions ---------------------------------------------------------------------------
     def load_captioner(self, model: str | os.PathLike | None = None, **kwargs):
