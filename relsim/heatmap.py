@@ -8,9 +8,10 @@ The default method, ``"gradxinput"`` (docs/heatmaps.md), exactly:
 - c_i = <g_i, x_i>; the map is max(c, 0) / sum(max(c, 0)) on that grid, float32.
 
 The backward runs in the model's dtype; x is a float32 leaf, so g and c are accumulated in float32. When the
-sum is zero (every c_i <= 0), or A and B are the same image to the dtype's rounding (1 - cos <= ``flat_tolerance``:
-cos is at its maximum there, its gradient is zero, and what a backward returns is rounding noise), the map is
-uniform (1/n everywhere) and ``Heatmap.uniform`` is True. An (A, A) pair therefore has a defined, uniform map.
+sum is zero (every c_i <= 0), or A and B are the same image to the dtype's rounding (1 - |cos| <= ``flat_tolerance``:
+cos is at its maximum (or minimum) there, its gradient is zero, and what a backward returns is rounding noise), the
+map is uniform (1/n everywhere) and ``Heatmap.uniform`` is True. An (A, A) pair therefore has a defined, uniform
+map.
 
 Example:
     >>> hm = model.heatmap("peach.jpg", "earth.jpg")                       # doctest: +SKIP
@@ -194,7 +195,7 @@ def _one_image(x: Any) -> bool:
 
 
 def _targets(model, b, text, n: int, batch_size: int, text_model, text_revision) -> torch.Tensor:
-    """e_B for each A, (n, D) float32 on the model's device, unit length, a normal (not inference) tensor."""
+    """e_B for each A, (n, D) float32 on the model's device, unit length."""
     if text is not None:
         from .text import DEFAULT_TEXT_MODEL, embed_text
 
@@ -211,8 +212,7 @@ def _targets(model, b, text, n: int, batch_size: int, text_model, text_revision)
         targets = model.embed(images, batch_size=batch_size, output_device=None)
     if targets.shape[-1] != model.embedding_dim:
         raise ValueError(f"B's embedding has {targets.shape[-1]} dimensions, the model's {model.embedding_dim}")
-    with torch.inference_mode(False):
-        targets = F.normalize(targets.to(model.device, torch.float32).clone(), dim=-1)
+    targets = F.normalize(targets.to(model.device, torch.float32), dim=-1)
     return targets.expand(n, -1) if len(targets) == 1 else targets
 
 
@@ -247,7 +247,7 @@ def _attribute(model, pixels: list[torch.Tensor], targets: torch.Tensor, method:
     with torch.inference_mode(False), torch.enable_grad():
         pixel_values, grid = preprocess.patchify(pixels, device=model.device, dtype=model.dtype)
         embeddings = model(pixel_values, grid, image_hook=as_leaf)
-        cosines = (embeddings * targets).sum(-1)
+        cosines = (embeddings * targets.clone()).sum(-1)  # a clone: targets may come from inference mode
         # The weights lock is released here: autograd saved the weight tensors themselves, so a captioner's
         # pointer swap in another thread cannot reach this backward.
         (grad,) = torch.autograd.grad(cosines.sum(), leaves[0])
@@ -260,7 +260,7 @@ def _attribute(model, pixels: list[torch.Tensor], targets: torch.Tensor, method:
     for values, (_, h, w), cos in zip(per_image, grids, cosines.tolist(), strict=True):
         values = values.clamp(min=0).reshape(h // preprocess.MERGE_SIZE, w // preprocess.MERGE_SIZE).cpu()
         total = float(values.sum())
-        flat = not (total > 0 and np.isfinite(total)) or 1 - cos <= tolerance
+        flat = not (total > 0 and np.isfinite(total)) or 1 - abs(cos) <= tolerance
         results.append((torch.full_like(values, 1 / values.numel()) if flat else values / total, cos, flat))
     return results
 

@@ -27,7 +27,7 @@ from .preprocess import ImageInputError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["thumbnail_size", "write_grid", "write_html"]
+__all__ = ["thumbnail_size", "write_grid", "write_html", "write_pair"]
 
 _PLACEHOLDER = (224, 224, 224)
 
@@ -91,11 +91,13 @@ def write_html(
     subtitle: str | None = None,
     thumb_size: int = 224,
     query_caption: str | None = None,
+    heatmaps: Sequence[Image.Image | None] | None = None,
 ) -> Path:
     """Write a self-contained HTML page: the query and each hit's thumbnail, rank, score and path.
 
     Thumbnails are embedded as base64 JPEG data URIs, so the page can be mailed or archived on its own.
     Captions are shown under their image: each hit's stored one, and ``query_caption`` under the query.
+    ``heatmaps``: one image per hit (its heatmap overlay, ``relsim.heatmap``; None: none), shown under its thumbnail.
 
     Example:
         >>> write_html("results.html", relsim.search("emb/", image="q.jpg"), image="q.jpg")  # doctest: +SKIP
@@ -108,10 +110,17 @@ def write_html(
         query = f"<figure>{body}<figcaption>{label}</figcaption></figure>"
     else:
         query = f'<p class="text">{esc(text if text is not None else "(an embedding)")}</p>'
+    if heatmaps is not None and len(heatmaps) != len(hits):
+        raise ValueError(f"write_html needs one heatmap per hit: {len(heatmaps)} for {len(hits)} hits")
     cards = []
-    for hit in hits:
+    for n, hit in enumerate(hits):
         uri = _data_uri(_thumbnail(hit["path"], thumb_size))
         body = f'<img src="{uri}" alt="#{hit["rank"]}">' if uri else '<div class="missing">file unavailable</div>'
+        if heatmaps is not None:
+            overlay = _data_uri(_thumbnail(heatmaps[n], thumb_size)) if heatmaps[n] is not None else None
+            tip = "where in this image its similarity to the query comes from (relsim heatmap)"
+            if overlay:
+                body += f'<img class="heatmap" src="{overlay}" alt="heatmap #{hit["rank"]}" title="{tip}">'
         dupes = len(hit.get("duplicates") or [])
         extra = f' <span class="dupes">+{dupes} identical</span>' if dupes else ""
         href = Path(hit["path"]).as_uri() if os.path.isabs(hit["path"]) else hit["path"]
@@ -153,6 +162,7 @@ figcaption {{ font-size: .8rem; overflow-wrap: anywhere; padding: .2rem; }}
 .caption {{ display: block; margin-top: .2rem; font-style: italic; color: #444; }}
 .capsim {{ font-variant-numeric: tabular-nums; color: #888; }}
 .text {{ font-size: 1.2rem; font-style: italic; }}
+.heatmap {{ margin-top: .3rem; }}
 </style></head>
 <body>
 <h1>{title}</h1>{sub}
@@ -257,6 +267,45 @@ def write_grid(
             draw.text((x, y + thumb_size + 20), _fit(draw, second, small, thumb_size), fill="dimgray", font=small)
         for n, line in enumerate(_wrap(draw, described or "", small, thumb_size, caption_lines)):
             draw.text((x, y + thumb_size + 40 + n * line_height), line, fill=(60, 60, 60), font=small)
+    out = Path(path)
+    sheet.save(out, format="PNG", optimize=True)
+    return out
+
+
+def write_pair(
+    path: str | os.PathLike,
+    images: Sequence[Image.Image],
+    overlays: Sequence[Image.Image],
+    labels: Sequence[str],
+    *,
+    title: str = "",
+    panel: int = 320,
+) -> Path:
+    """Write a PNG of images side by side (one column each), the originals above and their ``overlays`` below,
+    each fitted in ``panel`` x ``panel``, a ``labels`` line under each column and ``title`` on top.
+
+    The size is fixed by the count: ``(8 + n * (panel + 8), 8 + 24 + 2 * (panel + 8) + 24)``.
+
+    Example:
+        >>> write_pair("pair.png", [a, b], [hm_a.overlay(), hm_b.overlay()], ["a.jpg", "b.jpg"])  # doctest: +SKIP
+    """
+    from PIL import Image, ImageDraw
+
+    if not len(images) == len(overlays) == len(labels):
+        raise ValueError(f"write_pair needs as many overlays and labels as images, got {len(overlays)}, {len(labels)}")
+    pad, header, footer = 8, 24, 24
+    sheet = Image.new("RGB", (pad + len(images) * (panel + pad), pad + header + 2 * (panel + pad) + footer), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, pad), _fit(draw, title, _font(14), sheet.width - 2 * pad), fill="black", font=_font(14))
+    for column, (image, overlay, label) in enumerate(zip(images, overlays, labels, strict=True)):
+        x = pad + column * (panel + pad)
+        for row, picture in enumerate((image, overlay)):
+            y = pad + header + row * (panel + pad)
+            draw.rectangle([x, y, x + panel - 1, y + panel - 1], fill=_PLACEHOLDER)
+            fitted = picture.convert("RGB").resize(thumbnail_size(*picture.size, panel), Image.Resampling.LANCZOS)
+            sheet.paste(fitted, (x + (panel - fitted.width) // 2, y + (panel - fitted.height) // 2))
+        y = pad + header + 2 * (panel + pad)
+        draw.text((x, y), _fit(draw, label, _font(12), panel), fill="dimgray", font=_font(12))
     out = Path(path)
     sheet.save(out, format="PNG", optimize=True)
     return out

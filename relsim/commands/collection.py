@@ -35,6 +35,7 @@ from ._common import (
     print_json,
     require_inputs,
     single_line,
+    warn,
 )
 from .caption import add_captioner_flags
 
@@ -268,6 +269,12 @@ def _register_search(subparsers) -> None:
     p.add_argument("--exclude-self", action="store_true", help="leave the query image (and identical copies) out")
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="list byte-identical files separately")
     p.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML page of the results")
+    p.add_argument(
+        "--heatmaps",
+        action="store_true",
+        help="with --html: show under each hit its heatmap against the query (where in the hit the similarity "
+        "comes from; one backward pass through the model per hit; docs/heatmaps.md)",
+    )
     p.add_argument("--grid", metavar="OUT.png", help="write a PNG contact sheet of the results")
     p.add_argument("--thumb-size", type=int, default=None, help="thumbnail size in pixels (html 224, grid 192)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -316,6 +323,8 @@ def _search(args: argparse.Namespace) -> int:
         raise UsageError("--nprobes must be >= 1")
     if args.nprobes is not None and args.exact:
         raise UsageError("--nprobes tunes the ANN index: not with --exact")
+    if args.heatmaps and not args.html:
+        raise UsageError("--heatmaps goes with --html")
     caption_options = caption_settings(args, args.explain, "--explain")
     _require_store(args.store)
     collection = Collection.open(args.store)
@@ -341,7 +350,8 @@ def _search(args: argparse.Namespace) -> int:
     size = {"thumb_size": args.thumb_size} if args.thumb_size else {}
     if args.html:
         subtitle = f"{len(hits)} nearest of {len(collection)} images in {collection.uri}"
-        write_html(args.html, hits, subtitle=subtitle, **visual, **size)
+        heatmaps = {"heatmaps": _hit_heatmaps(args, collection, hits)} if args.heatmaps else {}
+        write_html(args.html, hits, subtitle=subtitle, **visual, **size, **heatmaps)
         print(f"wrote {args.html}", file=sys.stderr)
     if args.grid:
         write_grid(args.grid, hits, **visual, **size)
@@ -351,6 +361,31 @@ def _search(args: argparse.Namespace) -> int:
     else:
         _print_hits(hits, args.explain)
     return 0
+
+
+def _hit_heatmaps(args: argparse.Namespace, collection, hits) -> list:
+    """Each hit's heatmap overlay against the query, with the collection's model (or the one the flags name); all
+    hits in one batch, or one by one when a file cannot be read (None for it, and a warning)."""
+    from ..errors import ImageInputError
+
+    if not hits:
+        return []
+    model = load_model_from_args(args, collection)
+    query = {"text": args.text, "text_model": args.text_model, "text_revision": args.text_revision}
+    if args.image is not None:
+        query = {"b": args.image}
+    try:
+        return [hm.overlay() for hm in model.heatmap([hit["path"] for hit in hits], **query)]
+    except (ImageInputError, OSError):
+        pass
+    overlays = []
+    for hit in hits:
+        try:
+            overlays.append(model.heatmap(hit["path"], **query).overlay())
+        except (ImageInputError, OSError) as err:
+            warn(args, f"no heatmap for {printable(hit['path'])}: {err}")
+            overlays.append(None)
+    return overlays
 
 
 def _print_hits(hits, explain: bool) -> None:

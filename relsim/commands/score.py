@@ -4,6 +4,7 @@ Example:
     $ relsim score peach.jpg earth.jpg
     0.734512
     $ relsim score peach.jpg earth.jpg --explain
+    $ relsim score peach.jpg earth.jpg --heatmap pair.png
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def register(subparsers) -> None:
     p.add_argument("b", help="second image")
     add_model_flags(p)
     p.add_argument("--json", action="store_true", help="print a JSON object with the score and the model")
+    p.add_argument(
+        "--heatmap",
+        metavar="OUT.png",
+        help="also write a PNG of A and B side by side with their heatmaps (A's against B, B's against A: where in "
+        "each image the similarity comes from; docs/heatmaps.md)",
+    )
     explain = p.add_argument_group("explain")
     explain.add_argument(
         "--explain",
@@ -50,7 +57,26 @@ def _score(args: argparse.Namespace) -> int:
         print_json({"a": args.a, "b": args.b, "score": score, "model": model.fingerprint})
     else:
         print(f"{score:.6f}")
+    _write_heatmap(model, args)
     return 0
+
+
+def _write_heatmap(model, args: argparse.Namespace) -> None:
+    """``--heatmap OUT.png``: A's map against B and B's against A, over the images, side by side."""
+    if not args.heatmap:
+        return
+    import os
+    import sys
+
+    from ..render import write_pair
+
+    pair = model.heatmap([args.a, args.b], [args.b, args.a])
+    images = [hm.overlay(alpha=0.0) for hm in pair]  # the images as displayed, the unseen parts dimmed
+    names = os.path.basename(args.a), os.path.basename(args.b)
+    labels = [f"{names[0]}: map against {names[1]}", f"{names[1]}: map against {names[0]}"]
+    title = f"relsim {pair[0].score:.4f} ({model.mode} mode, {pair[0].method})"
+    write_pair(args.heatmap, images, [hm.overlay() for hm in pair], labels, title=title)
+    print(f"wrote {args.heatmap}", file=sys.stderr)
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -67,4 +93,5 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"a: {explanation.caption_a.text}")
         print(f"b: {explanation.caption_b.text}")
         print(f"caption similarity: {explanation.caption_similarity:.6f}")
+    _write_heatmap(model, args)
     return 0
