@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +34,6 @@ from PIL import Image
 
 from . import preprocess
 from .errors import ImageInputError
-
-if TYPE_CHECKING:
-    from .encoder import RelSimModel
 
 __all__ = ["Heatmap", "compute", "colour_map", "flat_tolerance", "METHODS", "INFERNO"]
 
@@ -145,7 +142,7 @@ class Heatmap:
 
 
 def compute(
-    model: RelSimModel,
+    model: torch.nn.Module,
     a: Any,
     b: Any = None,
     *,
@@ -173,7 +170,7 @@ def compute(
         raise ValueError("heatmap needs exactly one of b (an image) or text (a relational description)")
     single = _one_image(a)
     items = [x.detach() if isinstance(x, torch.Tensor) else x for x in preprocess.as_image_list(a, name="a")]
-    targets = _targets(model, b, text, len(items), batch_size, text_model, text_revision)
+    targets = _target_embeddings(model, b, text, len(items), batch_size, text_model, text_revision)
     out: list[Heatmap | None] = [None] * len(items)
     window = max(4 * batch_size, 16)
     for start in range(0, len(items), window):
@@ -194,18 +191,16 @@ def _one_image(x: Any) -> bool:
     return not isinstance(x, (list, tuple))
 
 
-def _targets(model, b, text, n: int, batch_size: int, text_model, text_revision) -> torch.Tensor:
+def _target_embeddings(model, b, text, n: int, batch_size: int, text_model, text_revision) -> torch.Tensor:
     """e_B for each A, (n, D) float32 on the model's device, unit length."""
     if text is not None:
-        from .text import DEFAULT_TEXT_MODEL, embed_text
-
         texts = [text] if isinstance(text, str) else list(text)
         _check_count(len(texts), n, "text")
         if not all(isinstance(t, str) for t in texts):
             bad = next(i for i, t in enumerate(texts) if not isinstance(t, str))
             raise ValueError(f"text[{bad}]: expected a string, got {type(texts[bad]).__name__}")
-        kwargs = {"model": text_model or DEFAULT_TEXT_MODEL, "revision": text_revision, "device": model.device}
-        targets = embed_text(texts, **kwargs)
+        chosen = {"model": text_model} if text_model is not None else {}
+        targets = model.embed_text(texts, **chosen, revision=text_revision, device=model.device)
     else:
         images = preprocess.as_image_list(b, name="b")
         _check_count(len(images), n, "b")
