@@ -1,8 +1,10 @@
 """What a pair heatmap costs: ``model.heatmap(A, B)`` against ``model.embed(A)`` on the same images, same machine.
 
-A heatmap runs the forward with the graph kept from A's image tokens on and one backward to them, plus B's
-embedding (the target), so the ratio is about 1 (forward) + 2 (backward) + 1 (B) = 4x an embedding of A when B is
-another image, 3x against a text; the activations kept for the backward are the extra memory (docs/heatmaps.md).
+A heatmap runs A's forward with the graph kept from A's image tokens on, one backward to them (input gradients
+only: the weights are frozen), and B's embedding (the target). ``ratio_own_work`` is A's forward + backward over
+A's embedding; ``ratio_with_b_image`` adds one embedding for B (a pair whose B is not embedded yet). The memory
+is what autograd keeps for the backward: ``saved_mib`` per image and ``saved_bytes_per_token_layer``
+(docs/heatmaps.md scales it to the 7B).
 
     python benchmarks/bench_heatmap.py --size tiny            # random checkpoints built in code (tiny, mid, proxy)
     python benchmarks/bench_heatmap.py --model ADAPTER_DIR --base-model BASE_DIR --device cuda --dtype bfloat16
@@ -74,17 +76,40 @@ def measure(model, images: list[Path], target: Path, batch_size: int, repeats: i
             times[name] = min(times[name], time.perf_counter() - start)
             peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else rss.mib
             peaks[name] = max(peaks[name], peak)
-    one_target = times["embed"] / len(images)  # B's embedding, included in the heatmap's time
+    one_target = times["embed"] / len(images)  # B's embedding: one per call here (one B for all A's)
+    own = (times["heatmap"] - one_target) / times["embed"]
     return {
         "images": len(images),
         "embed_s_per_image": times["embed"] / len(images),
         "heatmap_s_per_image": times["heatmap"] / len(images),
-        "ratio": times["heatmap"] / times["embed"],
-        "ratio_without_target": (times["heatmap"] - one_target) / times["embed"],
+        "ratio_own_work": own,
+        "ratio_with_b_image": own + 1,
         "peak_mib_embed": peaks["embed"],
         "peak_mib_heatmap": peaks["heatmap"],
         "peak_kind": "cuda allocated" if on_gpu else "process RSS",
+        **saved_activations(model, images[0], target),
     }
+
+
+def saved_activations(model, image: Path, target: Path) -> dict:
+    """What one image's heatmap keeps for its backward (autograd's saved tensors, weights left out): MiB, and
+    bytes per language-model token per decoder layer (the figure docs/heatmaps.md scales to the 7B)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weights |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        heatmap = model.heatmap(image, target)
+    tokens = model.prompt.length(heatmap.map.numel())
+    layers = model.body.config.text_config.num_hidden_layers
+    total = sum(saved.values())
+    return {"lm_tokens": tokens, "saved_mib": total / 2**20, "saved_bytes_per_token_layer": total / tokens / layers}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -116,10 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
         ("dtype", "dtype"),
         ("embed_s_per_image", "embed s/img"),
         ("heatmap_s_per_image", "heatmap s/img"),
-        ("ratio", "heatmap / embed"),
-        ("ratio_without_target", "without B's embedding"),
+        ("ratio_own_work", "heatmap / embed (A's own work)"),
+        ("ratio_with_b_image", "with B's embedding"),
         ("peak_mib_embed", "peak MiB embed"),
         ("peak_mib_heatmap", "peak MiB heatmap"),
+        ("saved_mib", "saved for backward MiB/img"),
+        ("saved_bytes_per_token_layer", "bytes/token/layer"),
     ]
     print(common.markdown_table(data["rows"], columns))
     print(f"load average before {data['load_before']}, after {data['load_after']}; wrote {out}")

@@ -44,6 +44,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Captioner": ("relsim.caption", "Captioner"),
     "Explanation": ("relsim.caption", "Explanation"),
     "Collection": ("relsim.collection", "Collection"),
+    "Heatmap": ("relsim.heatmap", "Heatmap"),
 }
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from .caption import Caption, Captioner, Explanation, load_captioner
     from .collection import Collection
     from .encoder import RelSimModel
+    from .heatmap import Heatmap
     from .metric import RelationalSimilarity
     from .pretrained import load
     from .relsim_score import preprocess_image, relsim
@@ -88,6 +90,7 @@ __all__ = [
     "Captioner",
     "Explanation",
     "Collection",
+    "Heatmap",
     "DEFAULT_MODEL",
     "DEFAULT_CAPTIONER",
     "PRETRAINED",

@@ -191,3 +191,15 @@ def test_gpu_benchmark_builds_every_module_in_the_requested_dtype():
     assert gpu.dtype_mismatches(census, {"visual": torch.bfloat16, "language_model": torch.bfloat16}) == [
         f"language_model: {census['language_model']['float32']:,} parameters in float32, expected bfloat16"
     ]
+
+
+def test_bench_heatmap_tiny(tmp_path):
+    """benchmarks/bench_heatmap.py on the tiny model: sane JSON (no timing is asserted)."""
+    result = run_script("bench_heatmap.py", "--size", "tiny", "--images", "2", "--repeats", "1", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench_heatmap-tiny.json").read_text())
+    (row,) = data["rows"]
+    assert row["model"] == "tiny" and row["images"] == 2 and row["dtype"] == "float32"
+    assert row["embed_s_per_image"] > 0 and row["heatmap_s_per_image"] > 0
+    assert row["ratio_with_b_image"] == pytest.approx(row["ratio_own_work"] + 1)
+    assert row["saved_mib"] > 0 and row["lm_tokens"] == 273 and row["saved_bytes_per_token_layer"] > 0
+    assert data["load_before"] is not None and "heatmap / embed" in result.stdout
