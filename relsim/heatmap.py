@@ -35,7 +35,7 @@ from PIL import Image
 from . import preprocess
 from .errors import ImageInputError
 
-__all__ = ["Heatmap", "compute", "colour_map", "flat_tolerance", "METHODS", "INFERNO"]
+__all__ = ["Heatmap", "compute", "colour_map", "flat_tolerance", "METHODS", "INFERNO", "TOKENS_PER_BATCH"]
 
 #: ``"gradxinput"``: c_i = <g_i, x_i>, kept where positive (the default; what the score rests on, first order).
 #: ``"gradnorm"``: ||g_i||_2, how sensitive the score is to token i in any direction (saliency, not attribution).
@@ -58,6 +58,9 @@ INFERNO = np.array(
 )
 #: Pixels of A the model never saw (train mode's centre crop leaves the sides out) are dimmed to this brightness.
 _UNSEEN_BRIGHTNESS = 0.35
+#: Language-model tokens of one heatmap batch. Each keeps its activations for the backward (about 4.9 MB per token
+#: in the 7B in bfloat16, docs/heatmaps.md): 8192 tokens is about 40 GB; a CUDA out-of-memory halves the batch.
+TOKENS_PER_BATCH = 8192
 _EXIF_TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 
 
@@ -177,7 +180,7 @@ def compute(
         indices = list(range(start, min(start + window, len(items))))
         prepared = {i: preprocess.prepare(items[i], i, model.mode) for i in indices}
         for batch in _batches(model, prepared, batch_size):
-            results = _attribute(model, [prepared[i] for i in batch], targets[batch], method)
+            results = _attribute_fitting(model, [prepared[i] for i in batch], targets[batch], method)
             for i, (values, score, uniform) in zip(batch, results, strict=True):
                 out[i] = _heatmap(model, items[i], values, score, uniform, method)
     return out[0] if single else out  # type: ignore[return-value]
@@ -224,9 +227,22 @@ def _batches(model, prepared: dict[int, torch.Tensor], batch_size: int) -> list[
     batches = []
     for shape, members in groups.items():
         tokens = model.prompt.length(shape[1] * shape[2] // preprocess.FACTOR**2)
-        cap = max(1, min(batch_size, model.max_tokens_per_batch // tokens))
+        cap = max(1, min(batch_size, min(model.max_tokens_per_batch, TOKENS_PER_BATCH) // tokens))
         batches += [members[k : k + cap] for k in range(0, len(members), cap)]
     return batches
+
+
+def _attribute_fitting(model, pixels: list[torch.Tensor], targets: torch.Tensor, method: str):
+    """:func:`_attribute`, the batch halved as long as a GPU runs out of memory."""
+    try:
+        return _attribute(model, pixels, targets, method)
+    except torch.cuda.OutOfMemoryError:
+        if len(pixels) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(pixels) // 2
+        first = _attribute_fitting(model, pixels[:half], targets[:half], method)
+        return first + _attribute_fitting(model, pixels[half:], targets[half:], method)
 
 
 def _attribute(model, pixels: list[torch.Tensor], targets: torch.Tensor, method: str):
