@@ -87,7 +87,7 @@ def colour_map(values: np.ndarray) -> np.ndarray:
     return np.round(rgb * 255).astype(np.uint8)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: a tensor field has no single truth value
 class Heatmap:
     """One image's map: the share of its relational similarity to B that each of its visual tokens carries.
 
@@ -100,6 +100,7 @@ class Heatmap:
         score: cos(e_A, e_B) of this pass, float32.
         uniform: True when the map is uniform by definition (nothing positive to attribute, or A and B the same
             to rounding; see the module's docstring).
+        source: A as it was given (a path, a PIL image, an array), what :meth:`overlay` draws on by default.
 
     >>> hm.overlay(alpha=0.6).save("a.png"); hm.to_image().size                    # doctest: +SKIP
     (448, 448)
