@@ -305,3 +305,10 @@ def test_search_html_shows_each_hits_heatmap(model_args, text_model, tmp_path, c
     capsys.readouterr()
     assert main(["search", str(store), "--text", QUERY_TEXT, "--heatmaps"]) == 2
     assert "--heatmaps goes with --html" in capsys.readouterr().err
+    # a hit whose file is gone: the page is written, that hit has no heatmap, a one-line warning names it
+    images[4].unlink()
+    argv = ["search", str(store), "--image", str(images[0]), "-k", "5", "--html", str(page), "--heatmaps"]
+    assert main([*argv, *model_args]) == 0
+    assert page.read_text().count('class="heatmap"') == 4
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "no heatmap for" in line]
+    assert len(warnings) == 1 and images[4].name in warnings[0]
