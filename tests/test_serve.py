@@ -5,6 +5,7 @@ against a uvicorn server: upload an image, see the grid, click a hit, see the ne
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import re
@@ -314,6 +315,53 @@ def test_without_a_captioner_searches_still_work(store, tiny_model, text_model, 
         assert "no captioner available" in page
 
 
+def test_thumbnails_are_cached_until_their_file_changes(client, images, monkeypatch) -> None:
+    import relsim.render
+
+    made: list[str] = []
+    real = relsim.render.thumbnail_jpeg
+    monkeypatch.setattr(relsim.render, "thumbnail_jpeg", lambda source, size: made.append(source) or real(source, size))
+    path = images[5]
+    url = f"/api/thumb/{row_id(str(path))}"
+    first = client.get(url).content
+    assert client.get(url).content == first and made == [str(path)]
+    original, st = path.read_bytes(), path.stat()
+    try:
+        photo(30, 90, seed=50).save(path)  # new content, new size: made again
+        second = client.get(url).content
+        assert len(made) == 2 and second != first
+        assert Image.open(io.BytesIO(second)).size == (256, 85)
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # unchanged for the collection
+
+
+def test_open_opens_the_browser_once_the_server_listens(monkeypatch, capsys) -> None:
+    from relsim.commands import serve as command
+
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+
+    class Listening:  # what uvicorn.Server shows once it listens
+        started, should_exit = True, False
+        servers = [type("S", (), {"sockets": [type("K", (), {"getsockname": lambda self: ("127.0.0.1", 8123)})()]})]
+
+    command._announce_when_up(Listening(), "0.0.0.0", True)
+    deadline = time.monotonic() + 10
+    while not opened and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert opened == ["http://127.0.0.1:8123/"]
+    assert "relsim serve: http://127.0.0.1:8123/ (Ctrl-C stops)" in capsys.readouterr().err
+    assert [command.exposed(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::", "192.168.1.2")] == [
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+
+
 # merge: heatmap -- the guard below goes when the heatmap branch is merged
 @pytest.mark.skipif(not hasattr(RelSimModel, "heatmap"), reason="needs the heatmap branch")
 def test_heatmap_of_two_rows_is_the_models_overlay(client, tiny_model, images) -> None:
@@ -426,9 +474,24 @@ def test_in_a_browser_upload_see_the_grid_click_a_hit(live_server, images, tmp_p
             images_loaded = page.evaluate("[...document.querySelectorAll('ol.grid img')].every(i => i.naturalWidth)")
             assert images_loaded
             page.locator("details.why summary").first.click()
-            page.screenshot(path=str(tmp_path / "serve.png"))
+            page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
             target = os.environ.get("RELSIM_SERVE_SCREENSHOT")  # docs/search.md's picture
             if target:
-                page.screenshot(path=target)
+                page.screenshot(path=target, full_page=True)
+                Image.open(target).convert("RGB").quantize(256).save(target, optimize=True)
+
+            # Dropping an image anywhere on the page searches with it (static/app.js).
+            dropped = base64.b64encode(images[0].read_bytes()).decode()
+            page.evaluate(_DROP, dropped)
+            page.locator(".query figcaption", has_text="drop.jpg (uploaded)").wait_for()
+            assert page.locator("ol.grid > li").count() == 4
         finally:
             browser.close()
+
+
+_DROP = """(data) => {
+    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], "drop.jpg", {type: "image/jpeg"}));
+    document.body.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+}"""
