@@ -409,7 +409,7 @@ def test_serve_command_serves_and_warns_when_exposed(store, model_args, text_mod
         assert httpx.post(url + "api/search", json={"text": QUERY_TEXT, "k": 2}, timeout=60).status_code == 200
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        assert proc.wait(timeout=30) == 0  # stopped cleanly
 
 
 # ------------------------------------------------------------------------------------------- a real browser
