@@ -43,34 +43,36 @@ TOKEN = re.compile(r'class="thumb" href="/\?row=([0-9a-f]{16})')
 
 
 @pytest.fixture(scope="module")
-def text_model() -> str:
-    return str(gt.get_model_path())
-
-
-@pytest.fixture(scope="module")
 def model_args(tiny_model, adapter_dir, base_dir) -> list[str]:
+    """The tiny model's flags (``tiny_model`` keeps it loaded, so ``main([...])`` reuses it)."""
     return ["--model", str(adapter_dir), "--base-model", str(base_dir), "--device", "cpu", "--dtype", "float32"]
 
 
+@pytest.fixture
+def text_model() -> str:
+    return str(gt.get_model_path())  # all-MiniLM-L6-v2, installed with the test extra
+
+
 @pytest.fixture(scope="module")
-def images(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("serve-images")
-    paths = make_images(root, 6)
-    odd = root / '<i>odd & "named".png'  # a file name that must be escaped in the page
+def library(model_args, tmp_path_factory) -> tuple[list[Path], Path]:
+    """6 images and one whose name must be escaped in the page, embedded once: (images, the collection)."""
+    root = tmp_path_factory.mktemp("serve")
+    paths = make_images(root / "images", 6)
+    odd = root / "images" / '<i>odd & "named".png'
     photo(50, 60, seed=20).save(odd)
-    return [*paths, odd]
-
-
-@pytest.fixture(scope="module")
-def pristine(images, model_args, tmp_path_factory) -> Path:
-    store = tmp_path_factory.mktemp("serve-stores") / "photos.relsim"
-    assert main(["embed", str(images[0].parent), "-o", str(store), *model_args]) == 0
-    return store
+    assert main(["embed", str(root / "images"), "-o", str(root / "photos.relsim"), *model_args]) == 0
+    return [*paths, odd], root / "photos.relsim"
 
 
 @pytest.fixture
-def store(pristine, tmp_path) -> Path:
-    return Path(shutil.copytree(pristine, tmp_path / "photos.relsim"))
+def images(library) -> list[Path]:
+    return library[0]
+
+
+@pytest.fixture
+def store(library, tmp_path) -> Path:
+    """A copy of the collection for each test (tests write captions and rows into it)."""
+    return Path(shutil.copytree(library[1], tmp_path / "photos.relsim"))
 
 
 @pytest.fixture

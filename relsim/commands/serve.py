@@ -15,15 +15,16 @@ from ..registry import DEFAULT_TEXT_MODEL
 from ._common import UsageError, add_model_flags, command, device_from_args, load_model_from_args, require_inputs, warn
 from .collection import add_caption_flags, caption_settings
 
+DESCRIPTION = (
+    "Serve a web page (and a JSON API, documented at /docs) to search COLLECTION: upload or drop an image, describe "
+    "a relation, or click a result to search with it. Binds 127.0.0.1 unless told otherwise; only the images of the "
+    "collection's rows are served, by row id. Ctrl-C stops it."
+)
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "serve",
-        help="a local web app to search a collection by image, text or a click",
-        description="Serve a web page (and a JSON API, documented at /docs) to search COLLECTION: upload or drop an "
-        "image, describe a relation, or click a result to search with it. Binds 127.0.0.1 unless told otherwise; "
-        "only the images of the collection's rows are served, by row id. Ctrl-C stops it.",
-    )
+    help = "a local web app to search a collection by image, text or a click"
+    p = subparsers.add_parser("serve", help=help, description=DESCRIPTION)
     p.add_argument("store", metavar="COLLECTION", help="collection folder or URI")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")

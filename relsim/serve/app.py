@@ -138,7 +138,7 @@ def create_app(engine: SearchEngine, *, k: int = 12, max_upload_bytes: int = DEF
         query = {"upload": name, "thumbnail": None}
         try:
             image = await _read_image(upload, max_upload_bytes)
-            query["thumbnail"] = await run_in_threadpool(_thumbnail, image)
+            query["thumbnail"] = await run_in_threadpool(_upload_thumbnail, image)
             found = await run_in_threadpool(lambda: run_search(explain, count, image=image))
         except HTTPException as err:
             return page(count, explain, query, error=err)
@@ -227,7 +227,7 @@ async def _read_image(upload: Any, max_bytes: int):
         raise HTTPException(status, " ".join(str(err).split())) from err
 
 
-def _thumbnail(image: Any) -> bytes | None:
+def _upload_thumbnail(image: Any) -> bytes | None:
     from ..render import thumbnail_jpeg
 
     return thumbnail_jpeg(image, 256)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
@@ -84,71 +85,68 @@ def _query_html(query: dict[str, Any] | None, query_caption: str | None) -> str:
     return f'<section class="query" aria-labelledby="query-h"><h2 id="query-h">Query</h2>{body}{caption}</section>'
 
 
-def _why(
-    hit: dict[str, Any],
-    query: dict[str, Any],
-    k: int,
-    explained: bool,
-    heatmaps: bool,
-    note: str | None,
-    query_caption: str | None,
-) -> str:
-    parts = []
-    if explained:
-        similarity = hit.get("caption_similarity")
-        value = f"{similarity:.4f}" if similarity is not None else "–"
-        source = query_caption if query_caption is not None else query.get("text")
-        label = "The query" if query_caption is not None or "text" not in query else "The query text"
-        parts.append(
-            f"<dl><dt>{label}</dt><dd>{escape(source or '(no caption)')}</dd>"
-            f"<dt>This image</dt><dd>{escape(hit.get('caption') or '(no caption: the file cannot be read)')}</dd>"
-            f"<dt>Caption similarity to the query</dt><dd>{value}</dd></dl>"
-        )
-    elif note:
-        parts.append(f'<p class="note">{escape(note)}</p>')
-    else:
-        again = query_url(k, True, **{key: query[key] for key in ("text", "row") if key in query})
-        hint = "Search again with captions" if "upload" not in query else "Upload again with captions ticked"
-        link = f'<a href="{_attr(again)}">{hint}</a>' if "upload" not in query else hint
-        parts.append(f"<p>{link} to compare the anonymous captions.</p>")
-    if heatmaps and "row" in query:
-        href = "/api/heatmap?" + urlencode({"a": hit["row"], "b": query["row"]})
-        parts.append(
-            f'<p><a class="heatmap-link button" href="{_attr(href)}">Show heatmap</a> where in this image '
-            "the similarity to the query comes from</p>"
-        )
-    elif heatmaps:
-        parts.append("<p>Heatmaps compare two images of the collection: open this result to query with it.</p>")
-    return f'<details class="why"><summary>Why?</summary>{"".join(parts)}</details>'
+@dataclass
+class _Results:
+    """What every result card of one page needs to know about the query."""
 
+    query: dict[str, Any]
+    k: int
+    explained: bool
+    heatmaps: bool
+    note: str | None
+    query_caption: str | None
 
-def _hits_html(
-    hits: Sequence[dict[str, Any]],
-    query: dict[str, Any],
-    k: int,
-    explained: bool,
-    heatmaps: bool,
-    note: str | None,
-    query_caption: str | None,
-) -> str:
-    cards = []
-    for hit in hits:
-        name = os.path.basename(hit["path"])
-        href = query_url(k, explained, row=hit["row"])
-        dupes = len(hit.get("duplicates") or [])
-        extra = f' <span class="dupes">+{dupes} identical</span>' if dupes else ""
-        caption = f'<q class="caption">{escape(hit["caption"])}</q>' if hit.get("caption") else ""
-        cards.append(
-            f'<li class="hit"><a class="thumb" href="{_attr(href)}" aria-label="Search with #{hit["rank"]}, '
-            f'{_attr(name)}"><img src="/api/thumb/{_attr(hit["row"])}" alt="{_attr(name)}" loading="lazy"></a>'
-            f'<p><span class="rank">#{hit["rank"]}</span> <span class="score">{hit["score"]:.4f}</span>{extra}</p>'
-            f'<p class="name" title="{_attr(hit["path"])}">{escape(name)}</p>{caption}'
-            f"{_why(hit, query, k, explained, heatmaps, note, query_caption)}</li>"
+    def why(self, hit: dict[str, Any]) -> str:
+        """The "Why?" panel of one hit: both captions (or how to get them), the heatmap link."""
+        query, parts = self.query, []
+        if self.explained:
+            similarity = hit.get("caption_similarity")
+            value = f"{similarity:.4f}" if similarity is not None else "–"
+            source = self.query_caption if self.query_caption is not None else query.get("text")
+            label = "The query" if self.query_caption is not None or "text" not in query else "The query text"
+            parts.append(
+                f"<dl><dt>{label}</dt><dd>{escape(source or '(no caption)')}</dd>"
+                f"<dt>This image</dt><dd>{escape(hit.get('caption') or '(no caption: the file cannot be read)')}</dd>"
+                f"<dt>Caption similarity to the query</dt><dd>{value}</dd></dl>"
+            )
+        elif self.note:
+            parts.append(f'<p class="note">{escape(self.note)}</p>')
+        elif "upload" in query:
+            parts.append("<p>Upload again with captions ticked to compare the anonymous captions.</p>")
+        else:
+            again = query_url(self.k, True, **{key: query[key] for key in ("text", "row") if key in query})
+            parts.append(
+                f'<p><a href="{_attr(again)}">Search again with captions</a> to compare the anonymous captions.</p>'
+            )
+        if self.heatmaps and "row" in query:
+            href = "/api/heatmap?" + urlencode({"a": hit["row"], "b": query["row"]})
+            parts.append(
+                f'<p><a class="heatmap-link button" href="{_attr(href)}">Show heatmap</a> where in this image '
+                "the similarity to the query comes from</p>"
+            )
+        elif self.heatmaps:
+            parts.append("<p>Heatmaps compare two images of the collection: open this result to query with it.</p>")
+        return f'<details class="why"><summary>Why?</summary>{"".join(parts)}</details>'
+
+    def html(self, hits: Sequence[dict[str, Any]]) -> str:
+        """The results section: one card per hit, each linking to the query by its row."""
+        cards = []
+        for hit in hits:
+            name = os.path.basename(hit["path"])
+            href = query_url(self.k, self.explained, row=hit["row"])
+            dupes = len(hit.get("duplicates") or [])
+            extra = f' <span class="dupes">+{dupes} identical</span>' if dupes else ""
+            caption = f'<q class="caption">{escape(hit["caption"])}</q>' if hit.get("caption") else ""
+            cards.append(
+                f'<li class="hit"><a class="thumb" href="{_attr(href)}" aria-label="Search with #{hit["rank"]}, '
+                f'{_attr(name)}"><img src="/api/thumb/{_attr(hit["row"])}" alt="{_attr(name)}" loading="lazy"></a>'
+                f'<p><span class="rank">#{hit["rank"]}</span> <span class="score">{hit["score"]:.4f}</span>{extra}</p>'
+                f'<p class="name" title="{_attr(hit["path"])}">{escape(name)}</p>{caption}{self.why(hit)}</li>'
+            )
+        return (
+            f'<section class="results" aria-labelledby="results-h"><h2 id="results-h">Top {len(hits)}</h2>'
+            f'<ol class="grid">{"".join(cards)}</ol></section>'
         )
-    return (
-        f'<section class="results" aria-labelledby="results-h"><h2 id="results-h">Top {len(hits)}</h2>'
-        f'<ol class="grid">{"".join(cards)}</ol></section>'
-    )
 
 
 def render_page(
@@ -176,7 +174,8 @@ def render_page(
         parts.append(f'<p class="error" role="alert">{escape(error)}</p>')
     elif query is not None:
         parts.append(_query_html(query, query_caption))
-        parts.append(_hits_html(hits or [], query, k, explained, heatmaps, explain_note, query_caption))
+        results = _Results(query, k, explained, heatmaps, explain_note, query_caption)
+        parts.append(results.html(hits or []))
     else:
         parts.append('<p class="intro">Upload or drop an image, or describe a relation, to search.</p>')
     return _PAGE.format(title=escape(title), count=count, body="\n".join(parts))
