@@ -273,7 +273,12 @@ def test_a_collection_changed_on_disk_is_seen_by_the_next_query(client, store, m
     assert client.get(f"/api/thumb/{row_id(str(new))}").status_code == 200
     found = client.post("/api/search", json={"text": QUERY_TEXT, "k": before + 1}).json()["hits"]
     assert str(new) in [h["path"] for h in found]
-    new.unlink()
+    new.unlink()  # gone, its row still there
+    gone = client.post("/api/search", json={"row": row_id(str(new))})
+    assert gone.status_code == 404
+    assert gone.json()["detail"].startswith(f"row {row_id(str(new))}: its file {new} is gone")
+    thumb = client.get(f"/api/thumb/{row_id(str(new))}").json()["detail"]
+    assert thumb.endswith("its file cannot be read any more (No such file or directory)")
     assert main(["prune", str(store)]) == 0
     assert client.get(f"/api/thumb/{row_id(str(new))}").status_code == 404
     assert client.post("/api/search", json={"row": row_id(str(new))}).status_code == 404

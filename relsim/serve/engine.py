@@ -197,6 +197,10 @@ class SearchEngine:
                 hits = search(self.collection, text=text, **options)
             elif row is not None:
                 path = self.path(row)
+                if "://" not in path and not os.path.exists(path):
+                    raise RowNotFoundError(
+                        f"row {row}: its file {path} is gone (`relsim prune {self.collection.uri}` drops such rows)"
+                    )
                 # An unchanged file is looked up (no forward pass); a changed one is embedded with the shared model.
                 model = self.model if self.collection.needs_embedding([path]) else None
                 hits = search(self.collection, image=path, model=model, exclude_self=True, **options)
