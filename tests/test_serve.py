@@ -370,6 +370,37 @@ def test_open_opens_the_browser_once_the_server_listens(monkeypatch, capsys) -> 
     ]
 
 
+def test_heatmap_endpoint_sends_the_models_overlay(client, tiny_model, images, monkeypatch) -> None:
+    """The endpoint against the heatmap interface (``model.heatmap(a, b).overlay()``), whatever computes it."""
+    calls = []
+    overlay = photo(9, 13, seed=7)
+
+    class Map:
+        def overlay(self):
+            return overlay
+
+    monkeypatch.setattr(tiny_model, "heatmap", lambda a, b: calls.append((a, b)) or Map(), raising=False)
+    a, b = images[1], images[4]
+    response = client.get("/api/heatmap", params={"a": row_id(str(a)), "b": row_id(str(b))})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(response.content))), np.asarray(overlay))
+    assert calls == [(str(a), str(b))]
+    page = client.get("/", params={"row": row_id(str(b)), "k": 2}).text
+    links = re.findall(r'class="heatmap-link button" href="/api/heatmap\?a=([0-9a-f]{16})&amp;b=([0-9a-f]{16})"', page)
+    assert len(links) == 2 and all(query == row_id(str(b)) for _, query in links)
+    assert client.get("/api/heatmap", params={"a": "nope", "b": row_id(str(b))}).status_code == 404
+
+
+def test_without_heatmaps_the_endpoint_says_so(store, text_model, images) -> None:
+    collection = Collection.open(store)
+    model = type("NoHeatmaps", (), {"fingerprint": collection.fingerprint})()
+    with TestClient(create_app(SearchEngine(collection, model, text_model=text_model))) as client:
+        rows = {"a": row_id(str(images[0])), "b": row_id(str(images[1]))}
+        response = client.get("/api/heatmap", params=rows)
+        assert response.status_code == 501 and "no pair heatmaps" in response.json()["detail"]
+        assert "Show heatmap" not in client.get("/", params={"row": rows["b"], "k": 2}).text
+
+
 # merge: heatmap -- the guard below goes when the heatmap branch is merged
 @pytest.mark.skipif(not hasattr(RelSimModel, "heatmap"), reason="needs the heatmap branch")
 def test_heatmap_of_two_rows_is_the_models_overlay(client, tiny_model, images) -> None:
