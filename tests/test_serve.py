@@ -385,6 +385,9 @@ def test_heatmap_endpoint_sends_the_models_overlay(client, tiny_model, images, m
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(response.content))), np.asarray(overlay))
     assert calls == [(str(a), str(b))]
+    overlay = photo(1000, 1500, seed=8)  # sent shrunk to 768 px
+    response = client.get("/api/heatmap", params={"a": row_id(str(a)), "b": row_id(str(b))})
+    assert Image.open(io.BytesIO(response.content)).size == (768, 512)
     page = client.get("/", params={"row": row_id(str(b)), "k": 2}).text
     links = re.findall(r'class="heatmap-link button" href="/api/heatmap\?a=([0-9a-f]{16})&amp;b=([0-9a-f]{16})"', page)
     assert len(links) == 2 and all(query == row_id(str(b)) for _, query in links)
@@ -512,9 +515,16 @@ def test_in_a_browser_upload_see_the_grid_click_a_hit(live_server, images, tmp_p
             assert page.locator(".query figcaption").inner_text() == name  # the clicked hit is the new query
             assert page.locator("ol.grid > li").count() == 4
             assert name not in page.locator("ol.grid").inner_text()  # a row query leaves itself out
-            images_loaded = page.evaluate("[...document.querySelectorAll('ol.grid img')].every(i => i.naturalWidth)")
-            assert images_loaded
+            page.wait_for_function(  # every thumbnail arrives (lazy ones too: they are all on screen)
+                "[...document.querySelectorAll('ol.grid img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
             page.locator("details.why summary").first.click()
+            if hasattr(RelSimModel, "heatmap"):  # merge: heatmap -- the condition goes when heatmap is merged
+                page.get_by_role("link", name="Show heatmap").first.click()  # shown in place (static/app.js)
+                shown = page.locator("details.why img.heatmap").first
+                shown.wait_for()
+                page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=shown.element_handle())
+                assert page.url.endswith("&k=4")  # still the results page
             page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
             target = os.environ.get("RELSIM_SERVE_SCREENSHOT")  # docs/search.md's picture
             if target:

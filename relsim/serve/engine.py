@@ -39,6 +39,8 @@ __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "MAX_K", "SearchEngine", "decode_upload",
 #: Uploads larger than this are refused (20 MB: a large phone photo is 5-10 MB).
 DEFAULT_MAX_UPLOAD_BYTES = 20_000_000
 MAX_K = 200
+#: Heatmaps are sent at most this many pixels wide and high.
+HEATMAP_SIZE = 768
 
 
 def row_id(path: str) -> str:
@@ -252,13 +254,16 @@ class SearchEngine:
         return data
 
     def heatmap(self, a: str, b: str) -> bytes:
-        """A PNG: row ``a``'s image with the map of where its similarity to row ``b`` comes from (issue 24)."""
+        """A PNG: row ``a``'s image with the map of where its similarity to row ``b`` comes from, shrunk to fit
+        :data:`HEATMAP_SIZE` (``model.heatmap(a, b).overlay()``)."""
         path_a, path_b = self.path(a), self.path(b)
         with self._lock:
             model = self.model
             if not hasattr(model, "heatmap"):
                 raise NotImplementedError("this relsim has no pair heatmaps (RelSimModel.heatmap)")
             overlay = model.heatmap(path_a, path_b).overlay()
+        overlay = overlay.convert("RGB")
+        overlay.thumbnail((HEATMAP_SIZE, HEATMAP_SIZE))  # a 12-megapixel photo's overlay would be a 20 MB PNG
         buffer = io.BytesIO()
-        overlay.convert("RGB").save(buffer, format="PNG")
+        overlay.save(buffer, format="PNG")
         return buffer.getvalue()

@@ -36,7 +36,8 @@
       note.textContent = "The heatmap could not be made.";
       image.replaceWith(note);
     });
-    link.parentElement.after(image);
-    link.textContent = "Heatmap shown below";
+    const paragraph = link.parentElement;
+    paragraph.after(image);
+    paragraph.textContent = "Where in this image the similarity to the query comes from:";
   });
 })();
