@@ -66,8 +66,9 @@ def create_app(engine: SearchEngine, *, k: int = 12, max_upload_bytes: int = DEF
     """The app over ``engine``: ``k`` results by default, uploads up to ``max_upload_bytes``.
 
     Example:
-        >>> client = fastapi.testclient.TestClient(create_app(engine))          # doctest: +SKIP
-        >>> client.post("/api/search", json={"text": "{Fruit} cut open", "k": 3}).json()["hits"][0]["row"]
+        >>> client = fastapi.testclient.TestClient(create_app(engine))            # doctest: +SKIP
+        >>> client.post("/api/search", json={"text": "{Fruit} cut open"}).json()["hits"][0]["row"]  # doctest: +SKIP
+        '8eb2e8dcf059d6f0'
     """
     app = FastAPI(
         title="relsim serve",
