@@ -1,5 +1,5 @@
-"""Check what `python -m build` made: the wheel holds relsim/ (every module of the checkout, py.typed, the
-license) and nothing else; the sdist holds the package and the tests with their fixtures.
+"""Check what `python -m build` made: the wheel holds relsim/ (every module of the checkout, py.typed, the serve
+app's static files, the license) and nothing else; the sdist holds the package and the tests with their fixtures.
 
 Usage: python .ci/check_dist.py DIST_DIR   (run from the repository root)
 """
@@ -34,7 +34,9 @@ def main(dist: Path) -> None:
     info = f"relsim-{__version__}.dist-info/"
     tracked = subprocess.run(["git", "ls-files", "relsim"], capture_output=True, text=True, check=True).stdout
     modules = {line for line in tracked.split() if line.endswith(".py")}
-    required = modules | {"relsim/py.typed", f"{info}licenses/LICENSE", f"{info}METADATA", f"{info}entry_points.txt"}
+    static = {line for line in tracked.split() if "/static/" in line}  # the files `relsim serve` sends
+    required = modules | static | {"relsim/py.typed", f"{info}licenses/LICENSE", f"{info}METADATA"}
+    required.add(f"{info}entry_points.txt")
     if missing := sorted(required - names):
         fail(f"{wheel.name} lacks {missing}")
     if stray := sorted(n for n in names if not n.startswith(("relsim/", info))):

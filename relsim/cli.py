@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "relsim.commands.hub",  # download, push-to-hub
     "relsim.commands.train",  # train, data, convert
     "relsim.commands.eval",  # eval retrieval
+    "relsim.commands.serve",  # serve
 ]
 
 

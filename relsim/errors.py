@@ -45,6 +45,13 @@ class CollectionWriteError(CollectionError):
     """A write to a collection failed (disk full, file-size limit, permissions); what was committed is kept."""
 
 
+class RowNotFoundError(RelSimError, KeyError):
+    """A row id that names no row of a collection, or a row whose file cannot be read any more."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 __all__ = [
     "RelSimError",
     "ModelNotFoundError",
@@ -54,4 +61,5 @@ __all__ = [
     "CollectionMismatchError",
     "JudgeError",
     "CollectionWriteError",
+    "RowNotFoundError",
 ]

@@ -27,7 +27,7 @@ from .preprocess import ImageInputError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["thumbnail_size", "write_grid", "write_html", "write_pair"]
+__all__ = ["thumbnail_jpeg", "thumbnail_size", "write_grid", "write_html", "write_pair"]
 
 _PLACEHOLDER = (224, 224, 224)
 
@@ -66,7 +66,7 @@ def _thumbnail(source: Any, size: int) -> Image.Image | None:
         return None
 
 
-def _data_uri(image: Image.Image | None) -> str | None:
+def _jpeg(image: Image.Image | None) -> bytes | None:
     if image is None:
         return None
     try:
@@ -74,7 +74,24 @@ def _data_uri(image: Image.Image | None) -> str | None:
         image.convert("RGB").save(buffer, format="JPEG", quality=85)
     except (OSError, ValueError):
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def thumbnail_jpeg(source: Any, size: int = 224) -> bytes | None:
+    """A JPEG thumbnail of ``source`` (a path, PIL image, array or tensor) fitting in size x size, made as the
+    pages' thumbnails are (EXIF orientation applied; special files refused), or None when it cannot be made.
+
+    >>> thumbnail_jpeg(np.zeros((4, 6, 3), np.uint8), 64)[:2]  # doctest: +SKIP
+    b'\\xff\\xd8'
+    """
+    return _jpeg(_thumbnail(source, size))
+
+
+def _data_uri(image: Image.Image | None) -> str | None:
+    data = _jpeg(image)
+    if data is None:
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _query_label(image: Any) -> str:

@@ -52,6 +52,8 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], int, str]]:
         (["search", str(empty_dir), "--text", "x", "--nprobes", "0"], EXIT_USAGE, "--nprobes"),
         (["search", str(empty_dir), "--text", "x", "--nprobes", "4", "--exact"], EXIT_USAGE, "--exact"),
         (["info", str(tmp / "nowhere")], EXIT_USAGE, "nowhere"),
+        (["serve", str(tmp / "nowhere")], EXIT_USAGE, "nowhere"),
+        (["serve", str(empty_dir)], EXIT_ERROR, "not a relsim collection"),
         (["download", "--model", "nobody/nothing"], EXIT_ERROR, "nobody/nothing"),
         (["push-to-hub", str(tmp / "nowhere"), "me/x"], EXIT_USAGE, "nowhere"),
         (["push-to-hub", str(empty_dir), "me/x"], EXIT_ERROR, "relsim_config.json"),
@@ -106,6 +108,7 @@ def test_every_command_is_documented_with_the_same_exit_codes() -> None:
         "data",
         "convert",
         "eval",
+        "serve",
     }
     for name in parser_commands:
         assert f"relsim {name}" in doc, name

@@ -40,6 +40,7 @@ EXIT_INTERRUPTED = 130
 
 #: Optional dependencies and the extra that installs each.
 EXTRAS = {"peft": "train", "lancedb": "search", "ray": "ray", "openai": "eval", "matplotlib": "plot"}
+EXTRAS.update(fastapi="serve", uvicorn="serve", multipart="serve")
 MODEL_FLAGS = ("model", "revision", "base_model", "base_revision", "mode", "dtype")
 
 
