@@ -105,6 +105,40 @@ def single_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def bounded(kind: type, low: float | None = None, high: float | None = None, *, above: bool = False):
+    """An argparse ``type`` for a number in a range, checked at parse time (exit 2, one line naming the flag).
+
+    ``above=True`` makes ``low`` exclusive (``> low``); NaN and infinities are refused.
+
+    Example:
+        >>> parser.add_argument("-k", type=bounded(int, 1, 1_000_000), default=10)   # doctest: +SKIP
+    """
+    what = "an integer" if kind is int else "a number"
+    limits = [f"> {low:g}" if above else f">= {low}"] if low is not None else []
+    limits += [f"<= {high}"] if high is not None else []
+    rule = f"{what} {' and '.join(limits)}".strip()
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        inside = math.isfinite(value) and (low is None or (value > low if above else value >= low))
+        if not inside or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+#: Ranges several commands share (docs/cli.md lists every option's range).
+BATCH_SIZE = bounded(int, 1, 4096)
+WORKERS = bounded(int, 0, 256)
+MAX_NEW_TOKENS = bounded(int, 1, 8192)
+SEED = bounded(int, 0, 2**32 - 1)
+
+
 def require_inputs(*paths: str) -> None:
     """A path named on the command line that does not exist is a usage error (exit 2)."""
     for path in paths:
@@ -150,9 +184,10 @@ def add_model_flags(parser: argparse.ArgumentParser, *, from_collection: bool = 
 
 
 def device_from_args(args: argparse.Namespace) -> str | None:
-    """``--device``; under torchrun each process takes its own GPU (``cuda:$LOCAL_RANK``)."""
+    """``--device`` (checked: see :func:`available_device`); under torchrun each process takes its own GPU
+    (``cuda:$LOCAL_RANK``)."""
     if getattr(args, "device", None):
-        return args.device
+        return available_device(args.device)
     local_rank = os.environ.get("LOCAL_RANK")
     if local_rank is not None:
         import torch
@@ -160,6 +195,31 @@ def device_from_args(args: argparse.Namespace) -> str | None:
         if torch.cuda.is_available():
             return f"cuda:{int(local_rank)}"
     return None
+
+
+def available_device(name: str) -> str:
+    """``name`` when this torch has that device; else a :class:`UsageError` listing the devices it has.
+
+    Example:
+        >>> available_device("cuda:1")   # on a CPU-only torch: UsageError "... available: cpu"  # doctest: +SKIP
+    """
+    import torch
+
+    available = ["cpu"]
+    if torch.cuda.is_available():
+        available += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        available.append("mps")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device name; available: {', '.join(available)}") from None
+    exists = device.type == "cpu" or f"{device.type}:{0 if device.index is None else device.index}" in available
+    if device.type == "mps" and device.index in (None, 0):
+        exists = "mps" in available
+    if not exists:
+        raise UsageError(f"--device {name} is not available in this torch; available: {', '.join(available)}")
+    return name
 
 
 def model_flags_given(args: argparse.Namespace) -> bool:

@@ -21,10 +21,14 @@ from typing import Any
 
 from ..registry import DEFAULT_TEXT_MODEL
 from ._common import (
+    BATCH_SIZE,
     EXIT_INTERRUPTED,
     EXIT_SKIPPED,
+    MAX_NEW_TOKENS,
+    WORKERS,
     UsageError,
     add_model_flags,
+    bounded,
     collect_image_paths,
     command,
     device_from_args,
@@ -100,9 +104,11 @@ def _register_embed(subparsers) -> None:
     )
     p.add_argument("-o", "--output", required=True, metavar="STORE", help="collection folder or URI (s3://...)")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument("--num-workers", type=int, default=None, help="decoding threads (default: up to 8)")
-    p.add_argument("--save-every", type=int, default=None, metavar="N", help="commit every N images (default: a batch)")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--num-workers", type=WORKERS, default=None, help="decoding threads (default: up to 8)")
+    p.add_argument(
+        "--save-every", type=bounded(int, 1), default=None, metavar="N", help="commit every N images (default: a batch)"
+    )
     p.add_argument("--shard", metavar="I/N", help="embed only part I of N (0-based; default: $RANK/$WORLD_SIZE or 0/1)")
     p.add_argument(
         "--extensions", metavar="EXT,...", help="image endings collected from folders (default: common ones)"
@@ -132,8 +138,6 @@ def _register_embed(subparsers) -> None:
 def _embed(args: argparse.Namespace) -> int:
     from ..files import parse_shard, shard_from_env, shard_of
 
-    if args.batch_size < 1 or (args.save_every is not None and args.save_every < 1):
-        raise UsageError("--batch-size and --save-every must be >= 1")
     caption_options = caption_settings(args, args.captions, "--captions")
     try:
         index, count = parse_shard(args.shard) if args.shard else shard_from_env()
@@ -256,20 +260,24 @@ def _register_search(subparsers) -> None:
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", metavar="PATH", help="query image")
     query.add_argument("--text", metavar="TEXT", help='query text, e.g. "{Animal} peeking out from behind a {Object}"')
-    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    p.add_argument("-k", type=bounded(int, 1, 1_000_000), default=10, help="number of results (default: 10)")
     p.add_argument(
         "--where", metavar="SQL", help="filter, e.g. \"path LIKE '%%/2024/%%'\" (Lance SQL over the columns)"
     )
     p.add_argument("--caption-contains", metavar="WORDS", help="only images whose caption has these words")
     p.add_argument("--exact", action="store_true", help="flat exact search even when an ANN index exists")
     p.add_argument(
-        "--nprobes", type=int, help="ANN index partitions a query visits (default: 16; more is slower, finds more)"
+        "--nprobes",
+        type=bounded(int, 1, 1_000_000),
+        help="ANN index partitions a query visits (default: 16; more is slower, finds more)",
     )
     p.add_argument("--exclude-self", action="store_true", help="leave the query image (and identical copies) out")
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="list byte-identical files separately")
     p.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML page of the results")
     p.add_argument("--grid", metavar="OUT.png", help="write a PNG contact sheet of the results")
-    p.add_argument("--thumb-size", type=int, default=None, help="thumbnail size in pixels (html 224, grid 192)")
+    p.add_argument(
+        "--thumb-size", type=bounded(int, 16, 1024), default=None, help="thumbnail size in pixels (html 224, grid 192)"
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help=f"text encoder (default: {DEFAULT_TEXT_MODEL})")
     p.add_argument("--text-revision", help="branch, tag or commit of --text-model")
@@ -287,7 +295,9 @@ def _register_search(subparsers) -> None:
 def add_caption_flags(group) -> None:
     """``--captioner``, ``--captioner-revision``, ``--max-new-tokens`` (search --explain, embed --captions)."""
     add_captioner_flags(group, "--captioner", "--captioner-revision")
-    group.add_argument("--max-new-tokens", type=int, default=None, help="caption length limit (default: 128)")
+    group.add_argument(
+        "--max-new-tokens", type=MAX_NEW_TOKENS, default=None, help="caption length limit (default: 128)"
+    )
 
 
 def caption_settings(args: argparse.Namespace, enabled: bool, flag: str) -> dict[str, Any]:
@@ -297,8 +307,6 @@ def caption_settings(args: argparse.Namespace, enabled: bool, flag: str) -> dict
         if any(value is not None for value in given):
             raise UsageError(f"--captioner, --captioner-revision and --max-new-tokens go with {flag}")
         return {}
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise UsageError("--max-new-tokens must be >= 1")
     return {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
 
 
@@ -308,12 +316,8 @@ def _search(args: argparse.Namespace) -> int:
     from ..render import write_grid, write_html
     from ..retrieval import search
 
-    if args.k < 1:
-        raise UsageError("-k must be >= 1")
     if args.text is not None and not args.text.strip():
         raise UsageError("--text is empty: describe the relation to look for")
-    if args.nprobes is not None and args.nprobes < 1:
-        raise UsageError("--nprobes must be >= 1")
     if args.nprobes is not None and args.exact:
         raise UsageError("--nprobes tunes the ANN index: not with --exact")
     caption_options = caption_settings(args, args.explain, "--explain")
@@ -438,8 +442,15 @@ def _register_index(subparsers) -> None:
     help = "build the ANN index (and the caption full-text index) of a collection"
     p = _parser(subparsers, "index", _index, help, description, "STORE")
     p.add_argument("--kind", choices=INDEX_KINDS, default=INDEX_KINDS[0], help=f"default: {INDEX_KINDS[0]}")
-    p.add_argument("--partitions", type=int, default=None, help="IVF partitions (default: about sqrt(rows) / 2)")
-    p.add_argument("--queries", type=int, default=100, help="sample queries for the recall check (default: 100)")
+    p.add_argument(
+        "--partitions", type=bounded(int, 1, 65536), default=None, help="IVF partitions (default: about sqrt(rows) / 2)"
+    )
+    p.add_argument(
+        "--queries",
+        type=bounded(int, 1, 100_000),
+        default=100,
+        help="sample queries for the recall check (default: 100)",
+    )
     p.add_argument("--json", action="store_true")
 
 

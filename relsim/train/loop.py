@@ -216,7 +216,16 @@ class Trainer:
         self.load_data()
         if len(self.train_records) < c.batch_size:  # before the model is loaded: fail fast
             count = len(self.train_records)
-            raise ValueError(f"{count} training images with a file, fewer than batch_size {c.batch_size}")
+            raise ValueError(
+                f"{count} training images with a file, fewer than batch_size {c.batch_size}: "
+                f"lower it (--batch-size N, or batch_size in the config) to at most {count}"
+            )
+        self.micro = c.micro_batch_size or c.batch_size // self.env.world
+        if self.micro < 1 or c.batch_size % (self.micro * self.env.world):
+            raise ValueError(
+                f"batch_size {c.batch_size} must be a multiple of "
+                f"micro_batch_size {self.micro} x {self.env.world} processes (--batch-size, --micro-batch-size)"
+            )
         self.model = self.build_model()
         self.ddp = self.model
         if self.env.world > 1:
@@ -232,12 +241,6 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             params, lr=c.lr, betas=tuple(c.adam_betas), eps=c.adam_eps, weight_decay=c.weight_decay
         )
-        self.micro = c.micro_batch_size or c.batch_size // self.env.world
-        if self.micro < 1 or c.batch_size % (self.micro * self.env.world):
-            raise ValueError(
-                f"batch_size {c.batch_size} must be a multiple of "
-                f"micro_batch_size {self.micro} x {self.env.world} processes"
-            )
         self.accumulation = c.batch_size // (self.micro * self.env.world)
         self.steps_per_epoch = len(self.train_records) // c.batch_size
         self.total = c.max_steps or c.epochs * self.steps_per_epoch
