@@ -45,6 +45,11 @@ class CollectionWriteError(CollectionError):
     """A write to a collection failed (disk full, file-size limit, permissions); what was committed is kept."""
 
 
+class OutputPathError(RelSimError, ValueError):
+    """An output path relsim will not write to: a file where a folder goes, a folder that is not empty (without
+    ``overwrite``), or a folder inside a collection."""
+
+
 __all__ = [
     "RelSimError",
     "ModelNotFoundError",
@@ -54,4 +59,5 @@ __all__ = [
     "CollectionMismatchError",
     "JudgeError",
     "CollectionWriteError",
+    "OutputPathError",
 ]

@@ -485,18 +485,27 @@ def _index(args: argparse.Namespace) -> int:
 def _register_export(subparsers) -> None:
     description = (
         "npy: OUT/img_emb/img_emb_0000.npy + OUT/metadata/metadata_0000.parquet (the autofaiss layout); parquet: "
-        "OUT/embeddings_0000.parquet with a vector column. OUT/relsim.json holds the metadata."
+        "OUT/embeddings_0000.parquet with a vector column. OUT/relsim.json holds the metadata. OUT must be new or "
+        "empty (--overwrite replaces an earlier export) and outside the collection."
     )
     help = "write embeddings + metadata as .npy or Parquet (for FAISS / autofaiss)"
     p = _parser(subparsers, "export", _export, help, description, "STORE", "OUT")
     p.add_argument("--format", choices=("npy", "parquet"), default="npy")
+    p.add_argument(
+        "--overwrite", action="store_true", help="OUT holds an earlier export: remove it first (default: refuse)"
+    )
 
 
 @command
 def _export(args: argparse.Namespace) -> int:
+    from ..errors import OutputPathError
     from ..upkeep import export
 
-    files = export(args.store, args.out, format=args.format)
+    _require_store(args.store)
+    try:
+        files = export(args.store, args.out, format=args.format, overwrite=args.overwrite)
+    except OutputPathError as err:  # a bad OUT is a usage error (exit 2)
+        raise UsageError(str(err)) from err
     print(f"relsim export: wrote {plural(len(files), 'file')} under {args.out}")
     return 0
 

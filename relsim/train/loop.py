@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..files import output_folder
 from ..hub import BASE_FILES, resolve
 from ..preprocess import patchify
 from . import distributed
@@ -122,7 +123,7 @@ class Trainer:
 
     def __init__(self, config: BaseConfig, env: distributed.Env, device: torch.device) -> None:
         self.config, self.env, self.device = config, env, device
-        self.out = Path(config.output_dir)
+        self.out = output_folder(config.output_dir, "output_dir")
         if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
             self.autocast, self.dtype = torch.bfloat16, torch.bfloat16
         else:
