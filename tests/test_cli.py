@@ -533,6 +533,19 @@ def test_other_model_is_refused(store, collection, model_args, tiny_native_model
     assert len(Collection.open(store)) == 9
 
 
+def test_another_model_is_refused_with_nothing_new(model_args, adapter_dirs, adapter_dir, base_dir, tmp_path, capsys):
+    """Issue 21, item 3: --model OTHER on an up-to-date collection is refused, not "already up to date"."""
+    make_images(tmp_path / "imgs", 2)
+    assert run(capsys, "embed", tmp_path / "imgs", "-o", tmp_path / "c", *model_args)[0] == 0
+    other = next(path for path in adapter_dirs.values() if path != adapter_dir)
+    code, out, err = run(
+        capsys, "embed", tmp_path / "imgs", "-o", tmp_path / "c", "--model", other, "--base-model", base_dir
+    )
+    assert code == 1 and "not comparable" in err and "up to date" not in out
+    code, out, _ = run(capsys, "embed", tmp_path / "imgs", "-o", tmp_path / "c", *model_args)
+    assert code == 0 and "0 embedded, 0 skipped, 2 already up to date" in out
+
+
 def test_unavailable_store_model_is_a_clear_error(tmp_path, capsys) -> None:
     fp = {"model": "/nowhere/adapter", "revision": None, "base_model": "/nowhere/base", "base_revision": None}
     s = Collection.create(tmp_path / "s", {**fp, "mode": "train"})

@@ -201,10 +201,10 @@ def _embed_part(
 
 
 def _contradicts(args: argparse.Namespace, fingerprint: dict[str, Any]) -> bool:
-    """Model flags that cannot describe the collection's model (checked without loading anything)."""
-    return any(
-        getattr(args, name) not in (None, fingerprint.get(name)) for name in ("mode", "revision", "base_revision")
-    )
+    """Model flags that may not describe the collection's model (checked without loading anything; the model
+    they name is then loaded and compared, as when there are files to embed)."""
+    names = ("model", "revision", "base_model", "base_revision", "mode")
+    return any(getattr(args, name) not in (None, fingerprint.get(name)) for name in names)
 
 
 def _embed_summary(args, report, collection, index: int, count: int, pruned: list[str], captioned=None) -> int:
