@@ -308,3 +308,32 @@ def test_results_keep_the_list_api(store, images) -> None:
     hits = relsim.search(store, image=images[0], k=2)
     assert isinstance(hits, list) and isinstance(hits, retrieval.SearchResults) and hits.query_caption is None
     assert json.loads(json.dumps(hits)) == list(hits) and hits[0]["path"] == str(images[0])
+
+
+# ------------------------------------------------------- issue 21, item 7: stored text never drives the terminal
+
+HOSTILE = "A {Fruit}\x1b]0;pwned\x07 cut\x1b[2J open\x9b31m"
+
+
+def test_stored_captions_with_control_characters_are_escaped(store, images, captioner_dir, text_model, capsys):
+    col = Collection.open(store)
+    col.set_captions(col.paths(), [HOSTILE] * len(col.paths()))
+    code, out, _ = run(
+        capsys, "search", store, "--image", images[2], "-k", 2, *explain_flags(captioner_dir, text_model)
+    )
+    assert code == 0 and out.count("\\u001b]0;pwned\\u0007") == 3  # the query's caption and both results'
+    assert not any(c in out for c in "\x1b\x07\x9b"), out
+    assert "\\u009b31m" in out
+
+
+def test_score_explain_escapes_the_captions(model_args, images, captioner_dir, text_model, capsys, monkeypatch):
+    from relsim.caption import Caption, Explanation
+    from relsim.encoder import RelSimModel
+
+    hostile = Explanation(0.5, Caption(HOSTILE, ("Fruit",)), Caption("plain {Planet}", ("Planet",)), 0.25)
+    monkeypatch.setattr(RelSimModel, "explain", lambda self, a, b, **kwargs: hostile)
+    argv = ["score", images[0], images[1], *model_args, "--explain", "--captioner", captioner_dir]
+    code, out, _ = run(capsys, *argv, "--text-model", text_model)
+    assert code == 0 and not any(c in out for c in "\x1b\x07\x9b"), out
+    assert "a: " + json.dumps(HOSTILE, ensure_ascii=False).replace("\x9b", "\\u009b") in out
+    assert "b: plain {Planet}" in out

@@ -26,6 +26,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -54,12 +55,12 @@ def command_name(args: argparse.Namespace) -> str:
 
 
 def error(args: argparse.Namespace, message: str) -> None:
-    """Print ``relsim <command>: error: <message>`` on stderr (one line per error)."""
-    print(f"{command_name(args)}: error: {message}", file=sys.stderr)
+    """Print ``relsim <command>: error: <message>`` on stderr (one line per error; control characters escaped)."""
+    print(f"{command_name(args)}: error: {_escape_controls(message)}", file=sys.stderr)
 
 
 def warn(args: argparse.Namespace, message: str) -> None:
-    print(f"{command_name(args)}: warning: {message}", file=sys.stderr)
+    print(f"{command_name(args)}: warning: {_escape_controls(message)}", file=sys.stderr)
 
 
 def missing_extra(err: ImportError) -> str | None:
@@ -103,6 +104,28 @@ def _one_line(message: str) -> str:
 def single_line(text: str) -> str:
     """``text`` on one line, runs of whitespace (newlines included) made one space: a caption in a table."""
     return " ".join(text.split())
+
+
+#: C0 and C1 control characters: a terminal acts on them (ESC starts a sequence that can recolour, retitle or
+#: rewrite the screen), so text from files, collections or models never reaches it raw.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape_controls(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def printable(text: str) -> str:
+    """Stored text (a path, a caption) for a terminal, on one line: text with control characters (a newline, an
+    ESC) is shown quoted and escaped, as JSON writes it; other text as it is.
+
+    Example:
+        >>> printable("a.jpg"), printable("a\x1b[2J.jpg")
+        ('a.jpg', '"a\\u001b[2J.jpg"')
+    """
+    if _CONTROL.search(text) is None:
+        return text
+    return _escape_controls(json.dumps(text, ensure_ascii=False))
 
 
 def bounded(kind: type, low: float | None = None, high: float | None = None, *, above: bool = False):

@@ -30,6 +30,7 @@ from ._common import (
     dumps,
     plural,
     print_json,
+    printable,
     single_line,
 )
 
@@ -135,7 +136,7 @@ def _caption(args: argparse.Namespace) -> int:
                 print(dumps(record))
             else:
                 for caption in captions:
-                    print(f"{path}\t{single_line(caption.text)}")
+                    print(f"{printable(path)}\t{printable(single_line(caption.text))}")
         sys.stdout.flush()
     return _report_skipped(args, skipped)
 
@@ -197,7 +198,7 @@ def _all_done(paths: list[str], have: set[str]) -> bool:
 def _report_skipped(args: argparse.Namespace, skipped: list[tuple[str, str]]) -> int:
     if not skipped:
         return 0
-    lines = [f"  {path}: {reason}" for path, reason in skipped[:20]]
+    lines = [f"  {printable(path)}: {reason}" for path, reason in skipped[:20]]
     if len(skipped) > 20:
         lines.append(f"  ... and {len(skipped) - 20} more")
     print(f"skipped {plural(len(skipped), 'unreadable image')}:", file=sys.stderr)

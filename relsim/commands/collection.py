@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -37,6 +36,7 @@ from ._common import (
     model_flags_given,
     plural,
     print_json,
+    printable,
     require_inputs,
     single_line,
 )
@@ -55,13 +55,6 @@ def register(subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def printable(path: str) -> str:
-    """A path on one line: names with control characters (a newline) are shown quoted and escaped."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        return json.dumps(path, ensure_ascii=False)
-    return path
 
 
 def _parser(subparsers, name: str, func, help: str, description: str, *positionals: str) -> argparse.ArgumentParser:
@@ -359,7 +352,7 @@ def _search(args: argparse.Namespace) -> int:
 
 def _print_hits(hits, explain: bool) -> None:
     if explain and hits.query_caption is not None:
-        print(f"query caption: {single_line(hits.query_caption)}")
+        print(f"query caption: {printable(single_line(hits.query_caption))}")
     print(f"{'rank':>4}  {'score':>7}  " + ("caption  path" if explain else "path"))
     for hit in hits:
         dupes = len(hit["duplicates"])
@@ -373,7 +366,8 @@ def _print_hits(hits, explain: bool) -> None:
         print(f"{hit['rank']:>4}  {hit['score']:7.4f}  {similarity}{printable(hit['path'])}{extra}")
         if explain:
             caption = hit["caption"]
-            print(" " * 24 + (single_line(caption) if caption is not None else "(no caption: the file cannot be read)"))
+            shown = printable(single_line(caption)) if caption is not None else "(no caption: the file cannot be read)"
+            print(" " * 24 + shown)
 
 
 # --------------------------------------------------------------------------------------------------- info

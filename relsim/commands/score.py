@@ -18,7 +18,9 @@ from ._common import (
     command,
     load_model_from_args,
     print_json,
+    printable,
     require_inputs,
+    single_line,
 )
 from .caption import add_captioner_flags
 
@@ -72,7 +74,7 @@ def _explain(args: argparse.Namespace) -> int:
         print_json({**record, "model": model.fingerprint, "captioner": captioner.fingerprint})
     else:
         print(f"{explanation.score:.6f}")
-        print(f"a: {explanation.caption_a.text}")
-        print(f"b: {explanation.caption_b.text}")
+        print(f"a: {printable(single_line(explanation.caption_a.text))}")
+        print(f"b: {printable(single_line(explanation.caption_b.text))}")
         print(f"caption similarity: {explanation.caption_similarity:.6f}")
     return 0
