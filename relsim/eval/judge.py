@@ -359,7 +359,7 @@ class Judge:
         content = getattr(getattr(choices[0], "message", None), "content", None) if isinstance(choices, list) else ""
         if not isinstance(choices, list) or not isinstance(content, (str, type(None))):
             raise _NotChatCompletions(
-                f"it answered with something that is not chat-completions JSON ({_describe(response)}); "
+                f"it answered with something that is not chat-completions JSON ({_what_came_back(response)}); "
                 "check --judge-url (an OpenAI-compatible base URL usually ends in /v1)"
             )
         return content or ""
@@ -461,7 +461,7 @@ class _NotChatCompletions(Exception):
     """The endpoint answered 200 with something that is not a chat completion (a web page, other JSON)."""
 
 
-def _describe(response: Any) -> str:
+def _what_came_back(response: Any) -> str:
     """What came back instead of a chat completion, briefly: its type and the start of its text."""
     text = " ".join(str(response).split())
     return f"{type(response).__name__} {text[:80]!r}" + ("..." if len(text) > 80 else "")
