@@ -151,6 +151,9 @@ def read_adapter_config(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / ADAPTER_CONFIG}: r must be a positive integer, got {rank!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise CheckpointError(f"{path / ADAPTER_CONFIG}: lora_alpha must be a number, got {alpha!r}")
+    base = config.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise CheckpointError(f"{path / ADAPTER_CONFIG}: base_model_name_or_path must be a string, got {base!r}")
     if config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{path / ADAPTER_CONFIG}: peft_type {config['peft_type']!r} is not LORA")
     unsupported = {

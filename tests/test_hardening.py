@@ -280,6 +280,7 @@ def _promise_more_bytes(file: Path) -> None:
         ("short-adapter", "adapter_model.safetensors"),
         ("base-model-number", "base_model"),
         ("relsim-config-list", "relsim_config.json"),
+        ("adapter-base-number", "base_model_name_or_path"),
     ],
 )
 def test_hostile_checkpoint_files_are_one_line(adapter_dir, base_dir, tmp_path, capsys, how, needle):
@@ -290,8 +291,11 @@ def test_hostile_checkpoint_files_are_one_line(adapter_dir, base_dir, tmp_path, 
         _promise_more_bytes(adapter / "adapter_model.safetensors")
     elif how == "base-model-number":
         (adapter / "relsim_config.json").write_text('{"base_model": 123}')
-    else:
+    elif how == "relsim-config-list":
         (adapter / "relsim_config.json").write_text('["a", "b"]')
+    else:
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": 123}))
     image = tmp_path / "a.png"
     photo(40, 40).save(image)
     command = ["score", str(image), str(image), "--model", str(adapter), "--base-model", str(base_dir)]
@@ -300,6 +304,10 @@ def test_hostile_checkpoint_files_are_one_line(adapter_dir, base_dir, tmp_path, 
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err
     with pytest.raises(CheckpointError, match=needle):
         _load(adapter, base_dir)
+    if how != "short-adapter":  # `relsim download` reads the same files to find the base
+        assert main(["download", "--model", str(adapter), "--no-text-model"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "mps", "cuda:99", "tpu"])
