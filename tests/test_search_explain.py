@@ -257,7 +257,9 @@ def _must_not_load(*args, **kwargs):
     raise AssertionError("no model should be loaded")
 
 
-def test_embed_captions_fills_the_column_once(images, model_args, captioner, captioner_dir, tmp_path, capsys):
+def test_embed_captions_fills_the_column_once(
+    images, model_args, captioner, captioner_dir, tmp_path, capsys, monkeypatch
+):
     store = tmp_path / "captioned.relsim"
     captions = ["--captions", "--captioner", str(captioner_dir), "--max-new-tokens", str(MAX_NEW)]
     code, out, _ = run(capsys, "embed", images[0].parent, "-o", store, *model_args, *captions, "--json")
@@ -267,9 +269,15 @@ def test_embed_captions_fills_the_column_once(images, model_args, captioner, cap
     col = Collection.open(store)
     assert col.count_uncaptioned() == 0
     assert col.captions([str(p) for p in images]) == [expected_caption(captioner, p) for p in images]
-    # nothing left to embed or caption: no model is loaded (the flags name one that does not exist)
-    code, out, _ = run(capsys, "embed", images[0].parent, "-o", store, "--captions", "--model", tmp_path / "nowhere")
+    # nothing left to embed or caption: no model is loaded
+    with monkeypatch.context() as patched:
+        patched.setattr(relsim, "load", _must_not_load)
+        patched.setattr(retrieval, "load_collection_model", _must_not_load)
+        code, out, _ = run(capsys, "embed", images[0].parent, "-o", store, "--captions")
     assert code == 0 and "0 embedded" in out
+    # ... unless a flag names another model: that is refused, as with new files (issue 21, item 3)
+    code, out, err = run(capsys, "embed", images[0].parent, "-o", store, "--captions", "--model", tmp_path / "nowhere")
+    assert code == 1 and "nowhere" in err and "up to date" not in out
     # a new image: embedded and captioned, the others left alone
     extra = tmp_path / "more"
     extra.mkdir()
