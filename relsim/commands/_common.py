@@ -116,7 +116,7 @@ def _escape_controls(text: str) -> str:
 
 
 def printable(text: str) -> str:
-    """Stored text (a path, a caption) for a terminal, on one line: text with control characters (a newline, an
+    r"""Stored text (a path, a caption) for a terminal, on one line: text with control characters (a newline, an
     ESC) is shown quoted and escaped, as JSON writes it; other text as it is.
 
     Example:

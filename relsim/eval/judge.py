@@ -457,7 +457,7 @@ class Judge:
         return None
 
 
-class _NotChatCompletions(Exception):
+class _NotChatCompletions(JudgeError):
     """The endpoint answered 200 with something that is not a chat completion (a web page, other JSON)."""
 
 
