@@ -24,6 +24,7 @@ from .errors import (  # noqa: E402  (light: no third-party imports)
     ImageInputError,
     JudgeError,
     ModelNotFoundError,
+    OutputPathError,
     RelSimError,
 )
 from .registry import DEFAULT_CAPTIONER, DEFAULT_MODEL, PRETRAINED  # noqa: E402
@@ -102,4 +103,5 @@ __all__ = [
     "CollectionMismatchError",
     "JudgeError",
     "CollectionWriteError",
+    "OutputPathError",
 ]

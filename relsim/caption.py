@@ -38,7 +38,14 @@ from torch import nn
 
 from . import __version__, fastpath, generation, preprocess
 from .caption_inputs import IMAGE_SIZE, TRAINING_PROMPT, CaptionPrompt, build_batch, prepare_image
-from .checkpoint import RELSIM_CONFIG, BaseShards, LoraWeights, read_adapter_config, read_json, read_lm_head, read_lora
+from .checkpoint import (
+    BaseShards,
+    LoraWeights,
+    read_adapter_config,
+    read_lm_head,
+    read_lora,
+    read_relsim_config,
+)
 from .encoder import deduplicate, weights_lock
 from .errors import CheckpointError, ImageInputError
 from .hub import ResolvedRepo, resolve
@@ -565,10 +572,7 @@ def trained_prompt(adapter_path: str | os.PathLike) -> str:
     >>> trained_prompt(adapter.path) == TRAINING_PROMPT                  # doctest: +SKIP
     True
     """
-    config = Path(adapter_path) / RELSIM_CONFIG
-    prompt = read_json(config).get("prompt") if config.is_file() else None
-    if prompt is not None and not isinstance(prompt, str):
-        raise CheckpointError(f"{str(config)!r}: prompt must be a string, got {prompt!r}")
+    prompt = read_relsim_config(Path(adapter_path)).get("prompt")
     return TRAINING_PROMPT if prompt is None else prompt
 
 

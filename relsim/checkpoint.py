@@ -108,16 +108,30 @@ def read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(path)!r} cannot be read: {err}") from None
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{str(path)!r} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise CheckpointError(f"{str(path)!r} is not a usable JSON file: it is nested too deeply") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{str(path)!r} holds a JSON {type(value).__name__}, not an object")
     return value
+
+
+def read_relsim_config(path: Path) -> dict[str, Any]:
+    """``relsim_config.json`` of a checkpoint directory (``{}`` when there is none), its texts checked."""
+    file = path / RELSIM_CONFIG
+    if not file.is_file():
+        return {}
+    config = read_json(file)
+    for name in ("base_model", "base_revision", "kind", "prompt"):
+        if config.get(name) is not None and not isinstance(config[name], str):
+            raise CheckpointError(f"{str(file)!r}: {name} must be a string, got {config[name]!r}")
+    return config
 
 
 def open_safetensors(file: Path):
     """``safe_open`` with a clear error: a truncated or garbage file names itself (the header check is cheap)."""
     try:
         return safe_open(str(file), framework="pt")
-    except (SafetensorError, OSError) as err:
+    except (SafetensorError, OSError, RuntimeError) as err:  # RuntimeError: a mapping the file cannot back
         raise CheckpointError(f"{str(file)!r} is not a readable safetensors file ({err})") from None
 
 
@@ -137,6 +151,9 @@ def read_adapter_config(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / ADAPTER_CONFIG}: r must be a positive integer, got {rank!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise CheckpointError(f"{path / ADAPTER_CONFIG}: lora_alpha must be a number, got {alpha!r}")
+    base = config.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise CheckpointError(f"{path / ADAPTER_CONFIG}: base_model_name_or_path must be a string, got {base!r}")
     if config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{path / ADAPTER_CONFIG}: peft_type {config['peft_type']!r} is not LORA")
     unsupported = {
@@ -309,7 +326,7 @@ def read_checkpoint(path: str | Path) -> RelSimCheckpoint:
     """Read a relsim adapter directory (upstream layout, or what relsim writes)."""
     path = Path(path)
     adapter_config = read_adapter_config(path)
-    relsim_config = read_json(path / RELSIM_CONFIG) if (path / RELSIM_CONFIG).is_file() else {}
+    relsim_config = read_relsim_config(path)
     if relsim_config.get("kind") == CAPTIONER_KIND:
         raise CheckpointError(
             f"{str(path)!r} is an anonymous captioner, not a relsim embedder: load it with relsim.load_captioner()"

@@ -27,8 +27,15 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (docs/cli.md): ``relsim search: error: argument -k: ...``, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relsim", description="Relational visual similarity.")
+    parser = _Parser(prog="relsim", description="Relational visual similarity.")
     parser.add_argument("--version", action="version", version=f"relsim {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -233,6 +233,8 @@ class Collection:
         }
         validate_meta(meta, uri)
         _refuse_old_store(uri)
+        if "://" not in uri and os.path.exists(uri) and not os.path.isdir(uri):
+            raise CollectionError(f"{uri!r} is a file, not a relsim collection (a collection is a folder)")
         if "://" not in uri and os.path.isdir(uri) and not is_collection(uri) and any(os.scandir(uri)):
             raise CollectionError(f"{uri!r} exists, is not empty and is not a relsim collection")
         db = connect(uri)
@@ -266,6 +268,8 @@ class Collection:
         if "://" not in uri and not os.path.exists(uri):
             raise FileNotFoundError(f"{uri}: no such collection")
         _refuse_old_store(uri)
+        if "://" not in uri and not os.path.isdir(uri):
+            raise CollectionError(f"{uri!r} is a file, not a relsim collection (a collection is a folder)")
         db = connect(uri)
         try:
             table = db.open_table(TABLE)

@@ -29,6 +29,7 @@ __all__ = [
     "NotARegularFileError",
     "collect_images",
     "file_sha256",
+    "output_folder",
     "parse_shard",
     "path_resolver",
     "shard_from_env",
@@ -146,6 +147,21 @@ def check_regular(path: str | os.PathLike) -> os.stat_result:
         detail = kind if kind == "not a regular file" else f"not a regular file ({kind})"
         raise NotARegularFileError(errno.EINVAL, detail, os.fspath(path))
     return st
+
+
+def output_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a folder to write into, refused (:class:`~relsim.errors.OutputPathError`, one line) when
+    something other than a folder is there already.
+
+    Example:
+        >>> output_folder("/etc/hostname", "output_dir")  # doctest: +SKIP
+        OutputPathError: output_dir /etc/hostname is a file, not a folder: name a folder (new or existing)
+    """
+    from .errors import OutputPathError
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputPathError(f"{what} {os.fspath(path)} is a file, not a folder: name a folder (new or existing)")
+    return Path(path)
 
 
 def file_sha256(path: str | os.PathLike, block_size: int = _HASH_BLOCK) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,17 @@ from .collection import (
     Problem,
     bad_rows,
     connect,
+    is_collection,
     one_line,
     validate_meta,
 )
-from .files import FileRecord
+from .errors import OutputPathError
+from .files import FileRecord, output_folder
 
 __all__ = ["check", "export", "measure_recall", "migrate", "repair"]
 
 _SHARD_RE = re.compile(r"^shard-(\d+)-(\d+)\.safetensors$")
+_EXPORT_PARQUET = re.compile(r"^embeddings_\d{4,}\.parquet$")
 
 
 # ------------------------------------------------------------------------------------------- check
@@ -254,7 +258,12 @@ def measure_recall(collection: Collection, *, queries: int = 100, k: int = 10, s
 
 
 def export(
-    uri: str | os.PathLike | Collection, out: str | os.PathLike, *, format: str = "npy", rows_per_file: int = 1 << 20
+    uri: str | os.PathLike | Collection,
+    out: str | os.PathLike,
+    *,
+    format: str = "npy",
+    rows_per_file: int = 1 << 20,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write the embeddings and their metadata where FAISS tools read them; returns the files written.
 
@@ -263,6 +272,10 @@ def export(
     reads (``autofaiss build_index --embeddings OUT/img_emb``). ``parquet``: ``OUT/embeddings_0000.parquet``
     with every column and ``vector`` as a list of float32 (``--file_format parquet
     --embedding_column_name vector``). ``OUT/relsim.json`` holds the collection's metadata.
+
+    ``OUT`` must be new or empty, so that two exports never mix: ``overwrite=True`` first removes an earlier
+    export there (only an export: a folder holding anything else is refused). ``OUT`` is never inside a
+    collection. Both are :class:`~relsim.errors.OutputPathError`.
 
     Example:
         >>> export("photos.relsim", "photos-export/", format="parquet")  # doctest: +SKIP
@@ -273,7 +286,7 @@ def export(
     if format not in ("npy", "parquet"):
         raise ValueError(f"format must be npy or parquet, got {format!r}")
     collection = uri if isinstance(uri, Collection) else Collection.open(uri)
-    root = Path(out)
+    root = _export_target(out, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     columns = ("path", "size", "mtime_ns", "sha256", "caption")
@@ -312,6 +325,40 @@ def export(
     info = root / "relsim.json"
     info.write_text(json.dumps(collection.meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return [*written, info]
+
+
+def _is_export_entry(entry: Path) -> bool:
+    """A file or folder :func:`export` writes (what ``overwrite=True`` may remove)."""
+    if entry.name in ("img_emb", "metadata"):
+        return entry.is_dir() and not entry.is_symlink()
+    return entry.is_file() and (entry.name == "relsim.json" or _EXPORT_PARQUET.match(entry.name) is not None)
+
+
+def _export_target(out: str | os.PathLike, overwrite: bool) -> Path:
+    """``out``, checked (and emptied of an earlier export with ``overwrite``) before anything is written."""
+    root = output_folder(out, "the export target")
+    resolved = root.resolve()
+    inside = next((p for p in (resolved, *resolved.parents) if is_collection(p)), None)
+    if inside is not None:
+        raise OutputPathError(f"{os.fspath(out)} is inside the collection {inside}: export to a folder outside it")
+    entries = sorted(root.iterdir()) if root.is_dir() else []
+    if entries and not overwrite:
+        raise OutputPathError(
+            f"{os.fspath(out)} is not empty: export into a new or empty folder, or pass --overwrite "
+            "(overwrite=True) to replace the export it holds"
+        )
+    foreign = [e for e in entries if not _is_export_entry(e)]
+    if foreign:
+        raise OutputPathError(
+            f"{os.fspath(out)} holds {foreign[0].name!r}, which is not part of a relsim export: "
+            "--overwrite replaces only an export; choose another folder"
+        )
+    for entry in entries:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return root
 
 
 # ----------------------------------------------------------------------------------------- migrate

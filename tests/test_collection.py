@@ -26,6 +26,7 @@ from relsim.collection import (  # noqa: E402
     CollectionMismatchError,
     CollectionWriteError,
 )
+from relsim.errors import OutputPathError  # noqa: E402
 from relsim.files import FileRecord, file_sha256, stale_paths  # noqa: E402
 from relsim.upkeep import check, export, migrate, repair  # noqa: E402
 
@@ -509,6 +510,50 @@ def test_export_and_read_with_pandas(tmp_path: Path, fmt: str) -> None:
     for f, row in zip(files, emb, strict=True):
         np.testing.assert_allclose(by_path[str(f.resolve())], row.numpy(), atol=1e-6)
     assert set(meta["caption"].dropna()) == {"{Fruit} cut open"}
+
+
+def test_export_never_mixes_two_collections(tmp_path: Path) -> None:
+    """Issue 21, item 1: a non-empty target is refused unless overwrite=True, which removes the old export first."""
+    big, small = new(tmp_path, "float32", "big"), new(tmp_path, "float32", "small")
+    big.add([dict(path=f"/d/{i}.jpg", size=i, mtime_ns=i, sha256=f"{i:064x}") for i in range(9)], unit(9))
+    small.add(
+        [dict(path=f"/e/{i}.jpg", size=i, mtime_ns=i, sha256=f"{i + 99:064x}") for i in range(2)], unit(2, seed=1)
+    )
+    for fmt in ("npy", "parquet"):
+        out = tmp_path / f"out-{fmt}"
+        export(big, out, format=fmt, rows_per_file=2)
+        before = sorted(p.relative_to(out) for p in out.rglob("*"))
+        with pytest.raises(OutputPathError, match="not empty.*overwrite"):
+            export(small, out, format=fmt, rows_per_file=2)
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written, nothing removed
+        written = export(small, out, format=fmt, rows_per_file=2, overwrite=True)
+        assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(written)
+        if fmt == "npy":
+            assert sum(len(np.load(f)) for f in (out / "img_emb").glob("*.npy")) == 2
+        else:
+            import pyarrow.parquet as pq
+
+            assert sum(pq.read_metadata(f).num_rows for f in out.glob("*.parquet")) == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputPathError, match="notes.txt"):
+        export(small, tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("where", [".", "embeddings.lance", "embeddings.lance/new", "file"])
+def test_export_never_writes_inside_a_collection_or_onto_a_file(tmp_path: Path, where: str) -> None:
+    col = new(tmp_path, "float32")
+    col.add([dict(path="/d/0.jpg", size=1, mtime_ns=1, sha256="0" * 64)], unit(1))
+    target = tmp_path / "col" / where
+    if where == "file":
+        target = tmp_path / "a-file"
+        target.write_text("x")
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(OutputPathError, match="inside the collection" if where != "file" else "is a file"):
+        export(col, target, overwrite=True)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    assert len(Collection.open(tmp_path / "col")) == 1
 
 
 def test_read_the_table_with_pandas(tmp_path: Path) -> None:

@@ -257,3 +257,24 @@ def test_index_export_migrate_commands(model_args, tmp_path, capsys) -> None:
     assert code == 0 and np.load(tmp_path / "out" / "img_emb" / "img_emb_0000.npy").shape == (5, 384)
     code, _, err = run(capsys, "index", tmp_path / "migrated")
     assert code == 1 and "at least 256" in err
+
+
+def test_export_refuses_a_used_target_in_one_line(tmp_path, capsys) -> None:
+    """Issue 21, items 1 and 7: a non-empty OUT needs --overwrite; OUT inside the collection or a file: exit 2."""
+    fixture = Path(__file__).parent / "fixtures" / "store_v0_1" / "photos.relsim"
+    store, out = tmp_path / "c", tmp_path / "out"
+    assert run(capsys, "migrate", fixture, store)[0] == 0
+    assert run(capsys, "export", store, out, "--format", "parquet")[0] == 0
+    code, _, err = run(capsys, "export", store, out)
+    assert code == 2 and err.count("\n") == 1 and "--overwrite" in err
+    code, out_text, _ = run(capsys, "export", store, out, "--overwrite")
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["img_emb", "metadata", "relsim.json"]
+    (tmp_path / "file").write_text("x")
+    for target, needle in [(store, "inside the collection"), (store / "embeddings.lance", "inside the collection"),
+                           (tmp_path / "file", "is a file")]:  # fmt: skip
+        code, _, err = run(capsys, "export", store, target, "--overwrite")
+        assert code == 2 and err.count("\n") == 1 and needle in err and "Errno" not in err, err
+    assert len(Collection.open(store)) == 5
+    for argv in (["search", "/dev/null", "--text", "x"], ["info", tmp_path / "file"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 1 and err.count("\n") == 1 and "is a file, not a relsim collection" in err, err

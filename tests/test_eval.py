@@ -32,7 +32,7 @@ from relsim.cli import main
 from relsim.eval import UPSTREAM_PROMPT, parse_score, sample_queries
 from relsim.eval.baselines import DreamSimEncoder, HFImageEncoder
 from relsim.eval.embeddings import VectorTable, embed_pool
-from relsim.eval.judge import SYSTEM_MESSAGE, JudgeSettings
+from relsim.eval.judge import SYSTEM_MESSAGE, Judge, JudgeCache, JudgeError, JudgeRequest, JudgeSettings, redact
 from relsim.eval.matches import top_matches
 from relsim.eval.methods import MethodOptions, MethodUnavailable, build_method, external_method
 from relsim.eval.pool import load_pool
@@ -672,6 +672,77 @@ def test_a_judge_that_cannot_work_stops_the_run(warm, pool_dir, tmp_path, offlin
     assert "sift" in capsys.readouterr().err
     assert main(_args(tmp_path / "nowhere", out, "--no-judge")) == 2
     assert "nowhere: no such file or directory" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ issue 21, items 2 and 8: a hostile judge
+
+
+def _one_request(tmp_path: Path) -> JudgeRequest:
+    a, b = _png(photo(24, 24, 1), tmp_path / "a.png"), _png(photo(24, 24, 2), tmp_path / "b.png")
+    sha = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b)]
+    return JudgeRequest(sha[0], str(a), sha[1], str(b))
+
+
+def _ask_once(server: JudgeServer, tmp_path: Path, request: JudgeRequest):
+    """Verdicts (or the error) of one request, and every byte the judge wrote (the cache)."""
+    settings = JudgeSettings(model=JUDGE, url=server.url, key_env=KEY_ENV, retries=0)
+    cache = JudgeCache(tmp_path / "cache.sqlite")
+    logged: list[str] = []
+    try:
+        outcome = Judge(settings, cache, environ={KEY_ENV: SECRET}, log=logged.append).run([request])
+    except JudgeError as err:
+        outcome = err
+    finally:
+        cache.close()
+    written = b"".join(f.read_bytes() for f in tmp_path.glob("cache.sqlite*"))
+    return outcome, written, logged
+
+
+@pytest.mark.parametrize("action", ["echo_key_401", "echo_key_403", "echo_key_200"])
+def test_the_api_key_is_never_printed_or_written(action, tmp_path):
+    request = _one_request(tmp_path)
+    with JudgeServer(model=JUDGE, prompt=UPSTREAM_PROMPT, plan=lambda *_: action) as server:
+        outcome, written, logged = _ask_once(server, tmp_path, request)
+    if action == "echo_key_200":
+        text = outcome[request].answer
+        assert outcome[request].score == 7.0 and text.startswith("7. Incorrect API key provided: ")
+    else:
+        assert isinstance(outcome, JudgeError) and action[-3:] in str(outcome)
+        text = str(outcome) + "".join(str(e) for e in (outcome.__cause__, outcome.__context__) if e is not None)
+        assert outcome.__cause__ is None
+    assert "[redacted]" in text and "Bearer" not in text and "sk-" not in text and SECRET not in text, text
+    assert SECRET.encode() not in written and b"Bearer sk-" not in written
+    assert not any(SECRET in line for line in logged)
+    assert redact(f"key {SECRET} and Bearer abc.def, token sk-proj-****wxyz.", SECRET) == (
+        "key [redacted] and [redacted], token [redacted]."
+    )
+
+
+def test_a_judge_answering_a_web_page_says_so(tmp_path):
+    request = _one_request(tmp_path)
+    with JudgeServer(model=JUDGE, prompt=UPSTREAM_PROMPT, plan=lambda *_: "html") as server:
+        outcome, _, _ = _ask_once(server, tmp_path, request)
+    assert isinstance(outcome, JudgeError), outcome
+    message = str(outcome)
+    assert "not chat-completions JSON" in message and "--judge-url" in message and "\n" not in message
+    assert "has no attribute" not in message
+
+
+def test_a_huge_answer_is_capped_in_the_page(warm, pool_dir, tmp_path, offline_eval, key_env, capsys):
+    out = _from_warm(warm, tmp_path / "out")
+    plan = lambda key, attempt, number: "huge" if number == 1 else "echo_key_200"  # noqa: E731
+    with JudgeServer(model=JUDGE, prompt=UPSTREAM_PROMPT, plan=plan) as server:
+        code = main(_args(pool_dir, out, *_judge_args(server), "--methods", "relsim"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    answers = [a for item in _results(out)["per_query"] for a in item["methods"]["relsim"]["judge"]["answers"]]
+    assert max(len(a) for a in answers) > 7_000_000  # results.json keeps the whole answer
+    page = out / "results.html"
+    assert page.stat().st_size < 200_000 and "more characters in results.json" in page.read_text()
+    for file in out.rglob("*"):
+        if file.is_file():
+            assert SECRET.encode() not in file.read_bytes(), file
+    assert SECRET not in captured.out + captured.err
 
 
 def test_no_judge_needs_no_openai(warm, pool_dir, tmp_path, offline_eval, monkeypatch, capsys):

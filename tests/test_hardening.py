@@ -261,3 +261,61 @@ def test_an_unreachable_base_suggests_base_model(adapter_dir, tmp_path, monkeypa
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ModelNotFoundError, match="base_model="):
         relsim.load(adapter, device="cpu")
+
+
+# ------------------------------------------------------------- issue 21, item 5: hostile files, one clear line
+
+
+def _promise_more_bytes(file: Path) -> None:
+    """Cut a safetensors file short: its header now promises more bytes than the file holds."""
+    data = file.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    file.write_bytes(data[: 8 + size + (len(data) - 8 - size) // 2])
+
+
+@pytest.mark.parametrize(
+    ("how", "needle"),
+    [
+        ("deep-adapter-config", "adapter_config.json"),
+        ("short-adapter", "adapter_model.safetensors"),
+        ("base-model-number", "base_model"),
+        ("relsim-config-list", "relsim_config.json"),
+        ("adapter-base-number", "base_model_name_or_path"),
+    ],
+)
+def test_hostile_checkpoint_files_are_one_line(adapter_dir, base_dir, tmp_path, capsys, how, needle):
+    adapter = _copy(adapter_dir, tmp_path / "adapter")
+    if how == "deep-adapter-config":
+        (adapter / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    elif how == "short-adapter":
+        _promise_more_bytes(adapter / "adapter_model.safetensors")
+    elif how == "base-model-number":
+        (adapter / "relsim_config.json").write_text('{"base_model": 123}')
+    elif how == "relsim-config-list":
+        (adapter / "relsim_config.json").write_text('["a", "b"]')
+    else:
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": 123}))
+    image = tmp_path / "a.png"
+    photo(40, 40).save(image)
+    command = ["score", str(image), str(image), "--model", str(adapter), "--base-model", str(base_dir)]
+    assert main([*command, "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+    with pytest.raises(CheckpointError, match=needle):
+        _load(adapter, base_dir)
+    if how != "short-adapter":  # `relsim download` reads the same files to find the base
+        assert main(["download", "--model", str(adapter), "--no-text-model"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "mps", "cuda:99", "tpu"])
+def test_a_device_torch_lacks_is_a_usage_error(tmp_path, capsys, device, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    image = tmp_path / "a.png"
+    photo(40, 40).save(image)
+    assert main(["score", str(image), str(image), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and device in err and "available: cpu" in err, err

@@ -217,8 +217,9 @@ def test_a_stored_file_that_is_gone_has_no_caption(images, model_args, captioner
 def test_caption_flags_need_explain(store, images, tmp_path, capsys) -> None:
     code, _, err = run(capsys, "search", store, "--image", images[0], "--captioner", tmp_path)
     assert code == 2 and "go with --explain" in err
-    code, _, err = run(capsys, "search", store, "--image", images[0], "--explain", "--max-new-tokens", 0)
-    assert code == 2 and "--max-new-tokens" in err
+    with pytest.raises(SystemExit) as exit_info:  # a range checked by argparse
+        run(capsys, "search", store, "--image", images[0], "--explain", "--max-new-tokens", 0)
+    assert exit_info.value.code == 2 and "--max-new-tokens" in capsys.readouterr().err
     code, _, err = run(capsys, "embed", images[0], "-o", tmp_path / "s", "--max-new-tokens", 4)
     assert code == 2 and "go with --captions" in err
     with pytest.raises(ValueError, match="explain=True"):
@@ -256,7 +257,9 @@ def _must_not_load(*args, **kwargs):
     raise AssertionError("no model should be loaded")
 
 
-def test_embed_captions_fills_the_column_once(images, model_args, captioner, captioner_dir, tmp_path, capsys):
+def test_embed_captions_fills_the_column_once(
+    images, model_args, captioner, captioner_dir, tmp_path, capsys, monkeypatch
+):
     store = tmp_path / "captioned.relsim"
     captions = ["--captions", "--captioner", str(captioner_dir), "--max-new-tokens", str(MAX_NEW)]
     code, out, _ = run(capsys, "embed", images[0].parent, "-o", store, *model_args, *captions, "--json")
@@ -266,9 +269,15 @@ def test_embed_captions_fills_the_column_once(images, model_args, captioner, cap
     col = Collection.open(store)
     assert col.count_uncaptioned() == 0
     assert col.captions([str(p) for p in images]) == [expected_caption(captioner, p) for p in images]
-    # nothing left to embed or caption: no model is loaded (the flags name one that does not exist)
-    code, out, _ = run(capsys, "embed", images[0].parent, "-o", store, "--captions", "--model", tmp_path / "nowhere")
+    # nothing left to embed or caption: no model is loaded
+    with monkeypatch.context() as patched:
+        patched.setattr(relsim, "load", _must_not_load)
+        patched.setattr(retrieval, "load_collection_model", _must_not_load)
+        code, out, _ = run(capsys, "embed", images[0].parent, "-o", store, "--captions")
     assert code == 0 and "0 embedded" in out
+    # ... unless a flag names another model: that is refused, as with new files (issue 21, item 3)
+    code, out, err = run(capsys, "embed", images[0].parent, "-o", store, "--captions", "--model", tmp_path / "nowhere")
+    assert code == 1 and "nowhere" in err and "up to date" not in out
     # a new image: embedded and captioned, the others left alone
     extra = tmp_path / "more"
     extra.mkdir()
@@ -308,3 +317,32 @@ def test_results_keep_the_list_api(store, images) -> None:
     hits = relsim.search(store, image=images[0], k=2)
     assert isinstance(hits, list) and isinstance(hits, retrieval.SearchResults) and hits.query_caption is None
     assert json.loads(json.dumps(hits)) == list(hits) and hits[0]["path"] == str(images[0])
+
+
+# ------------------------------------------------------- issue 21, item 7: stored text never drives the terminal
+
+HOSTILE = "A {Fruit}\x1b]0;pwned\x07 cut\x1b[2J open\x9b31m"
+
+
+def test_stored_captions_with_control_characters_are_escaped(store, images, captioner_dir, text_model, capsys):
+    col = Collection.open(store)
+    col.set_captions(col.paths(), [HOSTILE] * len(col.paths()))
+    code, out, _ = run(
+        capsys, "search", store, "--image", images[2], "-k", 2, *explain_flags(captioner_dir, text_model)
+    )
+    assert code == 0 and out.count("\\u001b]0;pwned\\u0007") == 3  # the query's caption and both results'
+    assert not any(c in out for c in "\x1b\x07\x9b"), out
+    assert "\\u009b31m" in out
+
+
+def test_score_explain_escapes_the_captions(model_args, images, captioner_dir, text_model, capsys, monkeypatch):
+    from relsim.caption import Caption, Explanation
+    from relsim.encoder import RelSimModel
+
+    hostile = Explanation(0.5, Caption(HOSTILE, ("Fruit",)), Caption("plain {Planet}", ("Planet",)), 0.25)
+    monkeypatch.setattr(RelSimModel, "explain", lambda self, a, b, **kwargs: hostile)
+    argv = ["score", images[0], images[1], *model_args, "--explain", "--captioner", captioner_dir]
+    code, out, _ = run(capsys, *argv, "--text-model", text_model)
+    assert code == 0 and not any(c in out for c in "\x1b\x07\x9b"), out
+    assert "a: " + json.dumps(HOSTILE, ensure_ascii=False).replace("\x9b", "\\u009b") in out
+    assert "b: plain {Planet}" in out

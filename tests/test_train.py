@@ -115,6 +115,23 @@ def config(data, base_dir, text_dir, target_cache, out: Path, **overrides) -> Tr
     return TrainConfig(**{**values, **overrides})
 
 
+def test_a_small_set_and_the_default_eval_size_name_the_flag(data, tmp_path, capsys):
+    """Issue 21, item 6: 10 records and the default eval_size 1000: the error says which flag to change."""
+    argv = ["train", "--train-jsonl", str(data["jsonl"]), "--image-dir", str(data["images"])]
+    assert main([*argv, "--output-dir", str(tmp_path / "r"), "--base-model", str(tmp_path / "no-base")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eval_size 1000" in err[0] and "--eval-size" in err[0], err
+
+
+def test_an_output_dir_that_is_a_file_is_one_line(data, tmp_path, capsys):
+    """Issue 21, item 7: not a bare "[Errno 17] File exists"."""
+    (tmp_path / "taken").write_text("x")
+    argv = ["train", "--train-jsonl", str(data["jsonl"]), "--image-dir", str(data["images"]), "--eval-size", "2"]
+    assert main([*argv, "--output-dir", str(tmp_path / "taken"), "--base-model", str(tmp_path / "no-base")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "output_dir" in err[0] and "is a file, not a folder" in err[0], err
+
+
 @pytest.fixture(scope="module")
 def run(data, base_dir, text_dir, target_cache, tmp_path_factory) -> dict:
     """`relsim train --config cfg.json` for 3 steps of 4 images (2 accumulated micro-batches of 2)."""

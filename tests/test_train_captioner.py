@@ -163,7 +163,7 @@ def test_cli_errors_are_one_line_with_their_exit_code(tmp_path, capsys):
         (["train-captioner"], 2, "seed_groups is required"),
         (["train-captioner", str(tmp_path / "nope.yaml")], 2, "nope.yaml"),
         (["train-captioner", "--seed-groups", str(tmp_path / "none")], 2, "none: no such file"),
-        (["train-captioner", str(bad_json)], 1, "bad.json is not valid JSON"),
+        (["train-captioner", str(bad_json)], 2, "bad.json is not valid JSON"),
         (["train-captioner", "--seed-groups", str(groups), "--output-dir", str(tmp_path / "r")], 1, "image_urls"),
         (["train-captioner", "a.json", "--config", "b.json"], 2, "two configuration files"),
     ]
@@ -171,6 +171,14 @@ def test_cli_errors_are_one_line_with_their_exit_code(tmp_path, capsys):
         assert main(argv) == expected, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("relsim train-captioner: error: ") and needle in err[0], err
+
+
+def test_too_few_images_for_the_default_batch_name_the_flag(groups, base_dir, tmp_path, capsys):
+    """Issue 21, item 6: upstream's batch_size 32 on a few images says which flag to lower, before loading."""
+    argv = ["train-captioner", "--seed-groups", str(groups), "--output-dir", str(tmp_path / "r")]
+    assert main([*argv, "--base-model", str(tmp_path / "no-base"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fewer than batch_size 32" in err[0] and "--batch-size" in err[0], err
 
 
 # -- labels and loss ---------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -55,12 +56,12 @@ def command_name(args: argparse.Namespace) -> str:
 
 
 def error(args: argparse.Namespace, message: str) -> None:
-    """Print ``relsim <command>: error: <message>`` on stderr (one line per error)."""
-    print(f"{command_name(args)}: error: {message}", file=sys.stderr)
+    """Print ``relsim <command>: error: <message>`` on stderr (one line per error; control characters escaped)."""
+    print(f"{command_name(args)}: error: {_escape_controls(message)}", file=sys.stderr)
 
 
 def warn(args: argparse.Namespace, message: str) -> None:
-    print(f"{command_name(args)}: warning: {message}", file=sys.stderr)
+    print(f"{command_name(args)}: warning: {_escape_controls(message)}", file=sys.stderr)
 
 
 def missing_extra(err: ImportError) -> str | None:
@@ -104,6 +105,62 @@ def _one_line(message: str) -> str:
 def single_line(text: str) -> str:
     """``text`` on one line, runs of whitespace (newlines included) made one space: a caption in a table."""
     return " ".join(text.split())
+
+
+#: C0 and C1 control characters: a terminal acts on them (ESC starts a sequence that can recolour, retitle or
+#: rewrite the screen), so text from files, collections or models never reaches it raw.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape_controls(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def printable(text: str) -> str:
+    r"""Stored text (a path, a caption) for a terminal, on one line: text with control characters (a newline, an
+    ESC) is shown quoted and escaped, as JSON writes it; other text as it is.
+
+    Example:
+        >>> printable("a.jpg"), printable("a\x1b[2J.jpg")
+        ('a.jpg', '"a\\u001b[2J.jpg"')
+    """
+    if _CONTROL.search(text) is None:
+        return text
+    return _escape_controls(json.dumps(text, ensure_ascii=False))
+
+
+def bounded(kind: type, low: float | None = None, high: float | None = None, *, above: bool = False):
+    """An argparse ``type`` for a number in a range, checked at parse time (exit 2, one line naming the flag).
+
+    ``above=True`` makes ``low`` exclusive (``> low``); NaN and infinities are refused.
+
+    Example:
+        >>> parser.add_argument("-k", type=bounded(int, 1, 1_000_000), default=10)   # doctest: +SKIP
+    """
+    what = "an integer" if kind is int else "a number"
+    limits = [f"> {low:g}" if above else f">= {low}"] if low is not None else []
+    limits += [f"<= {high}"] if high is not None else []
+    rule = f"{what} {' and '.join(limits)}".strip()
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        inside = math.isfinite(value) and (low is None or (value > low if above else value >= low))
+        if not inside or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+#: Ranges several commands share (docs/cli.md lists every option's range).
+BATCH_SIZE = bounded(int, 1, 4096)
+WORKERS = bounded(int, 0, 256)
+MAX_NEW_TOKENS = bounded(int, 1, 8192)
+SEED = bounded(int, 0, 2**32 - 1)
 
 
 def require_inputs(*paths: str) -> None:
@@ -151,9 +208,10 @@ def add_model_flags(parser: argparse.ArgumentParser, *, from_collection: bool = 
 
 
 def device_from_args(args: argparse.Namespace) -> str | None:
-    """``--device``; under torchrun each process takes its own GPU (``cuda:$LOCAL_RANK``)."""
+    """``--device`` (checked: see :func:`available_device`); under torchrun each process takes its own GPU
+    (``cuda:$LOCAL_RANK``)."""
     if getattr(args, "device", None):
-        return args.device
+        return available_device(args.device)
     local_rank = os.environ.get("LOCAL_RANK")
     if local_rank is not None:
         import torch
@@ -161,6 +219,31 @@ def device_from_args(args: argparse.Namespace) -> str | None:
         if torch.cuda.is_available():
             return f"cuda:{int(local_rank)}"
     return None
+
+
+def available_device(name: str) -> str:
+    """``name`` when this torch has that device; else a :class:`UsageError` listing the devices it has.
+
+    Example:
+        >>> available_device("cuda:1")   # on a CPU-only torch: UsageError "... available: cpu"  # doctest: +SKIP
+    """
+    import torch
+
+    available = ["cpu"]
+    if torch.cuda.is_available():
+        available += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        available.append("mps")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device name; available: {', '.join(available)}") from None
+    exists = device.type == "cpu" or f"{device.type}:{0 if device.index is None else device.index}" in available
+    if device.type == "mps" and device.index in (None, 0):
+        exists = "mps" in available
+    if not exists:
+        raise UsageError(f"--device {name} is not available in this torch; available: {', '.join(available)}")
+    return name
 
 
 def model_flags_given(args: argparse.Namespace) -> bool:

@@ -16,15 +16,21 @@ import sys
 
 from ..registry import DEFAULT_CAPTIONER
 from ._common import (
+    BATCH_SIZE,
     EXIT_INTERRUPTED,
     EXIT_SKIPPED,
+    MAX_NEW_TOKENS,
+    SEED,
+    WORKERS,
     UsageError,
+    bounded,
     collect_image_paths,
     command,
     device_from_args,
     dumps,
     plural,
     print_json,
+    printable,
     single_line,
 )
 
@@ -45,12 +51,16 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines on stdout (with -o: a JSON summary)")
     gen = p.add_argument_group("generation")
     gen.add_argument("--sample", action="store_true", help="sample (upstream's batch script) instead of greedy")
-    gen.add_argument("--temperature", type=float, default=0.7, help="with --sample (default: 0.7)")
-    gen.add_argument("--top-p", type=float, default=0.9, help="with --sample (default: 0.9)")
-    gen.add_argument("--top-k", type=int, default=None, help="with --sample (default: 50)")
-    gen.add_argument("--seed", type=int, default=None, help="with --sample: reproducible captions")
-    gen.add_argument("--num-captions", type=int, default=1, help="captions per image (needs --sample)")
-    gen.add_argument("--max-new-tokens", type=int, default=128, help="default: 128")
+    gen.add_argument(
+        "--temperature", type=bounded(float, 0, 100, above=True), default=0.7, help="with --sample (default: 0.7)"
+    )
+    gen.add_argument("--top-p", type=bounded(float, 0, 1, above=True), default=0.9, help="with --sample (default: 0.9)")
+    gen.add_argument("--top-k", type=bounded(int, 1, 1_000_000), default=None, help="with --sample (default: 50)")
+    gen.add_argument("--seed", type=SEED, default=None, help="with --sample: reproducible captions")
+    gen.add_argument(
+        "--num-captions", type=bounded(int, 1, 1000), default=1, help="captions per image (needs --sample)"
+    )
+    gen.add_argument("--max-new-tokens", type=MAX_NEW_TOKENS, default=128, help="default: 128")
     prompt = gen.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", help="the instruction text (default: upstream's training prompt)")
     prompt.add_argument(
@@ -58,8 +68,8 @@ def register(subparsers) -> None:
         choices=("training", "batch", "hub"),
         help="one of upstream's prompt texts: training (default), batch (its batch script), hub (the model card)",
     )
-    gen.add_argument("--batch-size", type=int, default=32, help="sequences per batch (default: 32)")
-    gen.add_argument("--num-workers", type=int, default=None, help="image decoding threads")
+    gen.add_argument("--batch-size", type=BATCH_SIZE, default=32, help="sequences per batch (default: 32)")
+    gen.add_argument("--num-workers", type=WORKERS, default=None, help="image decoding threads")
     gen.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     add_captioner_flags(p, "--model", "--revision")
     p.add_argument("--base-model", help="base Qwen2.5-VL: Hub repo id or directory (default: the adapter's)")
@@ -85,8 +95,6 @@ def caption_options(args: argparse.Namespace) -> dict:
     """``Captioner.caption`` options from the generation flags."""
     from ..caption_inputs import PROMPTS
 
-    if args.num_captions < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
-        raise UsageError("--num-captions, --batch-size and --max-new-tokens must be >= 1")
     if args.num_captions > 1 and not args.sample:
         raise UsageError("--num-captions > 1 needs --sample (greedy decoding gives one caption)")
     if not args.sample and (args.seed is not None or args.top_k is not None):
@@ -128,7 +136,7 @@ def _caption(args: argparse.Namespace) -> int:
                 print(dumps(record))
             else:
                 for caption in captions:
-                    print(f"{path}\t{single_line(caption.text)}")
+                    print(f"{printable(path)}\t{printable(single_line(caption.text))}")
         sys.stdout.flush()
     return _report_skipped(args, skipped)
 
@@ -190,7 +198,7 @@ def _all_done(paths: list[str], have: set[str]) -> bool:
 def _report_skipped(args: argparse.Namespace, skipped: list[tuple[str, str]]) -> int:
     if not skipped:
         return 0
-    lines = [f"  {path}: {reason}" for path, reason in skipped[:20]]
+    lines = [f"  {printable(path)}: {reason}" for path, reason in skipped[:20]]
     if len(skipped) > 20:
         lines.append(f"  ... and {len(skipped) - 20} more")
     print(f"skipped {plural(len(skipped), 'unreadable image')}:", file=sys.stderr)

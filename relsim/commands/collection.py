@@ -14,17 +14,20 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 from ..registry import DEFAULT_TEXT_MODEL
 from ._common import (
+    BATCH_SIZE,
     EXIT_INTERRUPTED,
     EXIT_SKIPPED,
+    MAX_NEW_TOKENS,
+    WORKERS,
     UsageError,
     add_model_flags,
+    bounded,
     collect_image_paths,
     command,
     device_from_args,
@@ -33,6 +36,7 @@ from ._common import (
     model_flags_given,
     plural,
     print_json,
+    printable,
     require_inputs,
     single_line,
     warn,
@@ -52,13 +56,6 @@ def register(subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def printable(path: str) -> str:
-    """A path on one line: names with control characters (a newline) are shown quoted and escaped."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        return json.dumps(path, ensure_ascii=False)
-    return path
 
 
 def _parser(subparsers, name: str, func, help: str, description: str, *positionals: str) -> argparse.ArgumentParser:
@@ -101,9 +98,11 @@ def _register_embed(subparsers) -> None:
     )
     p.add_argument("-o", "--output", required=True, metavar="STORE", help="collection folder or URI (s3://...)")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument("--num-workers", type=int, default=None, help="decoding threads (default: up to 8)")
-    p.add_argument("--save-every", type=int, default=None, metavar="N", help="commit every N images (default: a batch)")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--num-workers", type=WORKERS, default=None, help="decoding threads (default: up to 8)")
+    p.add_argument(
+        "--save-every", type=bounded(int, 1), default=None, metavar="N", help="commit every N images (default: a batch)"
+    )
     p.add_argument("--shard", metavar="I/N", help="embed only part I of N (0-based; default: $RANK/$WORLD_SIZE or 0/1)")
     p.add_argument(
         "--extensions", metavar="EXT,...", help="image endings collected from folders (default: common ones)"
@@ -133,8 +132,6 @@ def _register_embed(subparsers) -> None:
 def _embed(args: argparse.Namespace) -> int:
     from ..files import parse_shard, shard_from_env, shard_of
 
-    if args.batch_size < 1 or (args.save_every is not None and args.save_every < 1):
-        raise UsageError("--batch-size and --save-every must be >= 1")
     caption_options = caption_settings(args, args.captions, "--captions")
     try:
         index, count = parse_shard(args.shard) if args.shard else shard_from_env()
@@ -198,10 +195,10 @@ def _embed_part(
 
 
 def _contradicts(args: argparse.Namespace, fingerprint: dict[str, Any]) -> bool:
-    """Model flags that cannot describe the collection's model (checked without loading anything)."""
-    return any(
-        getattr(args, name) not in (None, fingerprint.get(name)) for name in ("mode", "revision", "base_revision")
-    )
+    """Model flags that may not describe the collection's model (checked without loading anything; the model
+    they name is then loaded and compared, as when there are files to embed)."""
+    names = ("model", "revision", "base_model", "base_revision", "mode")
+    return any(getattr(args, name) not in (None, fingerprint.get(name)) for name in names)
 
 
 def _embed_summary(args, report, collection, index: int, count: int, pruned: list[str], captioned=None) -> int:
@@ -257,14 +254,16 @@ def _register_search(subparsers) -> None:
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", metavar="PATH", help="query image")
     query.add_argument("--text", metavar="TEXT", help='query text, e.g. "{Animal} peeking out from behind a {Object}"')
-    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    p.add_argument("-k", type=bounded(int, 1, 1_000_000), default=10, help="number of results (default: 10)")
     p.add_argument(
         "--where", metavar="SQL", help="filter, e.g. \"path LIKE '%%/2024/%%'\" (Lance SQL over the columns)"
     )
     p.add_argument("--caption-contains", metavar="WORDS", help="only images whose caption has these words")
     p.add_argument("--exact", action="store_true", help="flat exact search even when an ANN index exists")
     p.add_argument(
-        "--nprobes", type=int, help="ANN index partitions a query visits (default: 16; more is slower, finds more)"
+        "--nprobes",
+        type=bounded(int, 1, 1_000_000),
+        help="ANN index partitions a query visits (default: 16; more is slower, finds more)",
     )
     p.add_argument("--exclude-self", action="store_true", help="leave the query image (and identical copies) out")
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="list byte-identical files separately")
@@ -276,7 +275,9 @@ def _register_search(subparsers) -> None:
         "comes from; one backward pass through the model per hit; docs/heatmaps.md)",
     )
     p.add_argument("--grid", metavar="OUT.png", help="write a PNG contact sheet of the results")
-    p.add_argument("--thumb-size", type=int, default=None, help="thumbnail size in pixels (html 224, grid 192)")
+    p.add_argument(
+        "--thumb-size", type=bounded(int, 16, 1024), default=None, help="thumbnail size in pixels (html 224, grid 192)"
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help=f"text encoder (default: {DEFAULT_TEXT_MODEL})")
     p.add_argument("--text-revision", help="branch, tag or commit of --text-model")
@@ -294,7 +295,9 @@ def _register_search(subparsers) -> None:
 def add_caption_flags(group) -> None:
     """``--captioner``, ``--captioner-revision``, ``--max-new-tokens`` (search --explain, embed --captions)."""
     add_captioner_flags(group, "--captioner", "--captioner-revision")
-    group.add_argument("--max-new-tokens", type=int, default=None, help="caption length limit (default: 128)")
+    group.add_argument(
+        "--max-new-tokens", type=MAX_NEW_TOKENS, default=None, help="caption length limit (default: 128)"
+    )
 
 
 def caption_settings(args: argparse.Namespace, enabled: bool, flag: str) -> dict[str, Any]:
@@ -304,8 +307,6 @@ def caption_settings(args: argparse.Namespace, enabled: bool, flag: str) -> dict
         if any(value is not None for value in given):
             raise UsageError(f"--captioner, --captioner-revision and --max-new-tokens go with {flag}")
         return {}
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise UsageError("--max-new-tokens must be >= 1")
     return {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
 
 
@@ -315,12 +316,8 @@ def _search(args: argparse.Namespace) -> int:
     from ..render import write_grid, write_html
     from ..retrieval import search
 
-    if args.k < 1:
-        raise UsageError("-k must be >= 1")
     if args.text is not None and not args.text.strip():
         raise UsageError("--text is empty: describe the relation to look for")
-    if args.nprobes is not None and args.nprobes < 1:
-        raise UsageError("--nprobes must be >= 1")
     if args.nprobes is not None and args.exact:
         raise UsageError("--nprobes tunes the ANN index: not with --exact")
     if args.heatmaps and not args.html:
@@ -390,7 +387,7 @@ def _hit_heatmaps(args: argparse.Namespace, collection, hits) -> list:
 
 def _print_hits(hits, explain: bool) -> None:
     if explain and hits.query_caption is not None:
-        print(f"query caption: {single_line(hits.query_caption)}")
+        print(f"query caption: {printable(single_line(hits.query_caption))}")
     print(f"{'rank':>4}  {'score':>7}  " + ("caption  path" if explain else "path"))
     for hit in hits:
         dupes = len(hit["duplicates"])
@@ -404,7 +401,8 @@ def _print_hits(hits, explain: bool) -> None:
         print(f"{hit['rank']:>4}  {hit['score']:7.4f}  {similarity}{printable(hit['path'])}{extra}")
         if explain:
             caption = hit["caption"]
-            print(" " * 24 + (single_line(caption) if caption is not None else "(no caption: the file cannot be read)"))
+            shown = printable(single_line(caption)) if caption is not None else "(no caption: the file cannot be read)"
+            print(" " * 24 + shown)
 
 
 # --------------------------------------------------------------------------------------------------- info
@@ -473,8 +471,15 @@ def _register_index(subparsers) -> None:
     help = "build the ANN index (and the caption full-text index) of a collection"
     p = _parser(subparsers, "index", _index, help, description, "STORE")
     p.add_argument("--kind", choices=INDEX_KINDS, default=INDEX_KINDS[0], help=f"default: {INDEX_KINDS[0]}")
-    p.add_argument("--partitions", type=int, default=None, help="IVF partitions (default: about sqrt(rows) / 2)")
-    p.add_argument("--queries", type=int, default=100, help="sample queries for the recall check (default: 100)")
+    p.add_argument(
+        "--partitions", type=bounded(int, 1, 65536), default=None, help="IVF partitions (default: about sqrt(rows) / 2)"
+    )
+    p.add_argument(
+        "--queries",
+        type=bounded(int, 1, 100_000),
+        default=100,
+        help="sample queries for the recall check (default: 100)",
+    )
     p.add_argument("--json", action="store_true")
 
 
@@ -509,18 +514,27 @@ def _index(args: argparse.Namespace) -> int:
 def _register_export(subparsers) -> None:
     description = (
         "npy: OUT/img_emb/img_emb_0000.npy + OUT/metadata/metadata_0000.parquet (the autofaiss layout); parquet: "
-        "OUT/embeddings_0000.parquet with a vector column. OUT/relsim.json holds the metadata."
+        "OUT/embeddings_0000.parquet with a vector column. OUT/relsim.json holds the metadata. OUT must be new or "
+        "empty (--overwrite replaces an earlier export) and outside the collection."
     )
     help = "write embeddings + metadata as .npy or Parquet (for FAISS / autofaiss)"
     p = _parser(subparsers, "export", _export, help, description, "STORE", "OUT")
     p.add_argument("--format", choices=("npy", "parquet"), default="npy")
+    p.add_argument(
+        "--overwrite", action="store_true", help="OUT holds an earlier export: remove it first (default: refuse)"
+    )
 
 
 @command
 def _export(args: argparse.Namespace) -> int:
+    from ..errors import OutputPathError
     from ..upkeep import export
 
-    files = export(args.store, args.out, format=args.format)
+    _require_store(args.store)
+    try:
+        files = export(args.store, args.out, format=args.format, overwrite=args.overwrite)
+    except OutputPathError as err:  # a bad OUT is a usage error (exit 2)
+        raise UsageError(str(err)) from err
     print(f"relsim export: wrote {plural(len(files), 'file')} under {args.out}")
     return 0
 

@@ -18,7 +18,20 @@ import sys
 from pathlib import Path
 
 from ..registry import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
-from ._common import EXIT_SKIPPED, EXIT_USAGE, UsageError, add_model_flags, command, device_from_args, print_json
+from ._common import (
+    BATCH_SIZE,
+    EXIT_SKIPPED,
+    EXIT_USAGE,
+    MAX_NEW_TOKENS,
+    SEED,
+    WORKERS,
+    UsageError,
+    add_model_flags,
+    bounded,
+    command,
+    device_from_args,
+    print_json,
+)
 from .caption import add_captioner_flags
 
 #: The built-in methods (the same list as relsim.eval.methods.BUILTIN_METHODS, kept here to stay import-light).
@@ -45,9 +58,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created; reused on reruns)")
     p.add_argument("--image-dir", metavar="DIR", help="where a JSONL's {image_hash}.png files are (default: X_images)")
-    p.add_argument("--queries", type=int, default=1000, metavar="N", help="queries sampled (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="query sampling and bootstrap seed (default: 0)")
-    p.add_argument("--k", type=int, default=10, help="matches kept per query and method (default: 10)")
+    p.add_argument(
+        "--queries", type=bounded(int, 1, 10_000_000), default=1000, metavar="N", help="queries sampled (default: 1000)"
+    )
+    p.add_argument("--seed", type=SEED, default=0, help="query sampling and bootstrap seed (default: 0)")
+    p.add_argument(
+        "--k", type=bounded(int, 1, 1000), default=10, help="matches kept per query and method (default: 10)"
+    )
     p.add_argument(
         "--methods",
         default=",".join(METHODS),
@@ -63,8 +80,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--reference", default="relsim", help="method the others are paired against (default: relsim)")
     p.add_argument("--label", help="a line shown with the table, chart and page (e.g. what the run is)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument("--num-workers", type=int, default=None, help="decoding threads (default: up to 8)")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--num-workers", type=WORKERS, default=None, help="decoding threads (default: up to 8)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="default: on a terminal")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
 
@@ -83,7 +100,11 @@ def register(subparsers) -> None:
     )
     add_captioner_flags(captions, "--captioner", "--captioner-revision")
     captions.add_argument(
-        "--caption-max-new-tokens", type=int, default=128, metavar="N", help="caption length limit (default: 128)"
+        "--caption-max-new-tokens",
+        type=MAX_NEW_TOKENS,
+        default=128,
+        metavar="N",
+        help="caption length limit (default: 128)",
     )
     captions.add_argument("--text-model", help=f"MiniLM for the captions (default: {DEFAULT_TEXT_MODEL})")
     captions.add_argument("--text-revision", help="branch, tag or commit of --text-model")
@@ -95,13 +116,26 @@ def register(subparsers) -> None:
     judge.add_argument("--judge-key-env", default="OPENAI_API_KEY", metavar="VAR", help="env variable with the API key")
     judge.add_argument("--judge-prompt", metavar="FILE", help="judge prompt text (default: upstream's, verbatim)")
     judge.add_argument(
-        "--judge-temperature", type=float, default=0.0, help="default: 0 (reproducible); 0.7 = the paper"
+        "--judge-temperature", type=bounded(float, 0, 2), default=0.0, help="default: 0 (reproducible); 0.7 = the paper"
     )
-    judge.add_argument("--judge-samples", type=int, default=1, help="answers per pair, averaged (default: 1)")
-    judge.add_argument("--judge-concurrency", type=int, default=8, help="requests in flight (default: 8)")
-    judge.add_argument("--judge-retries", type=int, default=5, help="retries on 429/5xx/timeouts (default: 5)")
-    judge.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per request (default: 120)")
-    judge.add_argument("--judge-max-tokens", type=int, default=None, help="answer length cap (default: none)")
+    judge.add_argument(
+        "--judge-samples", type=bounded(int, 1, 100), default=1, help="answers per pair, averaged (default: 1)"
+    )
+    judge.add_argument(
+        "--judge-concurrency", type=bounded(int, 1, 256), default=8, help="requests in flight (default: 8)"
+    )
+    judge.add_argument(
+        "--judge-retries", type=bounded(int, 0, 100), default=5, help="retries on 429/5xx/timeouts (default: 5)"
+    )
+    judge.add_argument(
+        "--judge-timeout",
+        type=bounded(float, 0, 86400, above=True),
+        default=120.0,
+        help="seconds per request (default: 120)",
+    )
+    judge.add_argument(
+        "--judge-max-tokens", type=bounded(int, 1, 1_000_000), default=None, help="answer length cap (default: none)"
+    )
     judge.add_argument("--judge-cache", metavar="FILE", help="answer cache (default: DIR/judge_cache.sqlite)")
     p.set_defaults(func=_retrieval)
 
@@ -189,9 +223,6 @@ def _check_usage(args: argparse.Namespace) -> None:
     unknown = [m.strip() for m in args.methods.split(",") if m.strip() not in (*METHODS, "none", "")]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)} (or --embeddings)")
-    for name in ("queries", "k", "batch_size", "judge_samples", "judge_concurrency", "caption_max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     if args.judge_prompt and not Path(args.judge_prompt).is_file():
         raise UsageError(f"{args.judge_prompt}: no such file")
 

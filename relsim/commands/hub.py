@@ -8,7 +8,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +58,12 @@ def _folder_size(path: Path) -> tuple[int, int]:
 
 def _base_of(adapter_path: Path, model: str) -> tuple[str | None, str | None]:
     """The base model and revision a load of this adapter would use (as :func:`relsim.load` decides)."""
+    from ..checkpoint import ADAPTER_CONFIG, read_adapter_config, read_relsim_config
+
     pinned = PRETRAINED.get(model, {})
-    config: dict[str, Any] = {}
-    for name in ("relsim_config.json", "adapter_config.json"):
-        file = adapter_path / name
-        if file.is_file():
-            config = {**json.loads(file.read_text()), **config}
+    config: dict[str, Any] = read_relsim_config(adapter_path)  # checked: a list or a number is one clear line
+    if (adapter_path / ADAPTER_CONFIG).is_file():
+        config = {**read_adapter_config(adapter_path), **config}
     base = config.get("base_model") or config.get("base_model_name_or_path") or pinned.get("base_model")
     revision = config.get("base_revision") or pinned.get("base_revision")
     return base, revision

@@ -12,7 +12,17 @@ from __future__ import annotations
 import argparse
 
 from ..registry import DEFAULT_CAPTIONER
-from ._common import UsageError, add_model_flags, command, load_model_from_args, print_json, require_inputs
+from ._common import (
+    MAX_NEW_TOKENS,
+    UsageError,
+    add_model_flags,
+    command,
+    load_model_from_args,
+    print_json,
+    printable,
+    require_inputs,
+    single_line,
+)
 from .caption import add_captioner_flags
 
 
@@ -40,7 +50,9 @@ def register(subparsers) -> None:
     )
     add_captioner_flags(explain, "--captioner", "--captioner-revision")
     explain.add_argument("--text-model", help="MiniLM for the caption cosine (default: all-MiniLM-L6-v2)")
-    explain.add_argument("--max-new-tokens", type=int, default=128, help="caption length limit (default: 128)")
+    explain.add_argument(
+        "--max-new-tokens", type=MAX_NEW_TOKENS, default=128, help="caption length limit (default: 128)"
+    )
     p.set_defaults(func=_score)
 
 
@@ -80,8 +92,6 @@ def _write_heatmap(model, args: argparse.Namespace) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 1:
-        raise UsageError("--max-new-tokens must be >= 1")
     model = load_model_from_args(args)
     captioner = model.load_captioner(args.captioner or DEFAULT_CAPTIONER, revision=args.captioner_revision)
     explanation = model.explain(args.a, args.b, text_model=args.text_model, max_new_tokens=args.max_new_tokens)
@@ -90,8 +100,8 @@ def _explain(args: argparse.Namespace) -> int:
         print_json({**record, "model": model.fingerprint, "captioner": captioner.fingerprint})
     else:
         print(f"{explanation.score:.6f}")
-        print(f"a: {explanation.caption_a.text}")
-        print(f"b: {explanation.caption_b.text}")
+        print(f"a: {printable(single_line(explanation.caption_a.text))}")
+        print(f"b: {printable(single_line(explanation.caption_b.text))}")
         print(f"caption similarity: {explanation.caption_similarity:.6f}")
     _write_heatmap(model, args)
     return 0

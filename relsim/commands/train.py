@@ -16,7 +16,16 @@ from __future__ import annotations
 import argparse
 
 from ..train.config import BaseConfig, CaptionerTrainConfig, TrainConfig, field_types
-from ._common import EXIT_USAGE, UsageError, command, print_json, require_inputs, warn
+from ._common import (
+    EXIT_USAGE,
+    UsageError,
+    available_device,
+    bounded,
+    command,
+    print_json,
+    require_inputs,
+    warn,
+)
 
 
 def _flag(name: str) -> str:
@@ -72,11 +81,13 @@ def register(subparsers) -> None:
     )
     dl.add_argument("jsonl", metavar="LIST", help="captions JSONL or seed-group JSON")
     dl.add_argument("directory")
-    dl.add_argument("--workers", type=int, default=16)
-    dl.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    dl.add_argument("--retries", type=int, default=3)
-    dl.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
-    dl.add_argument("--limit", type=int, default=None, help="only the first N records")
+    dl.add_argument("--workers", type=bounded(int, 1, 256), default=16)
+    dl.add_argument("--timeout", type=bounded(float, 0, 86400, above=True), default=30.0, help="seconds per request")
+    dl.add_argument("--retries", type=bounded(int, 0, 100), default=3)
+    dl.add_argument(
+        "--backoff", type=bounded(float, 0, 3600), default=1.0, help="first retry delay in seconds (doubles)"
+    )
+    dl.add_argument("--limit", type=bounded(int, 1), default=None, help="only the first N records")
     dl.add_argument("--verify-existing", action="store_true", help="re-download files that do not decode")
     dl.set_defaults(func=_download)
     tg = data_commands.add_parser("targets", help="compute and cache the caption embeddings")
@@ -102,7 +113,13 @@ def config_from_args(args: argparse.Namespace, cls: type[BaseConfig] = TrainConf
     names = set(field_types(cls))
     overrides = {k: v for k, v in vars(args).items() if k in names}
     path = config_path(args)
-    return cls.from_file(path, **overrides) if path else cls.from_dict(overrides)
+    try:
+        config = cls.from_file(path, **overrides) if path else cls.from_dict(overrides)
+    except ValueError as err:  # a bad option value, in the file or a flag: a usage error, before any model loads
+        raise UsageError(str(err)) from err
+    if config.device is not None:
+        available_device(config.device)
+    return config
 
 
 def config_path(args: argparse.Namespace) -> str | None:
@@ -179,8 +196,9 @@ def _targets(args: argparse.Namespace) -> int:
 
     require_inputs(*args.jsonl)
     captions = [r.caption for path in args.jsonl for r in read_jsonl(path)]
+    device = available_device(args.device) if args.device else None
     targets = caption_targets(
-        captions, cache_dir=args.cache_dir, text_model=args.text_model, revision=args.text_revision, device=args.device
+        captions, cache_dir=args.cache_dir, text_model=args.text_model, revision=args.text_revision, device=device
     )
     path = cache_file(args.cache_dir, resolve_text_model(args.text_model, args.text_revision))
     print(f"{targets.shape[0]} caption targets in {path}")

@@ -10,7 +10,9 @@ The client retries 429s, 5xx answers, timeouts and dropped connections with expo
 ``Retry-After``), a bounded number of times. Every answer is stored in a :class:`JudgeCache` (SQLite) as soon
 as it arrives, keyed by (judge model, prompt SHA-256, temperature, query SHA-256, match SHA-256, sample
 index), so a rerun or a resumed run never asks the same question twice; answers that do not parse are kept
-too (they were paid for) and counted. The API key is read from an environment variable and never written.
+too (they were paid for) and counted. The API key is read from an environment variable and never written or
+printed: every error message and answer is passed through :func:`redact` (the key's value, ``Bearer ...`` and
+``sk-...`` tokens), because endpoints echo the key back ("Incorrect API key provided: Bearer sk-...").
 
 Example:
     >>> judge = Judge(JudgeSettings(model="gpt-4o"), JudgeCache("out/judge_cache.sqlite"))  # doctest: +SKIP
@@ -50,6 +52,7 @@ __all__ = [
     "check_ready",
     "parse_score",
     "prompt_sha256",
+    "redact",
 ]
 
 #: The judge prompt of upstream's ``retrieval/gptscore.py``, verbatim (tests compare it with the fixture).
@@ -72,6 +75,10 @@ Output only the number.
 SYSTEM_MESSAGE = "You are a helpful assistant."
 DEFAULT_JUDGE_URL = "https://api.openai.com/v1"
 _NUMBER = re.compile(r"\b(\d+\.?\d*)\b")
+#: Credentials an endpoint may echo: ``Bearer <token>`` and OpenAI-style ``sk-...`` keys (masked ones included).
+_TOKEN = r"[^\s\"',;)}\]]*[^\s\"',;)}\].]"  # up to a quote, bracket or space; a final full stop is not part of it
+_CREDENTIAL = re.compile(rf"(?i)\bBearer\s+{_TOKEN}|\bsk-{_TOKEN}")
+REDACTED = "[redacted]"
 # Formats every OpenAI-compatible vision endpoint takes; others are re-encoded as PNG.
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
@@ -90,6 +97,18 @@ def parse_score(answer: str | None) -> float | None:
         return None
     score = float(match.group(1))
     return score if 0 <= score <= 10 else None
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """``text`` without credentials: the value ``secret`` (the API key) and any ``Bearer ...`` or ``sk-...``
+    token become ``[redacted]``.
+
+    Example:
+        >>> redact("Incorrect API key provided: Bearer sk-abc123. Try again", "sk-abc123")
+        'Incorrect API key provided: [redacted]. Try again'
+    """
+    text = _CREDENTIAL.sub(REDACTED, text)
+    return text.replace(secret, REDACTED) if secret and len(secret) >= 4 else text
 
 
 def prompt_sha256(prompt: str) -> str:
@@ -309,6 +328,7 @@ class Judge:
         self.cache = cache
         self._environ = os.environ if environ is None else environ
         self._log = log or (lambda message: print(message, file=sys.stderr))
+        self._secret = self._environ.get(settings.key_env)
         self._client: Any = None
         self.progress = JudgeProgress()
 
@@ -333,14 +353,23 @@ class Judge:
             messages=messages_for(self.settings.prompt, request.query_path, request.match_path),
             **kwargs,
         )
-        if not response.choices:
+        choices = getattr(response, "choices", None)
+        if isinstance(choices, list) and not choices:
             return ""
-        return response.choices[0].message.content or ""
+        content = getattr(getattr(choices[0], "message", None), "content", None) if isinstance(choices, list) else ""
+        if not isinstance(choices, list) or not isinstance(content, (str, type(None))):
+            raise _NotChatCompletions(
+                f"it answered with something that is not chat-completions JSON ({_what_came_back(response)}); "
+                "check --judge-url (an OpenAI-compatible base URL usually ends in /v1)"
+            )
+        return content or ""
 
     def _failure(self, err: BaseException) -> str | None:
         """A per-request failure message, or None when the error means the judge cannot work at all."""
         import openai
 
+        if isinstance(err, _NotChatCompletions):
+            return None
         if isinstance(err, openai.APITimeoutError):
             return f"timed out after {self.settings.retries} retries"
         if isinstance(err, (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)):
@@ -350,9 +379,9 @@ class Judge:
         if isinstance(err, openai.APIStatusError):
             return f"HTTP {err.status_code}"
         if isinstance(err, openai.APIError):  # e.g. a response that is not chat-completions JSON
-            return f"{type(err).__name__}: {err}"
+            return redact(f"{type(err).__name__}: {err}", self._secret)
         if isinstance(err, (OSError, ValueError)):  # an image that vanished or cannot be encoded
-            return f"{type(err).__name__}: {err}"
+            return redact(f"{type(err).__name__}: {err}", self._secret)
         return None
 
     def run(self, requests: Sequence[JudgeRequest], *, progress: bool | None = None) -> dict[JudgeRequest, Verdict]:
@@ -408,12 +437,13 @@ class Judge:
             if bar is not None:
                 bar.close()
         if fatal is not None:
-            raise JudgeError(f"the judge at {self.settings.url} cannot be used: {fatal}") from fatal
+            message = redact(f"the judge at {self.settings.url} cannot be used: {fatal}", self._secret)
+            raise JudgeError(message) from None  # the cause's text may hold the key
 
     def _collect(self, key: tuple, future: Future, answers: dict) -> BaseException | None:
         err = future.exception()
         if err is None:
-            answer = future.result()
+            answer = redact(future.result(), self._secret)
             self.cache.put(key, answer, self.settings.url)
             answers[key] = Verdict(answer=answer)
             self.progress.asked += 1
@@ -425,6 +455,16 @@ class Judge:
         self.progress.failed += 1
         self.progress.errors[reason] = self.progress.errors.get(reason, 0) + 1
         return None
+
+
+class _NotChatCompletions(JudgeError):
+    """The endpoint answered 200 with something that is not a chat completion (a web page, other JSON)."""
+
+
+def _what_came_back(response: Any) -> str:
+    """What came back instead of a chat completion, briefly: its type and the start of its text."""
+    text = " ".join(str(response).split())
+    return f"{type(response).__name__} {text[:80]!r}" + ("..." if len(text) > 80 else "")
 
 
 def _progress_bar(total: int, progress: bool | None):

@@ -19,6 +19,8 @@ __all__ = ["markdown_table", "write_chart", "write_html", "write_markdown"]
 
 _THUMB = 160
 _MATCHES_SHOWN = 5
+#: Characters of the judge's answers shown on the page (a 7 MB answer made a 21 MB page); results.json has all.
+_ANSWER_SHOWN = 2000
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -183,7 +185,7 @@ def write_html(results: dict[str, Any], path: str | os.PathLike) -> Path:
             if judged is not None:
                 value = judged["score"]
                 label = "failed" if judged["errors"] and value is None and not judged["answers"] else _fmt(value, 1)
-                answer = "; ".join(judged["answers"] + judged["errors"])
+                answer = _clipped("; ".join(judged["answers"] + judged["errors"]), _ANSWER_SHOWN)
                 score = f" <span class='score {_score_class(value)}' title='{esc(answer)}'>{esc(label)}</span>"
             more = "".join(image(m) for m in entry["matches"][1:_MATCHES_SHOWN])
             cells.append(
@@ -196,6 +198,13 @@ def write_html(results: dict[str, Any], path: str | os.PathLike) -> Path:
     parts.append("</body></html>\n")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _clipped(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters in results.json)"
 
 
 def _summary_html(results: dict[str, Any]) -> str:

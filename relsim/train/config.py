@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -99,10 +100,32 @@ class BaseConfig:
         for f in dataclasses.fields(self):  # paths may be given as Path objects; the config stays JSON
             if isinstance(getattr(self, f.name), os.PathLike):
                 setattr(self, f.name, os.fspath(getattr(self, f.name)))
+        self.check_types()
         self.validate()
+
+    def check_types(self) -> None:
+        """Raise ``ValueError`` naming the first option whose value has the wrong type (``"lr": "fast"``,
+        ``"batch_size": "4"`` or ``4.5``, ``"train_jsonl": ["a", "b"]``): a config file is JSON or YAML, so the
+        type is not checked by Python."""
+        for name, (scalar, optional, is_list) in field_types(type(self)).items():
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if is_list:
+                ok = isinstance(value, list) and all(_is_a(v, scalar) for v in value)
+                expected = f"a list of {_TYPE_NAMES[scalar]}s"
+            else:
+                ok, expected = _is_a(value, scalar), _TYPE_NAMES[scalar]
+            if not ok:
+                unset = " or unset (null)" if optional else ""
+                raise ValueError(f"training option {name} must be {expected}{unset}, got {value!r}")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         positive = ("lora_r", "batch_size", "eval_batch_size", "log_every", "eval_every")
         for name in positive + ("save_every", "epochs"):
             if getattr(self, name) < 1:
@@ -111,6 +134,10 @@ class BaseConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or unset, got {value}")
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError(
+                f"micro_batch_size {self.micro_batch_size} must be <= batch_size {self.batch_size} (it divides a step)"
+            )
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lr <= 0:
@@ -119,7 +146,7 @@ class BaseConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if len(self.adam_betas) != 2:
+        if len(self.adam_betas) != 2 or not all(math.isfinite(b) for b in self.adam_betas):
             raise ValueError(f"adam_betas must be two numbers, got {self.adam_betas}")
         if self.warmup_steps < 0 or self.num_workers < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("warmup_steps, num_workers, grad_clip and weight_decay must be >= 0")
@@ -248,6 +275,18 @@ class CaptionerTrainConfig(BaseConfig):
             raise ValueError("eval_captions must be >= 0 and max_new_tokens >= 1")
         if self.prompt is not None and not self.prompt.strip():
             raise ValueError("prompt must be a non-empty text or unset (upstream's training prompt)")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _is_a(value: Any, scalar: type) -> bool:
+    """``value`` fits an option of type ``scalar`` (an int fits a float option; a bool fits only a bool one)."""
+    if scalar is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if scalar is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, scalar)
 
 
 def field_types(cls: type[BaseConfig] = TrainConfig) -> dict[str, tuple[type, bool, bool]]:

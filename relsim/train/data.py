@@ -85,7 +85,10 @@ def split_eval(records: list[Record], eval_size: int) -> tuple[list[Record], lis
     if eval_size <= 0:
         return list(records), []
     if eval_size >= len(records):
-        raise ValueError(f"eval_size {eval_size} leaves no training data out of {len(records)} records")
+        raise ValueError(
+            f"eval_size {eval_size} leaves no training data out of {len(records)} records: lower it "
+            f"(--eval-size N, or eval_size in the config) below {len(records)}, or give --eval-jsonl"
+        )
     order = sorted(records, key=lambda r: hashlib.sha1(r.image_hash.encode()).hexdigest())
     held = {r.image_hash for r in order[:eval_size]}
     return [r for r in records if r.image_hash not in held], [r for r in records if r.image_hash in held]

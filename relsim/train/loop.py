@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..files import output_folder
 from ..hub import BASE_FILES, resolve
 from ..preprocess import patchify
 from . import distributed
@@ -122,7 +123,7 @@ class Trainer:
 
     def __init__(self, config: BaseConfig, env: distributed.Env, device: torch.device) -> None:
         self.config, self.env, self.device = config, env, device
-        self.out = Path(config.output_dir)
+        self.out = output_folder(config.output_dir, "output_dir")
         if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
             self.autocast, self.dtype = torch.bfloat16, torch.bfloat16
         else:
@@ -216,7 +217,16 @@ class Trainer:
         self.load_data()
         if len(self.train_records) < c.batch_size:  # before the model is loaded: fail fast
             count = len(self.train_records)
-            raise ValueError(f"{count} training images with a file, fewer than batch_size {c.batch_size}")
+            raise ValueError(
+                f"{count} training images with a file, fewer than batch_size {c.batch_size}: "
+                f"lower it (--batch-size N, or batch_size in the config) to at most {count}"
+            )
+        self.micro = c.micro_batch_size or c.batch_size // self.env.world
+        if self.micro < 1 or c.batch_size % (self.micro * self.env.world):
+            raise ValueError(
+                f"batch_size {c.batch_size} must be a multiple of "
+                f"micro_batch_size {self.micro} x {self.env.world} processes (--batch-size, --micro-batch-size)"
+            )
         self.model = self.build_model()
         self.ddp = self.model
         if self.env.world > 1:
@@ -232,12 +242,6 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             params, lr=c.lr, betas=tuple(c.adam_betas), eps=c.adam_eps, weight_decay=c.weight_decay
         )
-        self.micro = c.micro_batch_size or c.batch_size // self.env.world
-        if self.micro < 1 or c.batch_size % (self.micro * self.env.world):
-            raise ValueError(
-                f"batch_size {c.batch_size} must be a multiple of "
-                f"micro_batch_size {self.micro} x {self.env.world} processes"
-            )
         self.accumulation = c.batch_size // (self.micro * self.env.world)
         self.steps_per_epoch = len(self.train_records) // c.batch_size
         self.total = c.max_steps or c.epochs * self.steps_per_epoch
