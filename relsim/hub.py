@@ -29,6 +29,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, Offl
 from . import __version__
 from .checkpoint import CAPTIONER_KIND, RELSIM_CONFIG, TRAINER_STATE_DIR
 from .errors import ModelNotFoundError
+from .registry import CAPTIONERS, PRETRAINED
 
 #: How relsim identifies itself to the Hub (as open_clip and timm do).
 LIBRARY = {"library_name": "relsim", "library_version": __version__}
@@ -265,6 +266,35 @@ def usage_section(code: str) -> list[str]:
     ]
 
 
+#: Who owns what: relsim's code, this checkpoint, its base model and the paper authors' published weights.
+LICENSE_SECTION = """
+## License
+
+- These weights: `{license}`, as chosen by whoever published this repository (see the front matter).
+- relsim, the code that trained and loads them, is MIT-licensed; that covers the code, not any weights.
+- The base model `{base}` is under its own license, which applies to weights derived from it.
+- The weights the paper's authors published (`thaoshibe/relsim-qwenvl25-lora`,
+  `thaoshibe/relsim-anonymous-caption-qwen25vl-lora`) are the authors', under their terms: their repository's
+  license changed from MIT to CC BY-NC-SA 4.0 (non-commercial, share-alike) on 2025-12-10. A checkpoint
+  converted from or trained on top of them carries those terms: check them before any commercial use.
+"""
+
+
+def license_section(license: str, config: dict[str, Any]) -> list[str]:
+    """``## License``: these weights' license, relsim's MIT code, the base model's and the paper authors' terms
+    (named first when ``relsim convert`` made this checkpoint from the authors' published weights).
+
+    >>> "MIT" in "\\n".join(license_section("apache-2.0", {"base_model": "Qwen/Qwen2.5-VL-7B-Instruct"}))
+    True
+    """
+    base = str(config.get("base_model") or "Qwen/Qwen2.5-VL-7B-Instruct")
+    lines = LICENSE_SECTION.format(license=license, base=base).strip("\n").splitlines()
+    source = str((config.get("converted_from") or {}).get("source") or "")
+    if source in (*PRETRAINED, *CAPTIONERS):
+        lines[2:2] = [f"- **This checkpoint was converted from `{source}`, the authors' weights: their terms apply.**"]
+    return lines + [""]
+
+
 #: The usage example of an embedder card; ``{repo}`` is the checkpoint's repo id.
 EMBEDDER_USAGE = """
 import relsim
@@ -333,6 +363,7 @@ def model_card(config: dict[str, Any], *, repo_id: str | None = None, license: s
         json.dumps(recipe, indent=2, sort_keys=True),
         "```",
         "",
+        *license_section(license, config),
     ]
     return "\n".join(front + body)
 
@@ -440,6 +471,7 @@ def captioner_card(config: dict[str, Any], *, repo_id: str | None = None, licens
     else:
         body.append("No held-out evaluation was recorded.")
     body += ["", "## Training configuration", "", "```json", json.dumps(recipe, indent=2, sort_keys=True), "```", ""]
+    body += license_section(license, config)
     return "\n".join(front + body)
 
 
