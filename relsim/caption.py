@@ -48,7 +48,7 @@ from .checkpoint import (
 )
 from .encoder import deduplicate, weights_lock
 from .errors import CheckpointError, ImageInputError
-from .hub import ResolvedRepo, resolve
+from .hub import ResolvedRepo, download_advice, resolve
 from .pretrained import canonical_device, load_body, load_tokenizer, parse_dtype, resolve_base
 from .registry import CAPTIONERS, DEFAULT_CAPTIONER, DEFAULT_TEXT_MODEL
 
@@ -674,7 +674,8 @@ def resolve_captioner(
     pinned = CAPTIONERS.get(str(model), {})
     revision = revision if revision is not None else pinned.get("revision")
     hub = _hub_kwargs(cache_dir, local_files_only, token)
-    adapter = resolve(model, revision=revision, allow_patterns=CAPTIONER_FILES, **hub)
+    advice = download_advice("captioner", model, revision)
+    adapter = resolve(model, revision=revision, allow_patterns=CAPTIONER_FILES, offline_advice=advice, **hub)
     config = read_adapter_config(adapter.path)
     base_name = base_model
     if base_name is None:
@@ -721,7 +722,8 @@ def attach_captioner(
         local_files_only if local_files_only is not None else source.local_files_only,
         token,
     )
-    adapter = resolve(model, revision=revision, allow_patterns=CAPTIONER_FILES, **hub)
+    advice = download_advice("captioner", model, revision)
+    adapter = resolve(model, revision=revision, allow_patterns=CAPTIONER_FILES, offline_advice=advice, **hub)
     named = read_adapter_config(adapter.path).get("base_model_name_or_path")
     # a base loaded from a directory is compared through the base the embedder's adapter names
     expected = source.name if _is_hub_id(source.name) else source.adapter_base

@@ -51,6 +51,7 @@ class RowNotFoundError(RelSimError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
 
+
 class OutputPathError(RelSimError, ValueError):
     """An output path relsim will not write to: a file where a folder goes, a folder that is not empty (without
     ``overwrite``), or a folder inside a collection."""
@@ -66,6 +67,5 @@ __all__ = [
     "JudgeError",
     "CollectionWriteError",
     "RowNotFoundError",
-
     "OutputPathError",
 ]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -29,6 +30,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, Offl
 from . import __version__
 from .checkpoint import CAPTIONER_KIND, RELSIM_CONFIG, TRAINER_STATE_DIR
 from .errors import ModelNotFoundError
+from .registry import CAPTIONERS, DOWNLOADS, PRETRAINED
 
 #: How relsim identifies itself to the Hub (as open_clip and timm do).
 LIBRARY = {"library_name": "relsim", "library_version": __version__}
@@ -139,8 +141,36 @@ def content_revision(path: str | Path, patterns: list[str] | None = None) -> str
     return revision
 
 
-#: What to do about a repo missing from the cache in offline mode (``relsim download`` says something else).
-OFFLINE_ADVICE = "fetch it once online with `relsim download` or pass a local directory."
+#: What to do about a repo missing from the cache in offline mode when nothing says which model it is
+#: (``relsim download`` says something else).
+OFFLINE_ADVICE = "fetch it once online with `relsim download` (see `relsim download --help`) or pass a local directory."
+
+
+def download_command(what: str, name: str | Path | None = None, revision: str | None = None) -> str:
+    """The ``relsim download`` command line that fetches ``name`` (at ``revision``) as ``what`` (a key of
+    :data:`relsim.registry.DOWNLOADS`); the options are left out where they are the defaults.
+
+    >>> download_command("captioner")
+    'relsim download captioner'
+    >>> download_command("clip", "me/my-clip", "v2")
+    'relsim download clip --clip-model me/my-clip --clip-revision v2'
+    """
+    name_option, revision_option, default = DOWNLOADS[what]
+    words = ["relsim", "download", what]
+    if name is not None and str(name) != default:
+        words += [name_option, str(name)]
+    if revision is not None:
+        words += [revision_option, revision]
+    return shlex.join(words)
+
+
+def download_advice(what: str, name: str | Path | None = None, revision: str | None = None) -> str:
+    """What to do about ``name`` missing from the cache offline: the exact :func:`download_command` to run online.
+
+    >>> download_advice("text")
+    'fetch it once online with `relsim download text` or pass a local directory.'
+    """
+    return f"fetch it once online with `{download_command(what, name, revision)}` or pass a local directory."
 
 
 def resolve(
@@ -151,7 +181,7 @@ def resolve(
     local_files_only: bool | None = None,
     token: str | bool | None = None,
     allow_patterns: list[str] | None = None,
-    offline_advice: str = OFFLINE_ADVICE,
+    offline_advice: str | None = None,
 ) -> ResolvedRepo:
     """Find ``name_or_path`` locally or download it (once, into the HF cache) and report its commit.
 
@@ -159,7 +189,8 @@ def resolve(
     the files ``allow_patterns`` selects), and a ``revision`` given for it must be that hash. Anything else
     is a Hub repo id: ``revision`` is a branch, tag or commit hash; ``local_files_only=None`` follows
     ``HF_HUB_OFFLINE``. A repo that is neither cached nor downloadable is a :class:`ModelNotFoundError`; in
-    offline mode its message ends with ``offline_advice``.
+    offline mode its message ends with ``offline_advice`` (default: the ``relsim download`` command that fetches
+    it, for an embedder adapter or a base model, known by ``allow_patterns``; else :data:`OFFLINE_ADVICE`).
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -193,10 +224,17 @@ def resolve(
             )
         )
     except (LocalEntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, ValueError) as err:
-        offline = constants.HF_HUB_OFFLINE or local_files_only
-        hint = f" Offline mode is on (HF_HUB_OFFLINE / local_files_only): {offline_advice}" if offline else ""
         where = f"{name!r} at revision {revision!r}" if revision else repr(name)
-        message = f"could not get {where} from the Hugging Face Hub or its cache.{hint} ({err})"
+        message = f"could not get {where} from the Hugging Face Hub or its cache."
+        if constants.HF_HUB_OFFLINE or local_files_only:
+            # huggingface_hub's own text only adds "pass 'local_files_only=False'", which is no advice here
+            if offline_advice is None:
+                known = {"embedder": ADAPTER_FILES, "base": BASE_FILES}
+                what = next((key for key, files in known.items() if allow_patterns is files), None)
+                offline_advice = OFFLINE_ADVICE if what is None else download_advice(what, name, revision)
+            message += f" Offline mode is on (HF_HUB_OFFLINE / local_files_only): {offline_advice}"
+        else:
+            message += f" ({err})"
         raise ModelNotFoundError(message) from err
     commit = snapshot.name if _COMMIT.match(snapshot.name) else None
     return ResolvedRepo(name, snapshot, commit)
@@ -263,6 +301,35 @@ def usage_section(code: str) -> list[str]:
         "```",
         "",
     ]
+
+
+#: Who owns what: relsim's code, this checkpoint, its base model and the paper authors' published weights.
+LICENSE_SECTION = """
+## License
+
+- These weights: `{license}`, as chosen by whoever published this repository (see the front matter).
+- relsim, the code that trained and loads them, is MIT-licensed; that covers the code, not any weights.
+- The base model `{base}` is under its own license, which applies to weights derived from it.
+- The weights the paper's authors published (`thaoshibe/relsim-qwenvl25-lora`,
+  `thaoshibe/relsim-anonymous-caption-qwen25vl-lora`) are the authors', under their terms: their repository's
+  license changed from MIT to CC BY-NC-SA 4.0 (non-commercial, share-alike) on 2025-12-10. A checkpoint
+  converted from or trained on top of them carries those terms: check them before any commercial use.
+"""
+
+
+def license_section(license: str, config: dict[str, Any]) -> list[str]:
+    """``## License``: these weights' license, relsim's MIT code, the base model's and the paper authors' terms
+    (named first when ``relsim convert`` made this checkpoint from the authors' published weights).
+
+    >>> "MIT" in "\\n".join(license_section("apache-2.0", {"base_model": "Qwen/Qwen2.5-VL-7B-Instruct"}))
+    True
+    """
+    base = str(config.get("base_model") or "Qwen/Qwen2.5-VL-7B-Instruct")
+    lines = LICENSE_SECTION.format(license=license, base=base).strip("\n").splitlines()
+    source = str((config.get("converted_from") or {}).get("source") or "")
+    if source in (*PRETRAINED, *CAPTIONERS):
+        lines[2:2] = [f"- **This checkpoint was converted from `{source}`, the authors' weights: their terms apply.**"]
+    return lines + [""]
 
 
 #: The usage example of an embedder card; ``{repo}`` is the checkpoint's repo id.
@@ -333,6 +400,7 @@ def model_card(config: dict[str, Any], *, repo_id: str | None = None, license: s
         json.dumps(recipe, indent=2, sort_keys=True),
         "```",
         "",
+        *license_section(license, config),
     ]
     return "\n".join(front + body)
 
@@ -440,6 +508,7 @@ def captioner_card(config: dict[str, Any], *, repo_id: str | None = None, licens
     else:
         body.append("No held-out evaluation was recorded.")
     body += ["", "## Training configuration", "", "```json", json.dumps(recipe, indent=2, sort_keys=True), "```", ""]
+    body += license_section(license, config)
     return "\n".join(front + body)
 
 

@@ -1,12 +1,13 @@
-"""Upstream relsim 0.1.0's API, computed by relsim: code written for the research release runs unchanged.
+"""Upstream relsim's API, computed by relsim: code written for the research release runs unchanged.
 
 The paper's authors published relsim 0.1.0 (PyPI ``relsim``, github.com/thaoshibe/relsim), whose API is
-``relsim()`` and ``preprocess_image`` in ``relsim.relsim_score`` (also importable from ``relsim``). This module
-keeps those calls and their numbers: native resolution, no EXIF orientation, and transparency as upstream
-handled it (``preprocess_image`` drops alpha with ``convert("RGB")``; an RGBA image handed straight to
-``embed`` is composited onto white, as qwen-vl-utils 0.0.14 does). Loading and embedding are relsim's own
-(:func:`relsim.load`, :class:`relsim.RelSimModel`). New code should call :func:`relsim.load` directly
-(docs/upgrading.md).
+``relsim()`` and ``preprocess_image`` in ``relsim.relsim_score`` (also importable from ``relsim``); their later
+README (the CVPR 2026 version) adds ``preprocess_image([...])`` returning a list and
+``embed(images, max_image_size=None, micro_batch_size=None)``. This module keeps those calls and their numbers:
+native resolution, no EXIF orientation, and transparency as 0.1.0 handled it (``preprocess_image`` drops alpha
+with ``convert("RGB")``; an RGBA image handed straight to ``embed`` is composited onto white, as qwen-vl-utils
+0.0.14 does). Loading and embedding are relsim's own (:func:`relsim.load`, :class:`relsim.RelSimModel`). New
+code should call :func:`relsim.load` directly (docs/upgrading.md).
 
 Example:
     >>> from relsim.relsim_score import relsim
@@ -34,15 +35,24 @@ from .pretrained import load
 from .registry import DEFAULT_MODEL
 
 
-def preprocess_image(img: Image.Image) -> Image.Image:
-    """``img.convert("RGB")``, as upstream 0.1.0's ``preprocess_image`` (alpha is dropped, not composited).
+def preprocess_image(img: Image.Image | list[Image.Image] | tuple[Image.Image, ...]) -> Image.Image | list[Image.Image]:
+    """``img.convert("RGB")``, as upstream's ``preprocess_image`` (alpha is dropped, not composited); a list or
+    tuple of PIL images gives a list, as in upstream's later README.
 
     >>> preprocess_image(Image.new("RGBA", (4, 4))).mode
     'RGB'
+    >>> [im.mode for im in preprocess_image([Image.new("L", (4, 4)), Image.new("P", (2, 2))])]
+    ['RGB', 'RGB']
     """
     if isinstance(img, Image.Image):
         return img.convert("RGB")
-    raise TypeError("Input must be a PIL Image")
+    if isinstance(img, (list, tuple)):
+        for index, item in enumerate(img):
+            if not isinstance(item, Image.Image):
+                kind = type(item).__name__
+                raise TypeError(f"Input must be a PIL Image or a list of PIL Images; item {index} is a {kind}")
+        return [item.convert("RGB") for item in img]
+    raise TypeError(f"Input must be a PIL Image or a list of PIL Images, not {type(img).__name__}")
 
 
 class UpstreamModel:
@@ -67,14 +77,29 @@ class UpstreamModel:
         """Where the model's weights and the embeddings live."""
         return self.model.device
 
-    def embed(self, images: ImageInput | list[ImageInput]) -> torch.Tensor:
+    def embed(
+        self,
+        images: ImageInput | list[ImageInput],
+        max_image_size: int | None = None,
+        micro_batch_size: int | None = None,
+    ) -> torch.Tensor:
         """Embed one image (-> (1, 384)) or a list of images (-> (N, 384)): float32, L2-normalised, on :attr:`device`.
 
         PIL images and paths are read as upstream read them (no EXIF orientation; RGBA composited onto white,
         other modes converted to RGB); numpy arrays and tensors are taken as :meth:`relsim.RelSimModel.embed`
-        takes them.
+        takes them. As in upstream's later README: ``max_image_size`` shrinks an image whose longest edge is
+        longer to that many pixels (PIL's ``thumbnail``, LANCZOS; PIL images and files only); ``micro_batch_size``
+        embeds that many images per forward pass (the rows are the same; default: relsim's batches of 32).
+        ``None`` or 0 turns either off, as upstream.
+
+        >>> model.embed([img1, img2], max_image_size=1024, micro_batch_size=8).shape     # doctest: +SKIP
+        torch.Size([2, 384])
         """
-        items = [_upstream_rgb(item, index) for index, item in enumerate(as_image_list(images))]
+        max_size = _optional_size(max_image_size, "max_image_size")
+        batch = _optional_size(micro_batch_size, "micro_batch_size")
+        items = [_upstream_rgb(item, index, max_size) for index, item in enumerate(as_image_list(images))]
+        if batch:
+            return self.model.embed(items, batch, output_device=None)
         return self.model.embed(items, output_device=None)
 
     def __call__(self, img1: ImageInput, img2: ImageInput) -> float:
@@ -121,11 +146,31 @@ def relsim(
     return UpstreamModel(model), preprocess_image
 
 
-def _upstream_rgb(item: ImageInput, index: int) -> ImageInput:
-    """A PIL image or a path as qwen-vl-utils 0.0.14 read it, as a uint8 HWC array (which carries no EXIF data,
-    so relsim applies no orientation); anything else unchanged."""
+def _optional_size(value: int | None, name: str) -> int | None:
+    """A positive int, or None for None and 0 (upstream's "off"); anything else is refused with its name."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be positive (or None / 0 for no limit), got {value}")
+    return int(value) or None
+
+
+def _shrunk(img: Image.Image, max_size: int | None) -> Image.Image:
+    """Upstream's ``max_image_size``: a copy thumbnailed (LANCZOS) when an edge is longer than ``max_size``."""
+    if max_size and (img.width > max_size or img.height > max_size):
+        img = img.copy()
+        img.thumbnail((max_size, max_size), Image.LANCZOS)
+    return img
+
+
+def _upstream_rgb(item: ImageInput, index: int, max_size: int | None = None) -> ImageInput:
+    """A PIL image or a path as qwen-vl-utils 0.0.14 read it (shrunk to ``max_size`` as upstream's later ``embed``
+    does), as a uint8 HWC array (which carries no EXIF data, so relsim applies no orientation); anything else
+    unchanged, and refused when ``max_size`` is set (upstream shrank PIL images only)."""
     if isinstance(item, Image.Image):
-        return np.asarray(_qwen_vl_utils_rgb(item))
+        return np.asarray(_shrunk(_qwen_vl_utils_rgb(item), max_size))
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         if path.startswith(("http://", "https://", "data:image")):
@@ -134,9 +179,11 @@ def _upstream_rgb(item: ImageInput, index: int) -> ImageInput:
         try:
             with Image.open(path) as img:
                 img.load()
-                return np.asarray(_qwen_vl_utils_rgb(img))
+                return np.asarray(_shrunk(_qwen_vl_utils_rgb(img), max_size))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise ImageInputError(f"image {index} ({Path(path)}): cannot read image file ({err})") from err
+    if max_size:
+        raise TypeError(f"image {index}: max_image_size shrinks PIL images and image files, not {type(item).__name__}")
     return item
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CheckpointError
-from .hub import resolve
+from .hub import download_advice, resolve
 from .registry import DEFAULT_TEXT_MODEL
 
 __all__ = ["DEFAULT_TEXT_MODEL", "TextEncoder", "embed_text", "clear_text_cache"]
@@ -65,6 +65,7 @@ def _resolve_model_dir(
         local_files_only=local_files_only,
         token=token,
         allow_patterns=HUB_FILES,
+        offline_advice=download_advice("text", name_or_path, revision),
     )
     return repo.path, repo.revision
 

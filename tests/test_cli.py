@@ -605,7 +605,7 @@ def test_download_from_the_offline_cache(offline_full, capsys) -> None:
     assert code == 1 and "nobody/nothing" in err
     # offline, `relsim download` cannot help itself: it says how to get online, not to run itself
     assert "unset HF_HUB_OFFLINE" in err and "relsim download" not in err.split(":", 1)[1]
-    with pytest.raises(relsim.ModelNotFoundError, match="`relsim download`"):
+    with pytest.raises(relsim.ModelNotFoundError, match="`relsim download embedder --model nobody/nothing`"):
         relsim.load("nobody/nothing", device="cpu")
 
 

@@ -482,7 +482,7 @@ def test_end_to_end_with_a_misbehaving_judge(warm, pool_dir, tmp_path, offline_e
         extra += ["--caption-max-new-tokens", "8"]
         code = main(_args(pool_dir, out, *_judge_args(server, *extra), "--label", "tiny random models"))
         captured = capsys.readouterr()
-        assert code == 0, captured.err
+        assert code == 3, captured.err  # dreamsim is skipped (not installed here): done, something skipped
         assert server.violations == []  # model, key, message layout, prompt text, both images decodable
         assert {entry.temperature for entry in server.log} == {0.0}
         first_three = server.log[:3]
@@ -535,7 +535,7 @@ def test_end_to_end_with_a_misbehaving_judge(warm, pool_dir, tmp_path, offline_e
                 assert SECRET.encode() not in file.read_bytes(), file
 
         server.reset_log()
-        assert main(_args(pool_dir, out, *_judge_args(server, *extra))) == 0
+        assert main(_args(pool_dir, out, *_judge_args(server, *extra))) == 3  # dreamsim is still skipped
         assert server.log == []  # a rerun asks nothing
     capsys.readouterr()
 
@@ -757,6 +757,27 @@ def test_no_judge_needs_no_openai(warm, pool_dir, tmp_path, offline_eval, monkey
     with JudgeServer(model=JUDGE, prompt=UPSTREAM_PROMPT) as server:
         assert main(_args(pool_dir, out, *_judge_args(server))) == 1
     assert 'pip install "relsim[eval]"' in capsys.readouterr().err
+
+
+def test_a_method_whose_model_is_missing_is_skipped_and_the_run_goes_on(
+    warm, pool_dir, tmp_path, offline_eval, capsys
+):
+    """docs/evaluation.md: a method that cannot run is skipped with one line, the others go on, exit 3 (issue 21
+    item 10). Offline, CLIP and the captioner missing from the cache; relsim and DINOv2 run."""
+    out = _from_warm(warm, tmp_path / "out")
+    extra = ["--methods", "relsim,clip,dino,caption", "--clip-model", "nobody/clip", "--captioner", "nobody/cap"]
+    assert main(_args(pool_dir, out, "--no-judge", *extra)) == 3
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "skipped" in line]
+    assert len(lines) == 2, err
+    assert lines[0].startswith("relsim eval: clip skipped: could not get 'nobody/clip'")
+    assert lines[0].endswith("`relsim download clip --clip-model nobody/clip` or pass a local directory.")
+    assert lines[1].startswith("relsim eval: caption skipped: could not get 'nobody/cap'")
+    assert "`relsim download captioner --captioner nobody/cap`" in lines[1]
+    assert "Traceback" not in err and "local_files_only=False" not in err
+    results = _results(out)
+    assert set(results["skipped_methods"]) == {"clip", "caption"}
+    assert [s["method"] for s in results["summary"]] == ["relsim", "dino"]
 
 
 def test_external_embeddings_in_pool_order(warm, pool_dir, tmp_path, offline_eval, capsys):

@@ -143,9 +143,83 @@ def test_preprocess_is_convert_rgb_and_refuses_anything_else():
         image = Image.new(mode, (5, 3))
         out = preprocess_image(image)
         assert out.mode == "RGB" and np.array_equal(np.asarray(out), np.asarray(image.convert("RGB")))
-    for bad in ("a.jpg", np.zeros((3, 3, 3), np.uint8), [Image.new("RGB", (2, 2))], None):
+    for bad in ("a.jpg", np.zeros((3, 3, 3), np.uint8), [Image.new("RGB", (2, 2)), "b.jpg"], None):
         with pytest.raises(TypeError, match="PIL Image"):
             preprocess_image(bad)
+
+
+def _forwards(model) -> list[int]:
+    """The batch size of every forward pass ``model`` (an UpstreamModel) runs from now on."""
+    sizes: list[int] = []
+    model.model.register_forward_hook(lambda module, args, out: sizes.append(int(out.shape[0])))
+    return sizes
+
+
+def test_later_upstream_readme_api_equals_the_upstream_pipeline(upstream_model, adapter_dir, base_dir, tmp_path):
+    """Upstream's later README (the CVPR 2026 version): ``preprocess_image([...])`` returns a list;
+    ``embed(images, max_image_size=None, micro_batch_size=None)`` takes one image or a list, shrinks the longest
+    edge with PIL's ``thumbnail`` (LANCZOS), and micro-batches give the same rows; ``model(a, b)`` is one
+    batched forward. Checked against tests/reference.py's upstream pipeline on the same pixels, to 1e-5."""
+    model, preprocess = upstream_model
+    images = [photo(300, 180, seed=11), photo(70, 90, seed=12), photo(64, 240, seed=13)]
+    prepared = preprocess(images)
+    assert isinstance(prepared, list) and [im.mode for im in prepared] == ["RGB"] * 3
+    assert isinstance(preprocess(tuple(images)), list)
+
+    pipeline = UpstreamPipeline(adapter_dir, base_dir)
+    expected = []
+    for image in prepared:
+        shrunk = image.copy()
+        if max(shrunk.size) > 128:
+            shrunk.thumbnail((128, 128), Image.LANCZOS)
+        expected.append(pipeline.embed(upstream_native_image(shrunk)))
+    expected = torch.stack(expected)
+
+    sizes = _forwards(model)
+    got = model.embed(prepared, max_image_size=128, micro_batch_size=2)
+    assert sorted(sizes) == [1, 2] and got.shape == (3, 384) and got.device == model.device
+    assert (got - expected).abs().max() <= 1e-5
+    for micro_batch_size in (None, 0, 1, 3, 100):
+        rows = model.embed(prepared, max_image_size=128, micro_batch_size=micro_batch_size)
+        assert (rows - expected).abs().max() <= 1e-5, micro_batch_size
+    # the test can tell: unshrunk, the large images embed otherwise; the small one (70x90) is left as it is
+    full = model.embed(prepared)
+    assert (full[0] - got[0]).abs().max() > 1e-4 and (full[1] - got[1]).abs().max() <= 1e-6
+    assert torch.allclose(model.embed(prepared, max_image_size=0), full, atol=1e-6)
+    # one image -> (1, 384); a file is shrunk like the PIL image it holds
+    prepared[0].save(tmp_path / "a.png")
+    one = model.embed(str(tmp_path / "a.png"), max_image_size=128)
+    assert one.shape == (1, 384) and (one[0] - expected[0]).abs().max() <= 1e-5
+
+    # model(a, b): one batched forward (relsim batches images of one size together; other sizes run apart,
+    # with the same numbers)
+    same_size = photo(70, 90, seed=14)
+    sizes.clear()
+    score = model(prepared[1], same_size)
+    assert sizes == [2] and abs(score - float(full[1] @ pipeline.embed(upstream_native_image(same_size)))) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_image_size": -1}, ValueError, "max_image_size must be positive"),
+        ({"micro_batch_size": -2}, ValueError, "micro_batch_size must be positive"),
+        ({"max_image_size": 12.5}, TypeError, "max_image_size must be an int"),
+        ({"micro_batch_size": True}, TypeError, "micro_batch_size must be an int"),
+        ({"micro_batch_size": "4"}, TypeError, "micro_batch_size must be an int"),
+    ],
+)
+def test_later_upstream_options_refuse_bad_values(upstream_model, kwargs, error, match):
+    model, _ = upstream_model
+    with pytest.raises(error, match=match):
+        model.embed(photo(32, 32, seed=1), **kwargs)
+
+
+def test_max_image_size_names_an_input_it_cannot_shrink(upstream_model):
+    model, _ = upstream_model
+    images = [photo(32, 32, seed=1), np.zeros((40, 40, 3), np.uint8)]
+    with pytest.raises(TypeError, match="image 1: max_image_size shrinks PIL images and image files, not ndarray"):
+        model.embed(images, max_image_size=16)
 
 
 def test_loader_arguments(offline_hub, adapter_dir, base_dir):
@@ -167,11 +241,12 @@ def test_upgrading_doc_examples_run(offline_hub, tmp_path, monkeypatch):
     """docs/upgrading.md's code blocks, in order, against the offline cache."""
     doc = (Path(__file__).resolve().parents[1] / "docs" / "upgrading.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
-    assert len(blocks) == 2 and "relsim.load(" in blocks[1]
+    assert len(blocks) == 3 and "relsim.load(" in blocks[2]
     photo(60, 80, seed=8).save(tmp_path / "a.jpg")
     photo(70, 50, seed=9).save(tmp_path / "b.jpg")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile("\n".join(blocks), "docs/upgrading.md", "exec"), namespace)
     assert -1 <= namespace["similarity"] <= 1 and namespace["embedding"].shape == (1, 384)
+    assert namespace["embeddings"].shape == (2, 384)  # upstream's later README: lists and max_image_size
     assert namespace["model"].mode == "native"  # the switch keeps 0.1.0's resolution

@@ -466,9 +466,10 @@ def _register_index(subparsers) -> None:
     description = (
         "Build an approximate-nearest-neighbour index on the embeddings, then measure its recall@10 against exact "
         "search on a sample of the collection's own rows as queries. `search` uses it from then on (--exact "
-        "bypasses it). Also builds the full-text index on captions when there are captions."
+        "bypasses it). Also builds the full-text index on captions when there are captions. Needs at least 256 rows "
+        "(below that, flat search is exact and fast)."
     )
-    help = "build the ANN index (and the caption full-text index) of a collection"
+    help = "build the ANN index (and the caption full-text index) of a collection of 256 rows or more"
     p = _parser(subparsers, "index", _index, help, description, "STORE")
     p.add_argument("--kind", choices=INDEX_KINDS, default=INDEX_KINDS[0], help=f"default: {INDEX_KINDS[0]}")
     p.add_argument(

@@ -253,5 +253,6 @@ def _retrieval(args: argparse.Namespace) -> int:
             "run the same command again to ask only those",
             file=sys.stderr,
         )
-        return EXIT_SKIPPED
+    if outcome.failed_requests or outcome.skipped_methods:
+        return EXIT_SKIPPED  # each skipped method was named on its own line when it was skipped
     return 0

@@ -2,6 +2,7 @@
 
 Example:
     $ relsim download                                   # adapter + base + text model into the HF cache
+    $ relsim download all                               # + the captioner and the CLIP/DINO eval baselines
     $ relsim push-to-hub run/final me/relsim-my-run     # a trained checkpoint with a generated model card
 """
 
@@ -11,8 +12,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..registry import DEFAULT_MODEL, DEFAULT_TEXT_MODEL, PRETRAINED
-from ._common import command, human_size, print_json, require_inputs
+from ..registry import (
+    CAPTIONERS,
+    DEFAULT_BASE_MODEL,
+    DEFAULT_CAPTIONER,
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_DINO_MODEL,
+    DEFAULT_MODEL,
+    DEFAULT_TEXT_MODEL,
+    DOWNLOADS,
+    PRETRAINED,
+)
+from ._common import UsageError, command, human_size, print_json, require_inputs
 
 
 def register(subparsers) -> None:
@@ -21,19 +32,30 @@ def register(subparsers) -> None:
 
 
 def _register_download(subparsers) -> None:
+    whats = ", ".join(DOWNLOADS)
     p = subparsers.add_parser(
         "download",
         help="fetch model files into the Hugging Face cache for offline use",
-        description="Download the relsim adapter, its base model and the text model into the Hugging Face cache "
-        "(HF_HOME), then print where they are, their commits and sizes. Afterwards HF_HUB_OFFLINE=1 works.",
+        description="Download models into the Hugging Face cache (HF_HOME), then print where they are, their commits "
+        "and sizes. Afterwards HF_HUB_OFFLINE=1 works. WHAT: embedder (the relsim adapter and its base model), "
+        "captioner (the anonymous captioner and its base), base, text (the MiniLM text model), clip and dino "
+        "(the evaluation baselines), or all of them (all); default: embedder and text. An offline error names the "
+        "exact command to run.",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
+    p.add_argument("what", nargs="*", metavar="WHAT", help=f"{whats} or all (default: embedder text)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"the embedder (default: {DEFAULT_MODEL})")
     p.add_argument("--revision", help="branch, tag or commit of --model (default: the repo's main branch)")
-    p.add_argument("--base-model", help="default: the base named by the adapter")
+    p.add_argument("--base-model", help=f"default: the base each adapter names (WHAT base: {DEFAULT_BASE_MODEL})")
     p.add_argument("--base-revision", help="base branch, tag or commit (default: what the adapter records, else main)")
+    p.add_argument("--captioner", default=DEFAULT_CAPTIONER, help=f"default: {DEFAULT_CAPTIONER}")
+    p.add_argument("--captioner-revision", help="branch, tag or commit of --captioner")
     p.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help=f"default: {DEFAULT_TEXT_MODEL}")
     p.add_argument("--text-revision", help="branch, tag or commit of --text-model (default: its main branch)")
-    p.add_argument("--no-text-model", dest="with_text", action="store_false", help="skip the text model")
+    p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help=f"default: {DEFAULT_CLIP_MODEL}")
+    p.add_argument("--clip-revision", help="branch, tag or commit of --clip-model")
+    p.add_argument("--dino-model", default=DEFAULT_DINO_MODEL, help=f"default: {DEFAULT_DINO_MODEL}")
+    p.add_argument("--dino-revision", help="branch, tag or commit of --dino-model")
+    p.add_argument("--no-text-model", dest="with_text", action="store_false", help="default WHAT: skip the text model")
     p.add_argument("--cache-dir", help="default: the Hugging Face cache ($HF_HOME/hub)")
     p.add_argument("--token", help="Hugging Face token (default: $HF_TOKEN or the saved login)")
     p.add_argument("--json", action="store_true")
@@ -56,11 +78,10 @@ def _folder_size(path: Path) -> tuple[int, int]:
     return len(files), sum(f.stat().st_size for f in files)
 
 
-def _base_of(adapter_path: Path, model: str) -> tuple[str | None, str | None]:
+def _base_of(adapter_path: Path, pinned: dict[str, Any]) -> tuple[str | None, str | None]:
     """The base model and revision a load of this adapter would use (as :func:`relsim.load` decides)."""
     from ..checkpoint import ADAPTER_CONFIG, read_adapter_config, read_relsim_config
 
-    pinned = PRETRAINED.get(model, {})
     config: dict[str, Any] = read_relsim_config(adapter_path)  # checked: a list or a number is one clear line
     if (adapter_path / ADAPTER_CONFIG).is_file():
         config = {**read_adapter_config(adapter_path), **config}
@@ -69,30 +90,63 @@ def _base_of(adapter_path: Path, model: str) -> tuple[str | None, str | None]:
     return base, revision
 
 
+def _wanted(args: argparse.Namespace) -> list[str]:
+    """The WHAT list, checked (exit 2 for an unknown one), in DOWNLOADS order."""
+    unknown = [w for w in args.what if w not in DOWNLOADS and w != "all"]
+    if unknown:
+        raise UsageError(f"download: unknown WHAT {unknown[0]!r}; choose from {', '.join(DOWNLOADS)} or all")
+    if not args.what:
+        return ["embedder", "text"] if args.with_text else ["embedder"]
+    return [w for w in DOWNLOADS if w in args.what or ("all" in args.what and w != "base")]
+
+
 @command
 def _download(args: argparse.Namespace) -> int:
+    from ..caption import CAPTIONER_FILES
+    from ..eval.baselines import HF_FILES
     from ..hub import ADAPTER_FILES, BASE_FILES, resolve
     from ..text import HUB_FILES as TEXT_FILES
 
+    wanted = _wanted(args)
     # offline, a repo missing from the cache cannot be fetched by running this command again
     advice = "unset HF_HUB_OFFLINE on a machine with internet access to download it."
     hub = {"cache_dir": args.cache_dir, "token": args.token, "offline_advice": advice}
-    revision = args.revision if args.revision is not None else PRETRAINED.get(args.model, {}).get("revision")
-    adapter = resolve(args.model, revision=revision, allow_patterns=ADAPTER_FILES, **hub)
-    base_name, base_revision = args.base_model, args.base_revision
-    if base_name is None:
-        base_name, pinned_revision = _base_of(adapter.path, args.model)
-        base_revision = base_revision if base_revision is not None else pinned_revision
-    if base_name is None:
-        raise ValueError(f"{args.model!r} names no base model; pass --base-model")
-    repos = [
-        ("adapter", adapter),
-        ("base", resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)),
-    ]
-    if args.with_text:
-        repos.append(("text", resolve(args.text_model, revision=args.text_revision, allow_patterns=TEXT_FILES, **hub)))
-    entries = []
+    repos = []
+
+    def with_base(role: str, adapter, pins: dict[str, Any]) -> None:
+        base_name, base_revision = args.base_model, args.base_revision
+        if base_name is None:
+            base_name, pinned_revision = _base_of(adapter.path, pins)
+            base_revision = base_revision if base_revision is not None else pinned_revision
+        if base_name is None:
+            raise ValueError(f"{adapter.name!r} names no base model; pass --base-model")
+        repos.append((role, adapter))
+        repos.append(("base", resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)))
+
+    if "embedder" in wanted:
+        pins = PRETRAINED.get(args.model, {})
+        revision = args.revision if args.revision is not None else pins.get("revision")
+        with_base("adapter", resolve(args.model, revision=revision, allow_patterns=ADAPTER_FILES, **hub), pins)
+    if "captioner" in wanted:
+        pins = CAPTIONERS.get(args.captioner, {})
+        revision = args.captioner_revision if args.captioner_revision is not None else pins.get("revision")
+        adapter = resolve(args.captioner, revision=revision, allow_patterns=CAPTIONER_FILES, **hub)
+        with_base("captioner", adapter, pins)
+    if "base" in wanted:
+        name = args.base_model or DEFAULT_BASE_MODEL
+        repos.append(("base", resolve(name, revision=args.base_revision, allow_patterns=BASE_FILES, **hub)))
+    for role, name, revision, files in (
+        ("text", args.text_model, args.text_revision, TEXT_FILES),
+        ("clip", args.clip_model, args.clip_revision, HF_FILES),
+        ("dino", args.dino_model, args.dino_revision, HF_FILES),
+    ):
+        if role in wanted:
+            repos.append((role, resolve(name, revision=revision, allow_patterns=files, **hub)))
+    entries, seen = [], set()
     for role, repo in repos:
+        if repo.path in seen:  # the captioner's base is usually the embedder's
+            continue
+        seen.add(repo.path)
         n_files, size = _folder_size(repo.path)
         entries.append(
             {

@@ -26,12 +26,10 @@ from typing import Any
 
 import torch
 
-from ..hub import resolve
+from ..hub import download_advice, resolve
+from ..registry import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
 
 __all__ = ["DEFAULT_CLIP_MODEL", "DEFAULT_DINO_MODEL", "HF_FILES", "HFImageEncoder", "DreamSimEncoder"]
-
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-DEFAULT_DINO_MODEL = "facebook/dinov2-large"
 #: Files read from a baseline's Hub repo: configs and safetensors weights (never pickles, TF or Flax files).
 HF_FILES = ["*.json", "*.safetensors", "*.txt"]
 _DEFAULTS = {"clip": DEFAULT_CLIP_MODEL, "dino": DEFAULT_DINO_MODEL}
@@ -64,7 +62,9 @@ class HFImageEncoder:
         if kind not in _DEFAULTS:
             raise ValueError(f"kind must be one of {sorted(_DEFAULTS)}, got {kind!r}")
         self.kind = kind
-        self.repo = resolve(model or _DEFAULTS[kind], revision=revision, allow_patterns=HF_FILES)
+        name = model or _DEFAULTS[kind]
+        advice = download_advice(kind, name, revision)
+        self.repo = resolve(name, revision=revision, allow_patterns=HF_FILES, offline_advice=advice)
         self.device = _device(device)
         self._model: Any = None
         self._processor: Any = None

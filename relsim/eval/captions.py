@@ -85,7 +85,7 @@ class CaptionMethod(Method):
     def fingerprints(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """What the captions depend on, and what their vectors depend on: resolved revisions, no weights loaded."""
         from ..caption import captioner_fingerprint, resolve_captioner, trained_prompt
-        from ..hub import resolve
+        from ..hub import download_advice, resolve
         from ..pretrained import canonical_device, parse_dtype
         from ..text import DEFAULT_TEXT_MODEL, HUB_FILES
 
@@ -99,9 +99,9 @@ class CaptionMethod(Method):
             "prompt_sha256": hashlib.sha256(trained_prompt(adapter.path).encode()).hexdigest(),
             "max_new_tokens": self.options.caption_max_new_tokens,
         }
-        text = resolve(
-            self.options.text_model or DEFAULT_TEXT_MODEL, revision=self.options.text_revision, allow_patterns=HUB_FILES
-        )
+        text_model, text_revision = self.options.text_model or DEFAULT_TEXT_MODEL, self.options.text_revision
+        advice = download_advice("text", text_model, text_revision)
+        text = resolve(text_model, revision=text_revision, allow_patterns=HUB_FILES, offline_advice=advice)
         return captions, {**captions, "text_model": text.name, "text_revision": text.revision}
 
     def embed(self, pool: Pool, workdir: Path) -> PoolVectors:

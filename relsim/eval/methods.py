@@ -9,7 +9,8 @@
 NAME=FILE      ``--embeddings``: any method's vectors as ``.npy`` / ``.safetensors``, rows in pool order
 =============  ===========================================================================================
 
-A method that cannot run here raises :class:`MethodUnavailable` when built; the run reports it and goes on
+A method that cannot run here (a missing package, or its model neither cached nor downloadable) raises
+:class:`MethodUnavailable` when built; the run reports it and goes on
 with the others. Every method keeps what it computed (keyed by what made it), so a rerun embeds nothing.
 
 Example:
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelNotFoundError
 from .embeddings import PoolVectors, VectorTable, embed_pool, normalise_rows
 from .pool import Pool
 
@@ -221,7 +223,9 @@ def external_method(spec: str) -> ExternalMethod:
 
 
 def build_method(name: str, options: MethodOptions) -> Method:
-    """A built-in method by name; :class:`MethodUnavailable` when it cannot run in this installation."""
+    """A built-in method by name; :class:`MethodUnavailable` when it cannot run in this installation (a missing
+    package, or for ``clip``, ``dino`` and ``caption`` a model that is neither cached nor downloadable: the
+    message names the ``relsim download`` command). ``relsim``, the reference, is never skipped."""
     if name == "relsim":
         return RelSimMethod(options)
     if name in ("clip", "dino"):
@@ -229,7 +233,11 @@ def build_method(name: str, options: MethodOptions) -> Method:
 
         model = options.clip_model if name == "clip" else options.dino_model
         revision = options.clip_revision if name == "clip" else options.dino_revision
-        return EncoderMethod(name, HFImageEncoder(name, model, revision=revision, device=options.device), options)
+        try:
+            encoder = HFImageEncoder(name, model, revision=revision, device=options.device)
+        except ModelNotFoundError as err:
+            raise MethodUnavailable(f"{name} skipped: {err}") from None
+        return EncoderMethod(name, encoder, options)
     if name == "dreamsim":
         from .baselines import DreamSimEncoder
 
@@ -243,5 +251,10 @@ def build_method(name: str, options: MethodOptions) -> Method:
     if name == "caption":
         from .captions import CaptionMethod
 
-        return CaptionMethod(options)
+        method = CaptionMethod(options)
+        try:
+            method.fingerprints()  # resolves the captioner, its base and the text model: no weights loaded
+        except ModelNotFoundError as err:
+            raise MethodUnavailable(f"caption skipped: {err}") from None
+        return method
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(BUILTIN_METHODS)} or use --embeddings")

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..hub import resolve
+from ..hub import download_advice, resolve
 from ..registry import DEFAULT_TEXT_MODEL
 
 FORMAT = "relsim-caption-targets/1"
@@ -41,7 +41,8 @@ class TextModel:
 
 def resolve_text_model(name: str = DEFAULT_TEXT_MODEL, revision: str | None = None) -> TextModel:
     """Find the encoder (Hub id or local directory); its key is ``name@commit`` or a hash of its files."""
-    repo = resolve(name, revision=revision, allow_patterns=_TEXT_FILES)
+    advice = download_advice("text", name, revision)
+    repo = resolve(name, revision=revision, allow_patterns=_TEXT_FILES, offline_advice=advice)
     key = repo.revision if repo.is_local else f"{name}@{repo.revision}"  # a local directory's content hash
     return TextModel(name=str(name), path=repo.path, revision=repo.revision, key=key)
 
