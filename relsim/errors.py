@@ -45,6 +45,10 @@ class CollectionWriteError(CollectionError):
     """A write to a collection failed (disk full, file-size limit, permissions); what was committed is kept."""
 
 
+class RemoteCodeError(CheckpointError):
+    """A model that would need its own code (``trust_remote_code``), which relsim never runs."""
+
+
 __all__ = [
     "RelSimError",
     "ModelNotFoundError",
@@ -54,4 +58,5 @@ __all__ = [
     "CollectionMismatchError",
     "JudgeError",
     "CollectionWriteError",
+    "RemoteCodeError",
 ]

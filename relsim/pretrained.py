@@ -27,6 +27,7 @@ from .errors import ModelNotFoundError
 from .hub import ADAPTER_FILES, BASE_FILES, ResolvedRepo, resolve
 from .preprocess import MODES
 from .registry import DEFAULT_BASE_MODEL, DEFAULT_MODEL, PRETRAINED  # noqa: F401  (re-exported)
+from .student import is_student, load_student
 
 _CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _CACHE_LOCK = threading.Lock()
@@ -146,6 +147,8 @@ def load(
     hub = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
 
     adapter = resolve(model, revision=revision, allow_patterns=ADAPTER_FILES, **hub)
+    if is_student(adapter.path):  # a distilled student (relsim.student): its own, small loader
+        return load_student(model, revision=revision, device=device, dtype=dtype, **hub)
     checkpoint = read_checkpoint(adapter.path)
     base_name = base_model if base_model is not None else checkpoint.base_model or pinned.get("base_model")
     if base_name is None:
