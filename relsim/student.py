@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import preprocess, resample
-from .checkpoint import RELSIM_CONFIG, read_json, read_projection, write_projection, write_relsim_config
+from .checkpoint import RELSIM_CONFIG, STUDENT_KIND, read_json, read_projection, write_projection, write_relsim_config
 from .errors import CheckpointError, RemoteCodeError
 from .preprocess import ImageInput, ImageInputError
 from .similarity import ImageEmbedder
@@ -63,8 +63,6 @@ __all__ = [
     "write_student",
 ]
 
-#: ``relsim_config.json``'s ``kind`` of a student checkpoint.
-STUDENT_KIND = "student"
 #: Files of a student (or backbone) repo that relsim reads: configs and safetensors weights, never pickles.
 STUDENT_FILES = ["*.json", "*.safetensors", "*.txt", "*.md"]
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
