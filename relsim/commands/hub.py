@@ -73,6 +73,7 @@ def _base_of(adapter_path: Path, model: str) -> tuple[str | None, str | None]:
 @command
 def _download(args: argparse.Namespace) -> int:
     from ..hub import ADAPTER_FILES, BASE_FILES, resolve
+    from ..student import STUDENT_FILES, is_student
     from ..text import HUB_FILES as TEXT_FILES
 
     # offline, a repo missing from the cache cannot be fetched by running this command again
@@ -80,16 +81,19 @@ def _download(args: argparse.Namespace) -> int:
     hub = {"cache_dir": args.cache_dir, "token": args.token, "offline_advice": advice}
     revision = args.revision if args.revision is not None else PRETRAINED.get(args.model, {}).get("revision")
     adapter = resolve(args.model, revision=revision, allow_patterns=ADAPTER_FILES, **hub)
-    base_name, base_revision = args.base_model, args.base_revision
-    if base_name is None:
-        base_name, pinned_revision = _base_of(adapter.path, args.model)
-        base_revision = base_revision if base_revision is not None else pinned_revision
-    if base_name is None:
-        raise ValueError(f"{args.model!r} names no base model; pass --base-model")
-    repos = [
-        ("adapter", adapter),
-        ("base", resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)),
-    ]
+    if is_student(adapter.path):  # a distilled student holds its whole backbone: no base to fetch
+        repos = [("student", resolve(args.model, revision=revision, allow_patterns=STUDENT_FILES, **hub))]
+    else:
+        base_name, base_revision = args.base_model, args.base_revision
+        if base_name is None:
+            base_name, pinned_revision = _base_of(adapter.path, args.model)
+            base_revision = base_revision if base_revision is not None else pinned_revision
+        if base_name is None:
+            raise ValueError(f"{args.model!r} names no base model; pass --base-model")
+        repos = [
+            ("adapter", adapter),
+            ("base", resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)),
+        ]
     if args.with_text:
         repos.append(("text", resolve(args.text_model, revision=args.text_revision, allow_patterns=TEXT_FILES, **hub)))
     entries = []
