@@ -47,6 +47,7 @@ from . import preprocess, resample
 from .checkpoint import RELSIM_CONFIG, STUDENT_KIND, read_json, read_projection, write_projection, write_relsim_config
 from .errors import CheckpointError, RemoteCodeError
 from .preprocess import ImageInput, ImageInputError
+from .quiet import quiet_transformers
 from .similarity import ImageEmbedder
 
 __all__ = [
@@ -215,9 +216,10 @@ def _load_backbone(path: Path, where: str, dtype: torch.dtype) -> tuple[nn.Modul
     if not any(path.glob("*.safetensors")):
         raise CheckpointError(f"{where} has no safetensors weights; relsim reads safetensors only")
     try:
-        backbone, info = cls.from_pretrained(
-            path, dtype=dtype, trust_remote_code=False, use_safetensors=True, output_loading_info=True
-        )
+        with quiet_transformers():
+            backbone, info = cls.from_pretrained(
+                path, dtype=dtype, trust_remote_code=False, use_safetensors=True, output_loading_info=True
+            )
     except (OSError, ValueError) as err:
         raise CheckpointError(f"the backbone in {where} cannot be loaded: {str(err).splitlines()[0]}") from None
     missing = [k for k in info.get("missing_keys", ()) if "position_ids" not in k]
@@ -497,7 +499,8 @@ def write_student(
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    student.backbone.save_pretrained(str(path), safe_serialization=True)
+    with quiet_transformers():
+        student.backbone.save_pretrained(str(path), safe_serialization=True)
     source = Path(backbone_path) / PREPROCESSOR_CONFIG
     shutil.copy(source, path / PREPROCESSOR_CONFIG)
     write_projection(path, student.projection.weight.float(), student.projection.bias.float())

@@ -278,7 +278,7 @@ def test_a_student_checkpoint_round_trips(trained, images, teacher) -> None:
     metric = relsim.RelationalSimilarity(model=student, reduction="none")
     scores = metric(paths[:2], paths[2:])
     assert torch.allclose(scores, student.score(paths[:2], paths[2:]), atol=1e-6)
-    functional = relsim.relational_similarity(paths[:2], paths[2:], model=str(final), reduction="none")
+    functional = relsim.functional.relational_similarity(paths[:2], paths[2:], model=str(final), reduction="none")
     assert torch.allclose(functional, scores, atol=1e-6)
     text = student.embed_text.__func__ is relsim.RelSimModel.embed_text  # one implementation, shared
     assert text
@@ -299,12 +299,12 @@ def test_the_command_line_takes_a_student(trained, images, teacher, tmp_path, ca
     assert len(collection) == N_IMAGES and collection.fingerprint["kind"] == "student"
     stored = collection.vectors([str(paths[0])])
     assert torch.allclose(stored, student.embed([paths[0]]), atol=2e-3)  # float16 storage
-    code, out, _ = run(capsys, "search", paths[0], "-c", own, "-k", "3", "--json")
+    code, out, _ = run(capsys, "search", own, "--image", paths[0], "-k", "3", "--json")
     assert code == 0 and str(paths[0].resolve()) in out
 
     # a student's rows and the teacher's never mix, whichever way round
     code, _, err = run(capsys, "embed", images, "-o", teacher, "--model", final)
-    assert code == 1 and "not comparable" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "not comparable" in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(relsim.errors.CollectionMismatchError):
         Collection.open(teacher).check_compatible(student.fingerprint)
     with pytest.raises(relsim.errors.CollectionMismatchError):

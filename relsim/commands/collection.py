@@ -197,10 +197,10 @@ def _embed_part(
 
 
 def _contradicts(args: argparse.Namespace, fingerprint: dict[str, Any]) -> bool:
-    """Model flags that cannot describe the collection's model (checked without loading anything)."""
-    return any(
-        getattr(args, name) not in (None, fingerprint.get(name)) for name in ("mode", "revision", "base_revision")
-    )
+    """Model flags that cannot describe the collection's model (checked without loading anything). ``--model``
+    counts when it names something else (another spelling of the same directory only costs a load)."""
+    names = ("model", "mode", "revision", "base_revision")
+    return any(getattr(args, name) not in (None, fingerprint.get(name)) for name in names)
 
 
 def _embed_summary(args, report, collection, index: int, count: int, pruned: list[str], captioned=None) -> int:
