@@ -191,3 +191,22 @@ def test_gpu_benchmark_builds_every_module_in_the_requested_dtype():
     assert gpu.dtype_mismatches(census, {"visual": torch.bfloat16, "language_model": torch.bfloat16}) == [
         f"language_model: {census['language_model']['float32']:,} parameters in float32, expected bfloat16"
     ]
+
+
+def test_bench_cpu_7b_tiny_scale(tmp_path):
+    """The 7B-vs-students benchmark's whole path on the tiny shapes: sharded checkpoint, one child per pipeline."""
+    result = run_script("bench_cpu_7b.py", "--scale", "tiny", "--count", "1", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench_cpu_7b-tiny.json").read_text())
+    pipelines = [row["pipeline"] for row in data["rows"]]
+    assert pipelines == ["relsim", "upstream", "dinov2-small", "dinov2-base", "siglip-base-patch16-224"]
+    for row in data["rows"]:
+        assert row["load_s"] > 0 and row["s_per_image"] > 0 and row["peak_rss_mib"] > 0 and row["teacher_over_this"] > 0
+    assert data["rows"][0]["teacher_over_this"] == 1.0 and data["machine"]["cpu"] and data["checkpoint_gib"] > 0
+    assert "load average" in result.stdout and "| relsim |" in result.stdout
+
+
+def test_bench_students_tiny(tmp_path):
+    run_script("bench_students.py", "--tiny", "--repeats", "1", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench_students-tiny.json").read_text())
+    assert [row["student"] for row in data["rows"]] == ["dinov2-small", "dinov2-base", "siglip-base-patch16-224"]
+    assert all(row["forward_images_per_s"] > 0 and row["loss_images_per_s"] > 0 for row in data["rows"])
