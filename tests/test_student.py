@@ -116,6 +116,14 @@ def test_images_are_prepared_as_the_backbones_processor_says(builder, tmp_path) 
     mine = torch.stack([student.preparation.prepare(p, i) for i, p in enumerate(photos)])
     assert mine.shape == expected.shape
     assert (mine - expected).abs().max() < 1e-5
+    # Pillow's resize of a decoded image and relsim.resample's torch resize of the same pixels agree exactly
+    as_tensors = [torch.from_numpy(np.array(p)).permute(2, 0, 1) for p in photos]
+    assert torch.equal(torch.stack([student.preparation(t) for t in as_tensors]), mine)
+    # float tensors that require grad stay differentiable, within a little of the uint8 path
+    x = (as_tensors[0].float() / 255).requires_grad_(True)
+    prepared = student.preparation(x)
+    prepared.sum().backward()
+    assert x.grad is not None and (prepared.detach() - mine[0]).abs().max() < 0.05
     embeddings = student.embed(photos)
     assert embeddings.shape == (3, 384) and embeddings.dtype == torch.float32
     assert torch.allclose(embeddings.norm(dim=-1), torch.ones(3), atol=1e-5)
