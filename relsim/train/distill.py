@@ -46,7 +46,7 @@ from .config import DistillConfig
 from .data import Batch, Sample, read_jsonl
 from .loop import Trainer, TrainResult
 
-__all__ = ["DistillConfig", "DistillTrainer", "distill", "distill_loss"]
+__all__ = ["DistillTrainer", "distill", "distill_loss", "held_out", "open_teacher"]
 
 
 def distill_loss(
@@ -158,6 +158,7 @@ class DistillTrainer(Trainer):
 
     # -- data -------------------------------------------------------------------------------------------
     def load_data(self) -> None:
+        """Open and check the teacher and the backbone (cheap, before any model), split rows by content hash."""
         c = self.config
         self.collection = open_teacher(c.teacher, c.projection_dim)
         self.backbone = check_backbone(c.student, revision=c.student_revision)  # config only: refuses remote code
@@ -211,9 +212,11 @@ class DistillTrainer(Trainer):
         self.caption_targets = targets
 
     def dataset(self, records: list) -> Dataset:
+        """The images of ``records``, prepared as the student's backbone says."""
         return StudentImages(records, self.preparation)
 
     def data_fingerprint(self) -> str:
+        """SHA-256 of the teacher's fingerprint, the training rows and the caption matches (resume checks it)."""
         digest = hashlib.sha256(repr(sorted(self.collection.fingerprint.items())).encode())
         for row in self.train_records:
             digest.update(row.path.encode() + b"\0" + row.sha256.encode() + b"\0")
@@ -222,6 +225,7 @@ class DistillTrainer(Trainer):
 
     # -- model ------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
+        """The student (pretrained backbone, seeded head), all weights trainable or LoRA + head."""
         c = self.config
         student = build_student(self.backbone.path, projection_dim=c.projection_dim, device=self.device, seed=c.seed)
         self.preparation = student.preparation
@@ -240,6 +244,7 @@ class DistillTrainer(Trainer):
         return DistillModel(student, self.autocast)
 
     def batch_note(self) -> str:
+        """Full fine-tuning or LoRA, and of which backbone (the start-up line)."""
         return f"; {'LoRA' if self.config.lora else 'full fine-tuning'} of {self.backbone.name}"
 
     # -- steps ------------------------------------------------------------------------------------------
@@ -250,6 +255,7 @@ class DistillTrainer(Trainer):
         self.step_teacher = {i: vectors[k] for k, i in enumerate(indices)} if indices else {}
 
     def micro_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective (:func:`distill_loss`) of one micro-batch against its teacher rows."""
         c = self.config
         share = self.accumulation * self.env.world
         if not batch.pixels:
@@ -276,6 +282,7 @@ class DistillTrainer(Trainer):
         return loss / self.accumulation, numbers
 
     def summarise(self, sums: dict[str, float]) -> dict[str, float]:
+        """The loss and each of its terms, summed over micro-batches and processes."""
         return {"loss": sums["loss"], **{k: v for k, v in sums.items() if k != "loss"}}
 
     @torch.no_grad()
@@ -306,6 +313,7 @@ class DistillTrainer(Trainer):
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def write_model(self, directory: Path, step: int, eval_metrics: dict[str, float]) -> Path:
+        """A student checkpoint (:func:`relsim.student.write_student`) with the agreement of ``eval_metrics``."""
         backbone = self.backbone
         return write_student(
             directory,
@@ -323,6 +331,7 @@ class DistillTrainer(Trainer):
         )
 
     def finish_model(self, directory: Path) -> None:
+        """The model card."""
         write_model_card(directory)
         self.log.info(f"load it with relsim.load({str(directory)!r})")
 
