@@ -24,12 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import preprocess
 from .preprocess import ImageInput, ImageInputError
-from .similarity import ImageEmbedder, deduplicate
+from .similarity import ImageEmbedder, deduplicate, project
 
 MERGE = preprocess.MERGE_SIZE
 PATCH = preprocess.PATCH_SIZE
@@ -181,19 +180,9 @@ class RelSimModel(ImageEmbedder):
 
     # -- properties ---------------------------------------------------------------------------------
     @property
-    def device(self) -> torch.device:
-        """Where the weights are."""
-        return self.projection.weight.device
-
-    @property
     def dtype(self) -> torch.dtype:
         """The backbone's dtype (embeddings are always float32)."""
         return self.body.language_model.embed_tokens.weight.dtype
-
-    @property
-    def embedding_dim(self) -> int:
-        """Dimensions of an embedding (384 for the published model)."""
-        return self.projection.out_features
 
     def train(self, mode: bool = True) -> RelSimModel:
         """The backbone has no training-time behaviour relsim uses: it stays in eval mode."""
@@ -205,8 +194,7 @@ class RelSimModel(ImageEmbedder):
         with weights_lock(self.body):
             embeds, positions, query = multimodal_inputs(self.body, self.prompt, pixel_values, grid_thw)
             states = query_states(self.body, embeds, positions, query)
-        projected = F.linear(states.float(), self.projection.weight.float(), self.projection.bias.float())
-        return F.normalize(projected, dim=-1)
+        return project(states, self.projection)
 
     # -- public API -----------------------------------------------------------------------------------
     def embed(

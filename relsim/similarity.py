@@ -21,15 +21,30 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import preprocess
 
-__all__ = ["ImageEmbedder", "deduplicate", "is_single"]
+__all__ = ["ImageEmbedder", "deduplicate", "is_single", "project"]
 
 
 class ImageEmbedder(nn.Module):
-    """Base of relsim's image embedders: ``score`` / ``pairwise`` / ``embed_text`` on top of a subclass's ``embed``."""
+    """Base of relsim's image embedders: ``score`` / ``pairwise`` / ``embed_text`` on top of a subclass's ``embed``.
+
+    A subclass holds its head as ``self.projection`` (an ``nn.Linear`` to the embedding width)."""
+
+    projection: nn.Linear
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are."""
+        return self.projection.weight.device
+
+    @property
+    def embedding_dim(self) -> int:
+        """Dimensions of an embedding (384 for relsim's models)."""
+        return self.projection.out_features
 
     def embed(self, images, batch_size: int = 32, **kwargs) -> torch.Tensor:  # pragma: no cover - abstract
         """(N, D) L2-normalised float32 embeddings of ``images``."""
@@ -103,3 +118,9 @@ def is_single(x) -> bool:
     if isinstance(x, np.ndarray):
         return x.ndim in (2, 3)
     return not isinstance(x, (list, tuple))
+
+
+def project(features: torch.Tensor, projection: nn.Linear) -> torch.Tensor:
+    """The head of every relsim embedder: ``projection`` in float32, then L2 normalisation (float32 rows)."""
+    projected = F.linear(features.float(), projection.weight.float(), projection.bias.float())
+    return F.normalize(projected, dim=-1)

@@ -49,7 +49,7 @@ from .checkpoint import RELSIM_CONFIG, STUDENT_KIND, read_json, read_projection,
 from .errors import CheckpointError, RemoteCodeError
 from .preprocess import ImageInput, ImageInputError
 from .quiet import quiet_transformers
-from .similarity import ImageEmbedder
+from .similarity import ImageEmbedder, project
 
 __all__ = [
     "STUDENT_KIND",
@@ -291,26 +291,14 @@ class StudentModel(ImageEmbedder):
         self.requires_grad_(False)
 
     @property
-    def device(self) -> torch.device:
-        """Where the weights are."""
-        return self.projection.weight.device
-
-    @property
     def dtype(self) -> torch.dtype:
         """The backbone's dtype (embeddings are always float32)."""
         return next(self.backbone.parameters()).dtype
 
-    @property
-    def embedding_dim(self) -> int:
-        """Dimensions of an embedding (384, the teacher's)."""
-        return self.projection.out_features
-
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 384) float32 L2-normalised embeddings of prepared images (B, 3, H, W)."""
         output = self.backbone(pixel_values=pixel_values.to(self.device, self.dtype))
-        pooled = pool(output).float()
-        projected = F.linear(pooled, self.projection.weight.float(), self.projection.bias.float())
-        return F.normalize(projected, dim=-1)
+        return project(pool(output), self.projection)
 
     def embed(
         self,

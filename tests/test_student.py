@@ -19,6 +19,7 @@ pytest.importorskip("peft")
 
 import tiny  # noqa: E402
 import tiny_student  # noqa: E402
+from conftest import run_cli as run  # noqa: E402
 
 import relsim  # noqa: E402
 from relsim.agreement import agreement, kendall_tau, spearman_rho  # noqa: E402
@@ -42,13 +43,6 @@ def shapes(seed: int) -> Image.Image:
         size = int(rng.integers(10, 30))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x, y, x + size, y + size], fill=colour)
     return image
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

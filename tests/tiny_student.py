@@ -11,22 +11,10 @@ import json
 from pathlib import Path
 
 import torch
+from tiny_eval import CLIP_PREPROCESSOR, DINO_PREPROCESSOR
 
 #: preprocessor_config.json of facebook/dinov2-* (BitImageProcessor), sizes scaled down for the tiny model.
-DINOV2_PREPROCESSOR = {
-    "crop_size": {"height": 56, "width": 56},
-    "do_center_crop": True,
-    "do_convert_rgb": True,
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_processor_type": "BitImageProcessor",
-    "image_std": [0.229, 0.224, 0.225],
-    "resample": 3,
-    "rescale_factor": 0.00392156862745098,
-    "size": {"shortest_edge": 64},
-}
+DINOV2_PREPROCESSOR = {**DINO_PREPROCESSOR, "crop_size": {"height": 56, "width": 56}, "size": {"shortest_edge": 64}}
 #: preprocessor_config.json of google/siglip-base-patch16-224 (SiglipImageProcessor), scaled down.
 SIGLIP_PREPROCESSOR = {
     "do_normalize": True,
@@ -39,18 +27,8 @@ SIGLIP_PREPROCESSOR = {
     "rescale_factor": 0.00392156862745098,
     "size": {"height": 48, "width": 48},
 }
-#: preprocessor_config.json of openai/clip-vit-base-patch32 (CLIPImageProcessor), scaled down.
-CLIP_PREPROCESSOR = {
-    "crop_size": {"height": 48, "width": 48},
-    "do_center_crop": True,
-    "do_normalize": True,
-    "do_resize": True,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_processor_type": "CLIPImageProcessor",
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "resample": 3,
-    "size": {"shortest_edge": 48},
-}
+#: preprocessor_config.json of the CLIP repos (CLIPImageProcessor), scaled down (an int crop_size, as theirs).
+CLIP_STUDENT_PREPROCESSOR = {**CLIP_PREPROCESSOR, "crop_size": 48, "size": 48}
 
 
 def _save(model, folder: Path, preprocessor: dict) -> Path:
@@ -90,4 +68,4 @@ def build_clip(folder: Path, seed: int = 0) -> Path:
     config = CLIPVisionConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=48, patch_size=16
     )
-    return _save(CLIPVisionModel(config), folder, CLIP_PREPROCESSOR)
+    return _save(CLIPVisionModel(config), folder, CLIP_STUDENT_PREPROCESSOR)

@@ -44,7 +44,7 @@ from ..student import ImagePreparation, StudentModel, build_student, check_backb
 from . import distributed
 from .config import DistillConfig
 from .data import Batch, Sample, read_jsonl
-from .loop import Trainer, TrainResult
+from .loop import Trainer, TrainResult, train
 
 __all__ = ["DistillTrainer", "distill", "distill_loss", "held_out", "open_teacher"]
 
@@ -360,11 +360,4 @@ def distill(config: DistillConfig) -> TrainResult:
 
     >>> result = distill(DistillConfig(teacher="photos.relsim", student="facebook/dinov2-small"))  # doctest: +SKIP
     """
-    config.validate()
-    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    env, device = distributed.setup(config.device)
-    try:
-        return DistillTrainer(config, env, device).run()
-    finally:
-        if owns_group:
-            distributed.cleanup()
+    return train(config)
