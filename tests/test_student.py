@@ -370,3 +370,19 @@ def test_the_metric_is_a_loss(trained) -> None:
         scores.append(float(score.detach()))
     assert image.grad is not None and image.grad.abs().sum() > 0
     assert scores[-1] > scores[0] + 0.01, scores
+
+
+def test_relsim_distill_reads_a_config_file_and_flags_win(teacher, dino, tmp_path, capsys) -> None:
+    config = tmp_path / "distill.json"
+    options = {"student": str(dino), "batch_size": 16, "max_steps": 2, "eval_size": 8, "num_workers": 0, "lr": 5e-4}
+    config.write_text(json.dumps(options))
+    code, out, err = run(
+        capsys, "distill", teacher, "--config", config, "--output-dir", tmp_path / "run", "--max-steps", "3"
+    )
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["step"] == 3 and summary["final"] and set(summary["eval"]) >= {"spearman", "kendall"}
+    recipe = json.loads((Path(summary["final"]) / "relsim_config.json").read_text())["recipe"]
+    assert recipe["lr"] == 5e-4 and recipe["max_steps"] == 3 and recipe["teacher"] == str(teacher)
+    code, _, err = run(capsys, "distill", teacher, "--config", config, "--structure-weight", "-1")
+    assert code == 1 and "structure_weight" in err and len(err.strip().splitlines()) == 1
