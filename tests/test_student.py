@@ -386,3 +386,30 @@ def test_relsim_distill_reads_a_config_file_and_flags_win(teacher, dino, tmp_pat
     assert recipe["lr"] == 5e-4 and recipe["max_steps"] == 3 and recipe["teacher"] == str(teacher)
     code, _, err = run(capsys, "distill", teacher, "--config", config, "--structure-weight", "-1")
     assert code == 1 and "structure_weight" in err and len(err.strip().splitlines()) == 1
+
+
+def test_push_to_hub_with_a_student_card(trained, tmp_path, monkeypatch, capsys) -> None:
+    import shutil
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None, **library):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            calls["create"] = repo_id
+
+        def upload_folder(self, **kwargs):
+            calls["card"] = (Path(kwargs["folder_path"]) / "README.md").read_text()
+            calls["files"] = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+            return type("Info", (), {"commit_url": "https://huggingface.co/me/student/commit/1"})()
+
+    monkeypatch.setattr("relsim.hub.HfApi", FakeApi)
+    copy = shutil.copytree(trained.final, tmp_path / "student")
+    code, _, err = run(capsys, "push-to-hub", copy, "me/student")
+    assert code == 0, err
+    card = calls["card"]
+    assert calls["create"] == "me/student" and "pipeline_tag: image-feature-extraction" in card.split("---")[1]
+    assert 'relsim.load("me/student")' in card and "## Agreement with the teacher" in card and "| kendall |" in card
+    assert "model.safetensors" in calls["files"] and "projection.safetensors" in calls["files"]
