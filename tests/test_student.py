@@ -226,6 +226,14 @@ def test_resume_equals_an_uninterrupted_run(teacher, dino, tmp_path) -> None:
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_parameters_an_embedding_never_reaches_are_frozen(dino) -> None:
+    from relsim.train.distill import freeze_unused
+
+    student = build_student(dino).requires_grad_(True)
+    assert freeze_unused(student) == ["backbone.embeddings.mask_token"]  # DDP needs a gradient for every trainable one
+    assert all(p.grad is None for p in student.parameters())
+
+
 def test_lora_students_train_and_load_merged(teacher, dino, tmp_path) -> None:
     result = distill(_config(teacher, dino, tmp_path / "lora", lora=True, max_steps=4, eval_every=100, batch_size=16))
     student = relsim.load(result.final, device="cpu")

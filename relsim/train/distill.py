@@ -46,7 +46,7 @@ from .config import DistillConfig
 from .data import Batch, Sample, read_jsonl
 from .loop import Trainer, TrainResult, train
 
-__all__ = ["DistillTrainer", "distill", "distill_loss", "held_out", "open_teacher"]
+__all__ = ["DistillTrainer", "distill", "distill_loss", "freeze_unused", "held_out", "open_teacher"]
 
 
 def distill_loss(
@@ -150,6 +150,23 @@ class DistillModel(nn.Module):
         return student
 
 
+def freeze_unused(student: StudentModel) -> list[str]:
+    """Freeze the parameters an embedding never reaches (DINOv2's ``mask_token``, ...), found by one backward of a
+    blank image: DDP requires every trainable parameter to receive a gradient. Returns their names."""
+    from PIL import Image
+
+    pixels = student.preparation.prepare(Image.new("RGB", (64, 64)), 0)[None].to(student.device)
+    student.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        student(pixels).sum().backward()
+    unused = [name for name, p in student.named_parameters() if p.requires_grad and p.grad is None]
+    for name, p in student.named_parameters():
+        p.grad = None
+        if name in unused:
+            p.requires_grad_(False)
+    return unused
+
+
 class DistillTrainer(Trainer):
     """Distils a relsim collection's embeddings into a student (see the module docstring)."""
 
@@ -230,6 +247,7 @@ class DistillTrainer(Trainer):
         student = build_student(self.backbone.path, projection_dim=c.projection_dim, device=self.device, seed=c.seed)
         self.preparation = student.preparation
         student.requires_grad_(True)
+        self.frozen_unused = freeze_unused(student)
         if c.lora:
             from peft import LoraConfig, get_peft_model
 
