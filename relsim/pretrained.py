@@ -146,8 +146,10 @@ def load(
     revision = revision if revision is not None else pinned.get("revision")
     hub = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
 
+    if is_student(Path(model).expanduser()):  # a distilled student (relsim.student): its own, small loader
+        return load_student(model, revision=revision, device=device, dtype=dtype, **hub)
     adapter = resolve(model, revision=revision, allow_patterns=ADAPTER_FILES, **hub)
-    if is_student(adapter.path):  # a distilled student (relsim.student): its own, small loader
+    if is_student(adapter.path):
         return load_student(model, revision=revision, device=device, dtype=dtype, **hub)
     checkpoint = read_checkpoint(adapter.path)
     base_name = base_model if base_model is not None else checkpoint.base_model or pinned.get("base_model")

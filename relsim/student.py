@@ -34,6 +34,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -439,19 +441,36 @@ def load_student(
     **hub,
 ) -> StudentModel:
     """Load a student checkpoint (directory or Hub id); :func:`relsim.load` calls this for ``kind: student``.
+    Loading the same checkpoint twice in one process returns the same instance (as :func:`relsim.load`).
 
     >>> student = load_student("run/final", device="cpu")          # doctest: +SKIP
     """
-    from . import __version__
     from .hub import resolve
 
     repo = resolve(model, revision=revision, allow_patterns=STUDENT_FILES, **hub)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dtype = dtype or torch.float32
+    key = (repo.path, repo.revision, str(device), dtype)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None and cached.device == device:  # someone may have moved a shared instance
+            return cached
+        student = _read_student(repo, device, dtype)
+        _CACHE[key] = student
+        return student
+
+
+_CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def _read_student(repo, device: torch.device, dtype: torch.dtype) -> StudentModel:
+    from . import __version__
+
     where = repr(repo.name)
     config = read_json(repo.path / RELSIM_CONFIG)
     if config.get("kind") != STUDENT_KIND:
         raise CheckpointError(f"{where} is not a student checkpoint (relsim_config.json kind {config.get('kind')!r})")
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    dtype = dtype or torch.float32
     backbone, pooling = _load_backbone(repo.path, where, dtype)
     weight, bias, _ = read_projection(repo.path)
     hidden = _hidden_size(backbone)

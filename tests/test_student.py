@@ -291,8 +291,12 @@ def test_a_student_checkpoint_round_trips(trained, images, teacher) -> None:
     assert torch.allclose(scores, student.score(paths[:2], paths[2:]), atol=1e-6)
     functional = relsim.functional.relational_similarity(paths[:2], paths[2:], model=str(final), reduction="none")
     assert torch.allclose(functional, scores, atol=1e-6)
-    text = student.embed_text.__func__ is relsim.RelSimModel.embed_text  # one implementation, shared
-    assert text
+    assert student.embed_text.__func__ is relsim.RelSimModel.embed_text  # one implementation, shared
+    assert relsim.load(final, device="cpu") is student  # one instance per process, as the teacher's
+    import pickle
+
+    restored = pickle.loads(pickle.dumps(metric))
+    assert restored.model is student  # a pickled metric reloads its student by fingerprint
 
 
 def test_the_command_line_takes_a_student(trained, images, teacher, tmp_path, capsys) -> None:
