@@ -402,22 +402,17 @@ def test_relsim_distill_reads_a_config_file_and_flags_win(teacher, dino, tmp_pat
 
 def test_push_to_hub_with_a_student_card(trained, tmp_path, monkeypatch, capsys) -> None:
     import shutil
+    from types import SimpleNamespace
 
-    calls = {}
+    calls: dict = {}
 
-    class FakeApi:
-        def __init__(self, token=None, **library):
-            pass
+    def upload_folder(**kwargs):
+        folder = Path(kwargs["folder_path"])
+        calls.update(card=(folder / "README.md").read_text(), files=sorted(p.name for p in folder.iterdir()))
+        return SimpleNamespace(commit_url="https://huggingface.co/me/student/commit/1")
 
-        def create_repo(self, repo_id, **kwargs):
-            calls["create"] = repo_id
-
-        def upload_folder(self, **kwargs):
-            calls["card"] = (Path(kwargs["folder_path"]) / "README.md").read_text()
-            calls["files"] = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
-            return type("Info", (), {"commit_url": "https://huggingface.co/me/student/commit/1"})()
-
-    monkeypatch.setattr("relsim.hub.HfApi", FakeApi)
+    api = SimpleNamespace(create_repo=lambda repo_id, **_: calls.update(create=repo_id), upload_folder=upload_folder)
+    monkeypatch.setattr("relsim.hub.HfApi", lambda token=None, **library: api)
     copy = shutil.copytree(trained.final, tmp_path / "student")
     code, _, err = run(capsys, "push-to-hub", copy, "me/student")
     assert code == 0, err
