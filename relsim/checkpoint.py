@@ -486,6 +486,8 @@ def write_checkpoint(
 
 #: ``relsim_config.json``'s ``kind`` of an anonymous-captioner checkpoint (an embedder's has none).
 CAPTIONER_KIND = "anonymous-captioner"
+#: ``relsim_config.json``'s ``kind`` of a distilled student (:mod:`relsim.student`).
+STUDENT_KIND = "student"
 
 
 def write_captioner_checkpoint(

@@ -23,13 +23,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import preprocess
 from .preprocess import ImageInput, ImageInputError
+from .similarity import ImageEmbedder, deduplicate, project
 
 MERGE = preprocess.MERGE_SIZE
 PATCH = preprocess.PATCH_SIZE
@@ -152,11 +151,12 @@ def query_states(body: nn.Module, embeds: torch.Tensor, positions: torch.Tensor,
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), query]
 
 
-class RelSimModel(nn.Module):
+class RelSimModel(ImageEmbedder):
     """Relational similarity model: images in, 384-d L2-normalised embeddings out.
 
     Build it with :func:`relsim.load`. ``embed`` / ``score`` / ``pairwise`` take paths, PIL images,
-    numpy HWC uint8 arrays or torch tensors (CHW/NCHW, uint8 0-255 or float 0-1).
+    numpy HWC uint8 arrays or torch tensors (CHW/NCHW, uint8 0-255 or float 0-1); ``score``, ``pairwise`` and
+    ``embed_text`` come from :class:`relsim.similarity.ImageEmbedder`, shared with the distilled students.
     """
 
     def __init__(
@@ -189,19 +189,9 @@ class RelSimModel(nn.Module):
 
     # -- properties ---------------------------------------------------------------------------------
     @property
-    def device(self) -> torch.device:
-        """Where the weights are."""
-        return self.projection.weight.device
-
-    @property
     def dtype(self) -> torch.dtype:
         """The backbone's dtype (embeddings are always float32)."""
         return self.body.language_model.embed_tokens.weight.dtype
-
-    @property
-    def embedding_dim(self) -> int:
-        """Dimensions of an embedding (384 for the published model)."""
-        return self.projection.out_features
 
     def train(self, mode: bool = True) -> RelSimModel:
         """The backbone has no training-time behaviour relsim uses: it stays in eval mode."""
@@ -215,8 +205,7 @@ class RelSimModel(nn.Module):
         with weights_lock(self.body):
             embeds, positions, query = multimodal_inputs(self.body, self.prompt, pixel_values, grid_thw, image_hook)
             states = query_states(self.body, embeds, positions, query)
-        projected = F.linear(states.float(), self.projection.weight.float(), self.projection.bias.float())
-        return F.normalize(projected, dim=-1)
+        return project(states, self.projection)
 
     # -- public API -----------------------------------------------------------------------------------
     def embed(
@@ -293,49 +282,6 @@ class RelSimModel(nn.Module):
             for i, p in zip(indices, pixels, strict=True):
                 yield from self._embed_or_report([i], [p], on_error)
 
-    def score(self, a, b, *, batch_size: int = 32) -> float | torch.Tensor:
-        """Relational similarity (cosine, in [-1, 1]) of ``a`` and ``b``.
-
-        Two single images give a float; two equal-length lists (or batches) give a (N,) tensor of
-        pair-wise scores. Each distinct image is embedded once.
-
-        >>> model.score("peach.jpg", "earth.jpg")                  # doctest: +SKIP
-        0.72
-        """
-        single = _is_single(a) and _is_single(b)
-        list_a = preprocess.as_image_list(a, name="a")
-        list_b = preprocess.as_image_list(b, name="b")
-        if len(list_a) != len(list_b):
-            raise ValueError(f"score() needs as many images in a as in b, got {len(list_a)} and {len(list_b)}")
-        embeddings, index = self._embed_unique(list_a + list_b, batch_size)
-        n = len(list_a)
-        scores = (embeddings[index[:n]] * embeddings[index[n:]]).sum(-1).clamp(-1.0, 1.0)
-        return float(scores[0]) if single else scores
-
-    def pairwise(self, images_a, images_b=None, *, batch_size: int = 32) -> torch.Tensor:
-        """Cosine matrix (N, M) between ``images_a`` and ``images_b`` (default: ``images_a`` itself).
-
-        Each distinct image is embedded once, so this costs N + M forwards, not N x M.
-        """
-        list_a = preprocess.as_image_list(images_a, name="images_a")
-        list_b = list_a if images_b is None else preprocess.as_image_list(images_b, name="images_b")
-        embeddings, index = self._embed_unique(list_a + ([] if images_b is None else list_b), batch_size)
-        ea = embeddings[index[: len(list_a)]]
-        eb = ea if images_b is None else embeddings[index[len(list_a) :]]
-        return (ea @ eb.T).clamp(-1.0, 1.0)
-
-    def embed_text(self, texts: str | Sequence[str], **kwargs) -> torch.Tensor:
-        """Embed texts with all-MiniLM-L6-v2, the space relsim's image embeddings were trained into.
-
-        A relational description ("{Animal} peeking out from behind a {Object}") then scores against image
-        embeddings directly. ``kwargs`` go to :func:`relsim.text.embed_text` (``model``, ``revision``, ...).
-
-        >>> model.embed_text(["{Fruit} cut open to show its layers"]) @ model.embed(["earth.jpg"]).T  # doctest: +SKIP
-        """
-        from .text import embed_text
-
-        return embed_text(texts, **kwargs)
-
     def heatmap(self, a, b=None, *, text=None, method: str = "gradxinput", batch_size: int = 8, **text_options):
         """Where in image ``a`` its relational similarity to ``b`` (an image, or ``text``) comes from.
 
@@ -397,10 +343,6 @@ class RelSimModel(nn.Module):
         return explain(self, a, b, **kwargs)
 
     # -- internals ------------------------------------------------------------------------------------
-    def _embed_unique(self, items: list, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        unique, index = deduplicate(items)
-        return self.embed(unique, batch_size=batch_size), index
-
     def _batches(
         self, items: list, batch_size: int, num_workers: int | None, *, on_error=None
     ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
@@ -553,27 +495,6 @@ def _report_failures(prepared, on_error):
             on_error(index, pixels)
         else:
             yield index, pixels
-
-
-def deduplicate(items: list) -> tuple[list, torch.Tensor]:
-    """Distinct images (same path or same object) and the index of each item among them."""
-    keys: dict = {}
-    unique, index = [], []
-    for item in items:
-        key = ("path", os.fspath(item)) if isinstance(item, (str, os.PathLike)) else ("obj", id(item))
-        if key not in keys:
-            keys[key] = len(unique)
-            unique.append(item)
-        index.append(keys[key])
-    return unique, torch.tensor(index, dtype=torch.long)
-
-
-def _is_single(x) -> bool:
-    if isinstance(x, torch.Tensor):
-        return x.ndim == 3
-    if isinstance(x, np.ndarray):
-        return x.ndim in (2, 3)
-    return not isinstance(x, (list, tuple))
 
 
 def _progress_bar(total: int, progress: bool | None):

@@ -57,6 +57,10 @@ class OutputPathError(RelSimError, ValueError):
     ``overwrite``), or a folder inside a collection."""
 
 
+class RemoteCodeError(CheckpointError):
+    """A model that would need its own code (``trust_remote_code``), which relsim never runs."""
+
+
 __all__ = [
     "RelSimError",
     "ModelNotFoundError",
@@ -68,4 +72,5 @@ __all__ = [
     "CollectionWriteError",
     "RowNotFoundError",
     "OutputPathError",
+    "RemoteCodeError",
 ]

@@ -24,6 +24,7 @@ from torch import Tensor
 from .encoder import RelSimModel
 from .preprocess import ImageInput, ImageInputError, check_pixel_values
 from .pretrained import DEFAULT_MODEL, load, parse_dtype
+from .similarity import ImageEmbedder
 
 #: What one side of an update may be: an (N, C, H, W) tensor, an (N, H, W, C) numpy array or a list of images.
 ImageBatch = Tensor | np.ndarray | Sequence[ImageInput]
@@ -122,7 +123,7 @@ def resolve_model(
     Loading goes through :func:`relsim.load`, which returns the instance already loaded for the same
     (model, revision, base, mode, dtype, device) in this process.
     """
-    if isinstance(model, RelSimModel):
+    if isinstance(model, ImageEmbedder):
         if revision is not None or base_model is not None or load_kwargs:
             raise ValueError(
                 "`revision`, `base_model` and `load_kwargs` apply only when `model` is a Hub id or a directory"
@@ -253,7 +254,7 @@ def relational_similarity(
     resolved = resolve_model(
         model, revision=revision, dtype=dtype, device=device, mode=mode, base_model=base_model, load_kwargs=load_kwargs
     )
-    if not isinstance(model, RelSimModel):
+    if not isinstance(model, ImageEmbedder):
         _LAST_LOADED[:] = [resolved]
     scores = relational_similarity_update(img1, img2, resolved, batch_size=batch_size)
     if isinstance(img1, Tensor):

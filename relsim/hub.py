@@ -28,7 +28,7 @@ from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from . import __version__
-from .checkpoint import CAPTIONER_KIND, RELSIM_CONFIG, TRAINER_STATE_DIR
+from .checkpoint import CAPTIONER_KIND, RELSIM_CONFIG, STUDENT_KIND, TRAINER_STATE_DIR
 from .errors import ModelNotFoundError
 from .registry import CAPTIONERS, DOWNLOADS, PRETRAINED
 
@@ -352,6 +352,8 @@ def model_card(config: dict[str, Any], *, repo_id: str | None = None, license: s
     """
     if config.get("kind") == CAPTIONER_KIND:
         return captioner_card(config, repo_id=repo_id, license=license)
+    if config.get("kind") == STUDENT_KIND:
+        return student_card(config, repo_id=repo_id, license=license)
     base = str(config.get("base_model") or "")
     recipe = config.get("recipe") or {}
     front = card_front_matter(base_model=base, license=license, tags=TAGS, pipeline_tag="image-feature-extraction")
@@ -509,6 +511,52 @@ def captioner_card(config: dict[str, Any], *, repo_id: str | None = None, licens
         body.append("No held-out evaluation was recorded.")
     body += ["", "## Training configuration", "", "```json", json.dumps(recipe, indent=2, sort_keys=True), "```", ""]
     body += license_section(license, config)
+    return "\n".join(front + body)
+
+
+def student_card(config: dict[str, Any], *, repo_id: str | None = None, license: str = "apache-2.0") -> str:
+    """The README.md of a distilled student (``relsim distill``), from its ``relsim_config.json``: the backbone, the
+    teacher it was distilled from, the recipe and its agreement with the teacher on held-out images.
+
+    >>> "## Agreement with the teacher" in student_card({"kind": "student", "backbone": "facebook/dinov2-small"})
+    True
+    """
+    backbone = str(config.get("backbone") or "")
+    recipe = config.get("recipe") or {}
+    teacher = config.get("teacher") or {}
+    front = card_front_matter(
+        base_model=backbone, license=license, tags=[*TAGS, "distillation"], pipeline_tag="image-feature-extraction"
+    )
+    name = repo_id or "path/to/this/checkpoint"
+    fingerprint = teacher.get("fingerprint") or {}
+    body = [
+        f"# {repo_id.split('/')[-1] if repo_id else 'relsim student'}",
+        "",
+        f"A small relsim student: {backbone or 'a vision backbone'} ({config.get('pooling', 'pooled')}), a "
+        f"{config.get('projection_dim', 384)}-d projection and L2 normalisation, distilled (`relsim distill`) from "
+        f"the relsim embedder {fingerprint.get('model', '?')}@{fingerprint.get('revision', '?')} into the same "
+        "all-MiniLM-L6-v2 space, so its scores, searches and text queries work as the teacher's, at the cost of "
+        "the backbone.",
+        "",
+        *usage_section(EMBEDDER_USAGE.format(repo=name)),
+        "## Agreement with the teacher",
+        "",
+    ]
+    metrics = config.get("agreement") or {}
+    if metrics:
+        body += [
+            f"On {int(metrics.get('images', 0))} held-out images of the teacher's collection (whole images, chosen by "
+            "content hash): Spearman and Kendall correlation of all pair scores with the teacher's, the mean overlap "
+            "of each image's nearest neighbours with the teacher's, and how often the teacher's nearest neighbour is "
+            "among the student's.",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+        ]
+        body += [f"| {k} | {v:.4f} |" for k, v in metrics.items() if k != "images"]
+    else:
+        body.append("No held-out agreement was recorded.")
+    body += ["", "## Training configuration", "", "```json", json.dumps(recipe, indent=2, sort_keys=True), "```", ""]
     return "\n".join(front + body)
 
 

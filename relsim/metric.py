@@ -38,6 +38,7 @@ from .functional import (
     resolve_model,
 )
 from .pretrained import load
+from .similarity import ImageEmbedder
 
 
 class _PairScores:
@@ -155,15 +156,15 @@ class RelationalSimilarity(Metric):
     @model.setter
     def model(self, model: RelSimModel) -> None:
         network = getattr(model, "network", None)
-        if not isinstance(model, RelSimModel) and isinstance(network, RelSimModel):
+        if not isinstance(model, ImageEmbedder) and isinstance(network, ImageEmbedder):
             # torchmetrics' FeatureShare hands us its NetworkCache: keep the model it wraps, and undo the
             # lru_cache it put on the model's forward (keyed by tensor identity it never hits for relsim, and
             # it would keep the last outputs, autograd graphs included, alive).
             if hasattr(network.__dict__.get("forward"), "cache_clear"):
                 del network.__dict__["forward"]
             model = network
-        if not isinstance(model, RelSimModel):
-            raise TypeError(f"Expected `model` to be a relsim.RelSimModel, got {type(model).__name__}")
+        if not isinstance(model, ImageEmbedder):
+            raise TypeError(f"Expected `model` to be a relsim.RelSimModel or student, got {type(model).__name__}")
         self.__dict__["_model"] = model
         self.__dict__.pop("_model_spec", None)
 

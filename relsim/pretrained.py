@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import threading
 import weakref
@@ -26,7 +25,9 @@ from .encoder import Prompt, RelSimModel
 from .errors import ModelNotFoundError
 from .hub import ADAPTER_FILES, BASE_FILES, ResolvedRepo, resolve
 from .preprocess import MODES
+from .quiet import quiet_transformers
 from .registry import DEFAULT_BASE_MODEL, DEFAULT_MODEL, PRETRAINED  # noqa: F401  (re-exported)
+from .student import is_student, load_student
 
 _CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _CACHE_LOCK = threading.Lock()
@@ -145,7 +146,11 @@ def load(
     revision = revision if revision is not None else pinned.get("revision")
     hub = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
 
+    if is_student(Path(model).expanduser()):  # a distilled student (relsim.student): its own, small loader
+        return load_student(model, revision=revision, device=device, dtype=dtype, **hub)
     adapter = resolve(model, revision=revision, allow_patterns=ADAPTER_FILES, **hub)
+    if is_student(adapter.path):
+        return load_student(model, revision=revision, device=device, dtype=dtype, **hub)
     checkpoint = read_checkpoint(adapter.path)
     base_name = base_model if base_model is not None else checkpoint.base_model or pinned.get("base_model")
     if base_name is None:
@@ -187,24 +192,6 @@ def load(
         )
         _CACHE[key] = instance
         return instance
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """transformers' load reports and "Loading weights" bars off for a block (one bar per load of weights
-    already on disk is noise), restored afterwards."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def resolve_base(name: str | Path, revision: str | None, *, named_by: str | None = None, **hub) -> ResolvedRepo:

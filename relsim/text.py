@@ -152,7 +152,7 @@ class TextEncoder:
             token=token,
         )
         dev = torch.device(device) if device is not None else _default_device()
-        from .pretrained import quiet_transformers
+        from .quiet import quiet_transformers
 
         try:  # a text model's own code (auto_map) never runs
             tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)

@@ -131,6 +131,16 @@ def captioner_calls(monkeypatch) -> list[int]:
     return calls
 
 
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``relsim ARGV`` in this process: (exit code, stdout, stderr)."""
+    from relsim.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def photo(height: int, width: int, seed: int = 0) -> Image.Image:
     """A smooth, photo-like RGB test image (gradients plus noise), deterministic."""
     rng = np.random.default_rng(seed)

@@ -203,3 +203,21 @@ def test_bench_heatmap_tiny(tmp_path):
     assert row["ratio_with_b_image"] == pytest.approx(row["ratio_own_work"] + 1)
     assert row["saved_mib"] > 0 and row["lm_tokens"] == 273 and row["saved_bytes_per_token_layer"] > 0
     assert data["load_before"] is not None and "heatmap / embed" in result.stdout
+
+def test_bench_cpu_7b_tiny_scale(tmp_path):
+    """The 7B-vs-students benchmark's whole path on the tiny shapes: sharded checkpoint, one child per pipeline."""
+    result = run_script("bench_cpu_7b.py", "--scale", "tiny", "--count", "1", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench_cpu_7b-tiny.json").read_text())
+    pipelines = [row["pipeline"] for row in data["rows"]]
+    assert pipelines == ["relsim", "upstream", "dinov2-small", "dinov2-base", "siglip-base-patch16-224"]
+    for row in data["rows"]:
+        assert row["load_s"] > 0 and row["s_per_image"] > 0 and row["peak_rss_mib"] > 0 and row["teacher_over_this"] > 0
+    assert data["rows"][0]["teacher_over_this"] == 1.0 and data["machine"]["cpu"] and data["checkpoint_gib"] > 0
+    assert "load average" in result.stdout and "| relsim |" in result.stdout
+
+
+def test_bench_students_tiny(tmp_path):
+    run_script("bench_students.py", "--tiny", "--repeats", "1", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench_students-tiny.json").read_text())
+    assert [row["student"] for row in data["rows"]] == ["dinov2-small", "dinov2-base", "siglip-base-patch16-224"]
+    assert all(row["forward_images_per_s"] > 0 and row["loss_images_per_s"] > 0 for row in data["rows"])

@@ -16,19 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_images, photo
+from conftest import run_cli as run
 from PIL import Image
 
 pytest.importorskip("lancedb")
 
-from relsim.cli import main  # noqa: E402
 from relsim.collection import Collection  # noqa: E402
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from ._common import (
 from .caption import add_captioner_flags
 
 #: The built-in methods (the same list as relsim.eval.methods.BUILTIN_METHODS, kept here to stay import-light).
-METHODS = ("relsim", "clip", "dino", "dreamsim", "caption")
+METHODS = ("relsim", "clip", "dino", "dreamsim", "caption", "student")
 
 
 def register(subparsers) -> None:
@@ -67,9 +67,10 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--methods",
-        default=",".join(METHODS),
+        default=",".join(METHODS[:-1]),
         metavar="LIST",
-        help="comma-separated: relsim, clip, dino, dreamsim, caption (default: all; unavailable ones are skipped)",
+        help="comma-separated: relsim, clip, dino, dreamsim, caption, student (default: all but student; "
+        "unavailable ones are skipped)",
     )
     p.add_argument(
         "--embeddings",
@@ -94,6 +95,10 @@ def register(subparsers) -> None:
     baselines.add_argument("--dino-revision")
     baselines.add_argument("--dreamsim-type", default="ensemble", help="DreamSim model (default: ensemble)")
     baselines.add_argument("--dreamsim-cache", metavar="DIR", help="DreamSim weights (default: ~/.cache/dreamsim)")
+    baselines.add_argument(
+        "--student", metavar="DIR", help="the student method's checkpoint (relsim distill): DIR or Hub id"
+    )
+    baselines.add_argument("--student-revision", help="branch, tag or commit of --student")
 
     captions = p.add_argument_group(
         "caption method (the anonymous captioner + MiniLM; --base-model, --base-revision and --dtype apply too)"
@@ -191,6 +196,7 @@ def _config(args: argparse.Namespace):
             "base_revision": args.base_revision,
             "dtype": args.dtype,
         },
+        student={"model": args.student, "revision": args.student_revision, "dtype": args.dtype},
         caption_max_new_tokens=args.caption_max_new_tokens,
         text_model=args.text_model,
         text_revision=args.text_revision,
@@ -223,6 +229,8 @@ def _check_usage(args: argparse.Namespace) -> None:
     unknown = [m.strip() for m in args.methods.split(",") if m.strip() not in (*METHODS, "none", "")]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)} (or --embeddings)")
+    if "student" in [m.strip() for m in args.methods.split(",")] and not args.student:
+        raise UsageError("--methods student needs the student checkpoint: --student DIR")
     if args.judge_prompt and not Path(args.judge_prompt).is_file():
         raise UsageError(f"{args.judge_prompt}: no such file")
 

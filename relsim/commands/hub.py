@@ -105,6 +105,7 @@ def _download(args: argparse.Namespace) -> int:
     from ..caption import CAPTIONER_FILES
     from ..eval.baselines import HF_FILES
     from ..hub import ADAPTER_FILES, BASE_FILES, resolve
+    from ..student import STUDENT_FILES, is_student
     from ..text import HUB_FILES as TEXT_FILES
 
     wanted = _wanted(args)
@@ -126,7 +127,11 @@ def _download(args: argparse.Namespace) -> int:
     if "embedder" in wanted:
         pins = PRETRAINED.get(args.model, {})
         revision = args.revision if args.revision is not None else pins.get("revision")
-        with_base("adapter", resolve(args.model, revision=revision, allow_patterns=ADAPTER_FILES, **hub), pins)
+        adapter = resolve(args.model, revision=revision, allow_patterns=ADAPTER_FILES, **hub)
+        if is_student(adapter.path):  # a distilled student holds its whole backbone: no base to fetch
+            repos.append(("student", resolve(args.model, revision=revision, allow_patterns=STUDENT_FILES, **hub)))
+        else:
+            with_base("adapter", adapter, pins)
     if "captioner" in wanted:
         pins = CAPTIONERS.get(args.captioner, {})
         revision = args.captioner_revision if args.captioner_revision is not None else pins.get("revision")

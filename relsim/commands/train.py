@@ -9,13 +9,14 @@ Example:
     $ relsim train-captioner seed-groups/seed_group.json --output-dir captioner-run
     $ torchrun --nproc_per_node 8 -m relsim.cli train --config recipe.yaml
     $ relsim convert thaoshibe/relsim-qwenvl25-lora relsim-converted
+    $ relsim distill photos.relsim --student facebook/dinov2-small --output-dir student-run
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..train.config import BaseConfig, CaptionerTrainConfig, TrainConfig, field_types
+from ..train.config import BaseConfig, CaptionerTrainConfig, DistillConfig, TrainConfig, field_types
 from ._common import (
     EXIT_USAGE,
     UsageError,
@@ -69,6 +70,19 @@ def register(subparsers) -> None:
     cap.add_argument("--config", help="the same as CONFIG")
     _add_config_flags(cap, CaptionerTrainConfig)
     cap.set_defaults(func=_train_captioner)
+
+    dis = subparsers.add_parser(
+        "distill",
+        help="distil a relsim collection's embeddings into a small student backbone (docs/students.md)",
+        description="Train a student (any transformers vision backbone, pooled, projected to 384-d) to reproduce the "
+        "embeddings of TEACHER, a relsim collection (relsim embed), streamed from LanceDB: cosine regression plus "
+        "the in-batch similarity structure, optionally the anonymous captions' MiniLM targets (--captions-jsonl). "
+        "Options come from --config (JSON or YAML) and flags; flags win. Run under torchrun for several GPUs.",
+    )
+    dis.add_argument("teacher_arg", nargs="?", metavar="TEACHER", help="the teacher: a relsim collection")
+    dis.add_argument("--config", help="a JSON or YAML file of DistillConfig options")
+    _add_config_flags(dis, DistillConfig)
+    dis.set_defaults(func=_distill)
 
     data = subparsers.add_parser("data", help="prepare training data")
     data_commands = data.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
@@ -164,6 +178,22 @@ def _train_captioner(args: argparse.Namespace) -> int:
         raise UsageError("seed_groups is required (in CONFIG or as --seed-groups)")
     require_inputs(config.seed_groups)
     _print_result(train(config))
+    return 0
+
+
+@command
+def _distill(args: argparse.Namespace) -> int:
+    from ..train.distill import distill
+
+    require_inputs(args.config)
+    if args.teacher_arg:
+        if getattr(args, "teacher", args.teacher_arg) != args.teacher_arg:
+            raise UsageError(f"two teachers given: {args.teacher_arg} and --teacher {args.teacher}")
+        args.teacher = args.teacher_arg
+    config = config_from_args(args, DistillConfig)
+    if not config.teacher:
+        raise UsageError("the teacher is required: relsim distill TEACHER (a relsim collection)")
+    _print_result(distill(config))
     return 0
 
 

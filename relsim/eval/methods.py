@@ -6,6 +6,7 @@
 ``dino``       DINOv2 ``[CLS]`` through transformers (default ``facebook/dinov2-large``)
 ``dreamsim``   DreamSim, when ``pip install dreamsim`` is there (skipped with a message otherwise)
 ``caption``    the anonymous captioner's caption embedded with all-MiniLM-L6-v2 (:mod:`relsim.eval.captions`)
+``student``    a distilled student (``relsim distill``, ``--student DIR``); through its own relsim collection
 NAME=FILE      ``--embeddings``: any method's vectors as ``.npy`` / ``.safetensors``, rows in pool order
 =============  ===========================================================================================
 
@@ -46,8 +47,8 @@ __all__ = [
     "key_of",
 ]
 
-BUILTIN_METHODS = ("relsim", "clip", "dino", "dreamsim", "caption")
-DEFAULT_METHODS = BUILTIN_METHODS
+BUILTIN_METHODS = ("relsim", "clip", "dino", "dreamsim", "caption", "student")
+DEFAULT_METHODS = BUILTIN_METHODS[:-1]  # a student is evaluated when named (it needs --student)
 
 
 class MethodUnavailable(Exception):
@@ -72,6 +73,8 @@ class MethodOptions:
     dreamsim_type: str = "ensemble"
     dreamsim_cache: str | None = None
     caption: dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
+    """The student method's :func:`relsim.load` arguments (``model``: the student checkpoint, ``revision``)."""
     caption_max_new_tokens: int = 128
     text_model: str | None = None
     """The caption method's MiniLM (default: sentence-transformers/all-MiniLM-L6-v2)."""
@@ -127,7 +130,7 @@ class RelSimMethod(Method):
 
     def _store_dir(self, workdir: Path) -> Path:
         spec = {k: str(v) for k, v in sorted(self.load_kwargs.items()) if k != "device"}
-        return workdir / f"relsim-{key_of(spec)}"
+        return workdir / f"{self.name}-{key_of(spec)}"
 
     def embed(self, pool: Pool, workdir: Path) -> PoolVectors:
         from ..bulk import embed_files
@@ -169,6 +172,18 @@ class RelSimMethod(Method):
             vectors[valid] = normalise_rows(vectors[valid], str(root))
         missing = {path: failures.get(path, "not embedded") for i, path in enumerate(pool.paths) if not valid[i]}
         return PoolVectors(vectors, valid, dict(collection.fingerprint), missing, computed)
+
+
+class StudentMethod(RelSimMethod):
+    """A distilled student (:mod:`relsim.student`), filled through its own relsim collection like relsim's."""
+
+    name = "student"
+
+    def __init__(self, options: MethodOptions) -> None:
+        if not options.student.get("model"):
+            raise MethodUnavailable("student skipped: name the student checkpoint with --student DIR")
+        self.options = options
+        self.load_kwargs = {k: v for k, v in options.student.items() if v is not None}
 
 
 class ExternalMethod(Method):
@@ -257,4 +272,6 @@ def build_method(name: str, options: MethodOptions) -> Method:
         except ModelNotFoundError as err:
             raise MethodUnavailable(f"caption skipped: {err}") from None
         return method
+    if name == "student":
+        return StudentMethod(options)
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(BUILTIN_METHODS)} or use --embeddings")

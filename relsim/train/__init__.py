@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .config import CaptionerTrainConfig, TrainConfig
+from .config import CaptionerTrainConfig, DistillConfig, TrainConfig
 
 if TYPE_CHECKING:
     from .loop import TrainResult
 
-__all__ = ["TrainConfig", "CaptionerTrainConfig", "train"]
+__all__ = ["TrainConfig", "CaptionerTrainConfig", "DistillConfig", "train"]
 
 
 def train(config: TrainConfig | CaptionerTrainConfig) -> TrainResult:

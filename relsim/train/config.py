@@ -289,6 +289,48 @@ def _is_a(value: Any, scalar: type) -> bool:
     return isinstance(value, scalar)
 
 
+@dataclass
+class DistillConfig(BaseConfig):
+    """A student's run (``relsim distill TEACHER --student BACKBONE``); recorded in every checkpoint."""
+
+    output_dir: str = "relsim-student-run"
+    teacher: str = ""
+    """The teacher: a relsim collection (local folder or object-store URI) that ``relsim embed`` wrote."""
+    student: str = "facebook/dinov2-small"
+    """The student's backbone: a Hub id or directory transformers loads without remote code."""
+    student_revision: str | None = None
+    captions_jsonl: str | None = None
+    """Optional anonymous captions (``relsim caption -o`` / the paper's JSONL): rows are matched by ``path``, by
+    ``image_hash`` = file stem, or by ``image_hash`` = content SHA-256."""
+    cosine_weight: float = 1.0
+    structure_weight: float = 1.0
+    caption_weight: float = 0.5
+    """Weight of the caption term (used only with ``captions_jsonl``)."""
+    projection_dim: int = 384
+    eval_size: int = 1000
+    """Teacher rows held out (whole images, chosen by content hash) to measure agreement."""
+    lora: bool = False
+    """Train LoRA adapters on the backbone (and the head) instead of every weight."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "query", "value"])
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    gradient_checkpointing: bool = False
+    eval_every: int = 500
+    save_every: int = 1000
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        super().validate()
+        for name in ("cosine_weight", "structure_weight", "caption_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.projection_dim < 1 or self.eval_size < 0:
+            raise ValueError("projection_dim must be >= 1 and eval_size >= 0")
+
+
 def field_types(cls: type[BaseConfig] = TrainConfig) -> dict[str, tuple[type, bool, bool]]:
     """``name -> (scalar type, optional, is_list)`` for every option of ``cls``, for building command-line flags."""
     hints = typing.get_type_hints(cls)

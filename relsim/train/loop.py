@@ -40,7 +40,7 @@ from ..hub import BASE_FILES, resolve
 from ..preprocess import patchify
 from . import distributed
 from . import state as trainer_state
-from .config import BaseConfig, CaptionerTrainConfig, TrainConfig
+from .config import BaseConfig, CaptionerTrainConfig, DistillConfig, TrainConfig
 from .data import Batch, MicroBatches, collate
 from .logs import Logger
 
@@ -97,8 +97,10 @@ def train(config: BaseConfig) -> TrainResult:
         from .captioner import CaptionerTrainer as trainer_class
     elif isinstance(config, TrainConfig):
         from .embedder import EmbedderTrainer as trainer_class
+    elif isinstance(config, DistillConfig):
+        from .distill import DistillTrainer as trainer_class
     else:
-        raise TypeError(f"expected a TrainConfig or CaptionerTrainConfig, got {type(config).__name__}")
+        raise TypeError(f"expected a TrainConfig, CaptionerTrainConfig or DistillConfig, got {type(config).__name__}")
     config.validate()
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     env, device = distributed.setup(config.device)

@@ -1,0 +1,126 @@
+"""What every relsim image embedder shares: scores and cosine matrices from ``embed``, MiniLM text queries.
+
+:class:`ImageEmbedder` is the base of :class:`relsim.RelSimModel` (the 7B teacher) and
+:class:`relsim.student.StudentModel` (a small distilled backbone): a subclass supplies ``embed`` (images in,
+(N, D) L2-normalised float32 rows out), ``fingerprint``, ``device``, ``dtype``, ``mode`` and ``embedding_dim``;
+``score``, ``pairwise`` and ``embed_text`` then behave the same on both, and the metric, the functional API, the
+command line and collections take either.
+
+Example:
+    >>> model = relsim.load("path/to/student")                    # doctest: +SKIP
+    >>> isinstance(model, ImageEmbedder)                           # doctest: +SKIP
+    True
+    >>> model.score("a.jpg", "b.jpg")                              # doctest: +SKIP
+    0.61
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import preprocess
+
+__all__ = ["ImageEmbedder", "deduplicate", "is_single", "project"]
+
+
+class ImageEmbedder(nn.Module):
+    """Base of relsim's image embedders: ``score`` / ``pairwise`` / ``embed_text`` on top of a subclass's ``embed``.
+
+    A subclass holds its head as ``self.projection`` (an ``nn.Linear`` to the embedding width)."""
+
+    projection: nn.Linear
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are."""
+        return self.projection.weight.device
+
+    @property
+    def embedding_dim(self) -> int:
+        """Dimensions of an embedding (384 for relsim's models)."""
+        return self.projection.out_features
+
+    def embed(self, images, batch_size: int = 32, **kwargs) -> torch.Tensor:  # pragma: no cover - abstract
+        """(N, D) L2-normalised float32 embeddings of ``images``."""
+        raise NotImplementedError
+
+    def score(self, a, b, *, batch_size: int = 32) -> float | torch.Tensor:
+        """Relational similarity (cosine, in [-1, 1]) of ``a`` and ``b``.
+
+        Two single images give a float; two equal-length lists (or batches) give a (N,) tensor of
+        pair-wise scores. Each distinct image is embedded once.
+
+        >>> model.score("peach.jpg", "earth.jpg")                  # doctest: +SKIP
+        0.72
+        """
+        single = is_single(a) and is_single(b)
+        list_a = preprocess.as_image_list(a, name="a")
+        list_b = preprocess.as_image_list(b, name="b")
+        if len(list_a) != len(list_b):
+            raise ValueError(f"score() needs as many images in a as in b, got {len(list_a)} and {len(list_b)}")
+        embeddings, index = self._embed_unique(list_a + list_b, batch_size)
+        n = len(list_a)
+        scores = (embeddings[index[:n]] * embeddings[index[n:]]).sum(-1).clamp(-1.0, 1.0)
+        return float(scores[0]) if single else scores
+
+    def pairwise(self, images_a, images_b=None, *, batch_size: int = 32) -> torch.Tensor:
+        """Cosine matrix (N, M) between ``images_a`` and ``images_b`` (default: ``images_a`` itself).
+
+        Each distinct image is embedded once, so this costs N + M forwards, not N x M.
+        """
+        list_a = preprocess.as_image_list(images_a, name="images_a")
+        list_b = list_a if images_b is None else preprocess.as_image_list(images_b, name="images_b")
+        embeddings, index = self._embed_unique(list_a + ([] if images_b is None else list_b), batch_size)
+        ea = embeddings[index[: len(list_a)]]
+        eb = ea if images_b is None else embeddings[index[len(list_a) :]]
+        return (ea @ eb.T).clamp(-1.0, 1.0)
+
+    def embed_text(self, texts: str | Sequence[str], **kwargs) -> torch.Tensor:
+        """Embed texts with all-MiniLM-L6-v2, the space relsim's image embeddings were trained into.
+
+        A relational description ("{Animal} peeking out from behind a {Object}") then scores against image
+        embeddings directly. ``kwargs`` go to :func:`relsim.text.embed_text` (``model``, ``revision``, ...).
+
+        >>> model.embed_text(["{Fruit} cut open to show its layers"]) @ model.embed(["earth.jpg"]).T  # doctest: +SKIP
+        """
+        from .text import embed_text
+
+        return embed_text(texts, **kwargs)
+
+    def _embed_unique(self, items: list, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        unique, index = deduplicate(items)
+        return self.embed(unique, batch_size=batch_size), index
+
+
+def deduplicate(items: list) -> tuple[list, torch.Tensor]:
+    """Distinct images (same path or same object) and the index of each item among them."""
+    keys: dict = {}
+    unique, index = [], []
+    for item in items:
+        key = ("path", os.fspath(item)) if isinstance(item, (str, os.PathLike)) else ("obj", id(item))
+        if key not in keys:
+            keys[key] = len(unique)
+            unique.append(item)
+        index.append(keys[key])
+    return unique, torch.tensor(index, dtype=torch.long)
+
+
+def is_single(x) -> bool:
+    """Whether ``x`` is one image (a path, PIL image, HWC array or CHW tensor) rather than a list or batch."""
+    if isinstance(x, torch.Tensor):
+        return x.ndim == 3
+    if isinstance(x, np.ndarray):
+        return x.ndim in (2, 3)
+    return not isinstance(x, (list, tuple))
+
+
+def project(features: torch.Tensor, projection: nn.Linear) -> torch.Tensor:
+    """The head of every relsim embedder: ``projection`` in float32, then L2 normalisation (float32 rows)."""
+    projected = F.linear(features.float(), projection.weight.float(), projection.bias.float())
+    return F.normalize(projected, dim=-1)
