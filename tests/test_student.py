@@ -397,7 +397,7 @@ def test_relsim_distill_reads_a_config_file_and_flags_win(teacher, dino, tmp_pat
     recipe = json.loads((Path(summary["final"]) / "relsim_config.json").read_text())["recipe"]
     assert recipe["lr"] == 5e-4 and recipe["max_steps"] == 3 and recipe["teacher"] == str(teacher)
     code, _, err = run(capsys, "distill", teacher, "--config", config, "--structure-weight", "-1")
-    assert code == 1 and "structure_weight" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "structure_weight" in err and len(err.strip().splitlines()) == 1  # a usage error
 
 
 def test_push_to_hub_with_a_student_card(trained, tmp_path, monkeypatch, capsys) -> None:

@@ -80,11 +80,16 @@ def _folder_size(path: Path) -> tuple[int, int]:
 
 def _base_of(adapter_path: Path, pinned: dict[str, Any]) -> tuple[str | None, str | None]:
     """The base model and revision a load of this adapter would use (as :func:`relsim.load` decides)."""
-    from ..checkpoint import ADAPTER_CONFIG, read_adapter_config, read_relsim_config
+    from ..checkpoint import ADAPTER_CONFIG, read_json, read_relsim_config
+    from ..errors import CheckpointError
 
     config: dict[str, Any] = read_relsim_config(adapter_path)  # checked: a list or a number is one clear line
-    if (adapter_path / ADAPTER_CONFIG).is_file():
-        config = {**read_adapter_config(adapter_path), **config}
+    file = adapter_path / ADAPTER_CONFIG
+    if file.is_file():  # only the base's name is needed here: the LoRA settings are checked when it loads
+        named = read_json(file).get("base_model_name_or_path")
+        if named is not None and not isinstance(named, str):
+            raise CheckpointError(f"{file}: base_model_name_or_path must be a string, got {named!r}")
+        config = {"base_model_name_or_path": named, **config}
     base = config.get("base_model") or config.get("base_model_name_or_path") or pinned.get("base_model")
     revision = config.get("base_revision") or pinned.get("base_revision")
     return base, revision

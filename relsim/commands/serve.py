@@ -12,7 +12,16 @@ import ipaddress
 import sys
 
 from ..registry import DEFAULT_TEXT_MODEL
-from ._common import UsageError, add_model_flags, command, device_from_args, load_model_from_args, require_inputs, warn
+from ._common import (
+    UsageError,
+    add_model_flags,
+    bounded,
+    command,
+    device_from_args,
+    load_model_from_args,
+    require_inputs,
+    warn,
+)
 from .collection import add_caption_flags, caption_settings
 
 DESCRIPTION = (
@@ -27,10 +36,20 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help=help, description=DESCRIPTION)
     p.add_argument("store", metavar="COLLECTION", help="collection folder or URI")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.add_argument("--port", type=bounded(int, 0, 65535), default=8000, help="port (default: 8000; 0: any free port)")
     p.add_argument("--open", action="store_true", help="open the page in a web browser once the server is up")
-    p.add_argument("-k", type=int, default=12, help="results per query unless the page asks otherwise (default: 12)")
-    p.add_argument("--max-upload-mb", type=float, default=20, help="largest image upload in MB (default: 20)")
+    p.add_argument(
+        "-k",
+        type=bounded(int, 1, 200),
+        default=12,
+        help="results per query unless the page asks otherwise (default: 12)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=bounded(float, 0, 1024, above=True),
+        default=20,
+        help="largest image upload in MB (default: 20)",
+    )
     p.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help=f"text encoder (default: {DEFAULT_TEXT_MODEL})")
     p.add_argument("--text-revision", help="branch, tag or commit of --text-model")
     add_caption_flags(p.add_argument_group("captions (the 'with anonymous captions' option)"))
