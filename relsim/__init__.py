@@ -42,15 +42,16 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load_captioner": ("relsim.caption", "load_captioner"),
     "Caption": ("relsim.caption", "Caption"),
     "Captioner": ("relsim.caption", "Captioner"),
-    "Explanation": ("relsim.caption", "Explanation"),
+    "Explanation": ("relsim.explain", "Explanation"),
     "Collection": ("relsim.collection", "Collection"),
 }
 
 if TYPE_CHECKING:
     from . import functional
-    from .caption import Caption, Captioner, Explanation, load_captioner
+    from .caption import Caption, Captioner, load_captioner
     from .collection import Collection
     from .encoder import RelSimModel
+    from .explain import Explanation
     from .metric import RelationalSimilarity
     from .pretrained import load
     from .relsim_score import preprocess_image, relsim

@@ -17,21 +17,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import preprocess
+from .backbone import image_tokens, rope_positions, weights_lock
+from .batching import decode_ahead, deduplicate, is_single, progress_bar
 from .preprocess import ImageInput, ImageInputError
 
-MERGE = preprocess.MERGE_SIZE
 PATCH = preprocess.PATCH_SIZE
 
 
@@ -66,34 +63,17 @@ class Prompt:
         return len(self.prefix) + n_image_tokens + len(self.suffix)
 
 
-def image_tokens(grid_thw: Sequence[int]) -> int:
-    """Visual tokens of one image after the 2x2 merge (256 for 448x448)."""
-    t, h, w = (int(x) for x in grid_thw)
-    return t * h * w // (MERGE * MERGE)
-
-
 def build_inputs(prompt: Prompt, grids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token ids (B, L), 3-D multimodal RoPE positions (3, B, L) and the query index (B,) for a batch.
 
     Sequences are padded on the right; the query is each sequence's last real token, so with causal
     attention the padding never reaches it and no attention mask is needed. Positions follow
-    transformers 4.57's ``get_rope_index`` for images: text tokens count up on all three axes; the image
-    grid (gh x gw merged tokens) gets ``t = s, h = s + row, w = s + col`` from its start ``s``; the text after
-    it resumes at ``s + max(gh, gw)``.
+    transformers 4.57's ``get_rope_index`` for images (:func:`relsim.backbone.rope_positions`).
     """
     seqs, positions = [], []
-    p = len(prompt.prefix)
-    for t, h, w in grids.tolist():
-        gh, gw = h // MERGE, w // MERGE
-        n = t * gh * gw
-        rows = torch.arange(gh).repeat_interleave(gw).repeat(t)
-        cols = torch.arange(gw).repeat(gh * t)
-        image = torch.stack([torch.arange(t).repeat_interleave(gh * gw), rows, cols]) + p
-        after = p + max(t, gh, gw)
-        text_before = torch.arange(p).expand(3, -1)
-        text_after = (torch.arange(len(prompt.suffix)) + after).expand(3, -1)
-        positions.append(torch.cat([text_before, image, text_after], dim=1))
-        seqs.append(list(prompt.prefix) + [prompt.image_token_id] * n + list(prompt.suffix))
+    for grid in grids.tolist():
+        positions.append(rope_positions(len(prompt.prefix), grid, len(prompt.suffix)))
+        seqs.append(list(prompt.prefix) + [prompt.image_token_id] * image_tokens(grid) + list(prompt.suffix))
     length = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), length), prompt.pad_token_id, dtype=torch.long)
     pos = torch.zeros((3, len(seqs), length), dtype=torch.long)
@@ -118,23 +98,6 @@ def multimodal_inputs(
     embeds = body.language_model.embed_tokens(ids)
     mask = (ids == prompt.image_token_id).unsqueeze(-1)
     return embeds.masked_scatter(mask, image_embeds.to(embeds.dtype)), positions, query
-
-
-_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LOCKS_LOCK = threading.Lock()
-
-
-def weights_lock(body: nn.Module) -> threading.Lock:
-    """The lock held while a forward pass reads ``body``'s weights.
-
-    The captioner runs on the embedder's body with some weights swapped for the base's (see relsim.caption):
-    holding this lock keeps an embedding in another thread from seeing them.
-    """
-    with _LOCKS_LOCK:
-        lock = _LOCKS.get(body)
-        if lock is None:
-            lock = _LOCKS[body] = threading.Lock()
-        return lock
 
 
 def query_states(body: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -231,7 +194,7 @@ class RelSimModel(nn.Module):
         items = preprocess.as_image_list(images)
         needs_grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in items)
         out: list[torch.Tensor | None] = [None] * len(items)
-        bar = _progress_bar(len(items), progress)
+        bar = progress_bar(len(items), progress, "relsim embed")
         with contextlib.nullcontext() if needs_grad else torch.inference_mode():
             for indices, pixels in self._batches(items, batch_size, num_workers):
                 embeddings = self._embed_batch(indices, pixels)
@@ -291,7 +254,7 @@ class RelSimModel(nn.Module):
         >>> model.score("peach.jpg", "earth.jpg")                  # doctest: +SKIP
         0.72
         """
-        single = _is_single(a) and _is_single(b)
+        single = is_single(a) and is_single(b)
         list_a = preprocess.as_image_list(a, name="a")
         list_b = preprocess.as_image_list(b, name="b")
         if len(list_a) != len(list_b):
@@ -364,12 +327,12 @@ class RelSimModel(nn.Module):
     def explain(self, a, b, **kwargs):
         """The relational score of ``a`` and ``b`` with both anonymous captions and their MiniLM cosine.
 
-        Single images give an :class:`relsim.caption.Explanation`; equal-length lists give a list of them.
+        Single images give an :class:`relsim.explain.Explanation`; equal-length lists give a list of them.
         ``kwargs``: ``text_model``, ``batch_size`` and the options of :meth:`caption`.
 
         >>> print(model.explain("peach.jpg", "earth.jpg"))         # doctest: +SKIP
         """
-        from .caption import explain
+        from .explain import explain
 
         return explain(self, a, b, **kwargs)
 
@@ -384,26 +347,10 @@ class RelSimModel(nn.Module):
         """Decoded, resized pixel tensors in batches; the next batch is decoded while this one runs.
 
         With ``on_error(index, error)``, images that cannot be prepared are reported and left out."""
-        workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         prepare = functools.partial(self._prepare, resize=not self.uses_device_resize, report=on_error is not None)
-        if workers <= 0 or len(items) == 1:
-            prepared = (prepare(i, x) for i, x in enumerate(items))
-            yield from self._group(_report_failures(prepared, on_error), batch_size)
-            return
-        with ThreadPoolExecutor(workers) as pool:
-            window = max(2 * batch_size, workers)
-            futures = [pool.submit(prepare, i, x) for i, x in enumerate(items[:window])]
-
-            def stream():
-                submitted = len(futures)
-                for k in range(len(items)):
-                    if submitted < len(items):
-                        futures.append(pool.submit(prepare, submitted, items[submitted]))
-                        submitted += 1
-                    yield futures[k].result()
-                    futures[k] = None  # let the decoded image go
-
-            yield from self._group(_report_failures(stream(), on_error), batch_size)
+        ahead = 2 * batch_size
+        prepared = decode_ahead(lambda i: prepare(i, items[i]), len(items), num_workers=num_workers, ahead=ahead)
+        yield from self._group(_report_failures(prepared, on_error), batch_size)
 
     def _prepare(self, index: int, item, *, resize: bool, report: bool = False) -> tuple[int, torch.Tensor]:
         try:
@@ -532,45 +479,4 @@ def _report_failures(prepared, on_error):
             yield index, pixels
 
 
-def deduplicate(items: list) -> tuple[list, torch.Tensor]:
-    """Distinct images (same path or same object) and the index of each item among them."""
-    keys: dict = {}
-    unique, index = [], []
-    for item in items:
-        key = ("path", os.fspath(item)) if isinstance(item, (str, os.PathLike)) else ("obj", id(item))
-        if key not in keys:
-            keys[key] = len(unique)
-            unique.append(item)
-        index.append(keys[key])
-    return unique, torch.tensor(index, dtype=torch.long)
-
-
-def _is_single(x) -> bool:
-    if isinstance(x, torch.Tensor):
-        return x.ndim == 3
-    if isinstance(x, np.ndarray):
-        return x.ndim in (2, 3)
-    return not isinstance(x, (list, tuple))
-
-
-def _progress_bar(total: int, progress: bool | None):
-    if progress is None:
-        progress = total >= 256
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc="relsim embed")
-
-
-__all__ = [
-    "RelSimModel",
-    "Prompt",
-    "build_inputs",
-    "multimodal_inputs",
-    "query_states",
-    "deduplicate",
-    "image_tokens",
-    "weights_lock",
-    "ImageInputError",
-]
+__all__ = ["RelSimModel", "Prompt", "ImageInputError"]

@@ -21,9 +21,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .backbone import parse_dtype
 from .encoder import RelSimModel
 from .preprocess import ImageInput, ImageInputError, check_pixel_values
-from .pretrained import DEFAULT_MODEL, load, parse_dtype
+from .pretrained import DEFAULT_MODEL, load
 
 #: What one side of an update may be: an (N, C, H, W) tensor, an (N, H, W, C) numpy array or a list of images.
 ImageBatch = Tensor | np.ndarray | Sequence[ImageInput]

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .backbone import quiet_transformers
 from .errors import CheckpointError
 from .hub import resolve
 from .registry import DEFAULT_TEXT_MODEL
@@ -151,8 +152,6 @@ class TextEncoder:
             token=token,
         )
         dev = torch.device(device) if device is not None else _default_device()
-        from .pretrained import quiet_transformers
-
         try:  # a text model's own code (auto_map) never runs
             tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
             with quiet_transformers():

@@ -82,7 +82,7 @@ class HFImageEncoder:
     def _load(self) -> None:
         from transformers import AutoImageProcessor, AutoModel, CLIPModel
 
-        from ..pretrained import quiet_transformers
+        from ..backbone import quiet_transformers
 
         path = str(self.repo.path)
         with quiet_transformers():  # no "Loading weights" bar, no backend notice from the image processor

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import generation, preprocess
+from ..backbone import image_tokens
 from ..caption_inputs import CaptionPrompt, build_batch, sequence_positions
 from ..checkpoint import BaseShards
 from .model import HubNames, LoraModel, add_lora, require_peft
@@ -83,7 +84,7 @@ def training_batch(
     for grid, answer in zip(grids, answers, strict=True):
         if not answer:
             raise ValueError("an answer must hold at least one token (the end of turn)")
-        ids = prompt.ids(int(grid.prod()) // preprocess.MERGE_SIZE**2)
+        ids = prompt.ids(image_tokens(grid.tolist()))
         before = sequence_positions(prompt, grid.tolist())
         after = before[:, -1:] + 1 + torch.arange(len(answer))
         rows.append(ids + list(answer))
@@ -198,7 +199,7 @@ def build_captioner_model(
     ``dtype`` is the frozen weights' dtype; the LoRA factors are float32 (master weights). Initialisation is a
     function of ``seed`` only.
     """
-    from ..pretrained import load_body, load_tokenizer
+    from ..backbone import load_body, load_tokenizer
 
     require_peft()  # before the base's weights are read
     device = torch.device(device)

@@ -43,7 +43,7 @@ class HubNames(nn.Module):
 
 def load_tokenizer(path: str | Path):
     """The base tokenizer plus ``<|query|>`` (id 151665 on the real vocabulary)."""
-    from ..pretrained import load_tokenizer as load_checkpoint_tokenizer
+    from ..backbone import load_tokenizer as load_checkpoint_tokenizer
 
     tokenizer = load_checkpoint_tokenizer(Path(path))
     if QUERY_TOKEN not in tokenizer.get_vocab():
@@ -138,7 +138,7 @@ def build_model(
     ``dtype`` is the frozen base weights' dtype; LoRA and the head are float32 (master weights).
     Initialisation is a function of ``seed`` only (made on the CPU, then moved).
     """
-    from ..pretrained import load_body
+    from ..backbone import load_body
 
     require_peft()  # before the base's weights are read
     device = torch.device(device)
