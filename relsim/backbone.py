@@ -18,8 +18,9 @@ import contextlib
 import importlib.util
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -31,6 +32,7 @@ from .hub import BASE_FILES, ResolvedRepo, resolve
 from .preprocess import MERGE_SIZE
 
 MERGE = MERGE_SIZE
+T = TypeVar("T")
 
 
 def default_device() -> torch.device:
@@ -199,6 +201,54 @@ def load_body(path: Path, device: torch.device, dtype: torch.dtype) -> nn.Module
     return body.to(device)
 
 
+class ModelCache:
+    """The one caching rule for loaded models (embedders, captioners, text encoders): one instance per
+    ``(key, device)`` with the device normalised (``"cuda"`` and ``"cuda:0"`` are one entry), held by weak
+    reference, so a model nobody uses any more is freed; loads run under a lock, so two threads load once.
+
+    ``keep_last=True`` also holds the most recently used model, for helpers whose callers keep nothing
+    (``relsim.text.embed_text``): asking for another model or device lets the previous one go.
+
+    >>> cache = ModelCache()
+    >>> model = cache.get(("tiny",), "cpu", lambda device: torch.nn.Linear(2, 2))
+    >>> cache.get(("tiny",), torch.device("cpu"), lambda device: None) is model
+    True
+    """
+
+    def __init__(self, *, keep_last: bool = False) -> None:
+        self._models: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+        self._keep_last = keep_last
+        self._last: Any = None
+
+    def get(self, key: Hashable, device: str | torch.device | None, load: Callable[[torch.device], T]) -> T:
+        """The cached model for ``key`` on ``device`` (None: the default device), else ``load(device)``'s,
+        cached. A cached model that was moved elsewhere since (e.g. a metric's ``.to()``) is not reused."""
+        device = canonical_device(device)
+        with self._lock:
+            model = self._models.get((key, str(device)))
+            if model is None or _device_of(model) != device:
+                model = load(device)
+                self._models[(key, str(device))] = model
+            if self._keep_last:
+                self._last = model
+            return model
+
+    def clear(self) -> None:
+        """Forget every cached model (those still used elsewhere stay alive there)."""
+        with self._lock:
+            self._models.clear()
+            self._last = None
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+def _device_of(model: Any) -> torch.device:
+    device = model.device
+    return device if isinstance(device, torch.device) else torch.device(device)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Visual tokens and positions
 
@@ -256,6 +306,7 @@ def weights_lock(body: nn.Module) -> threading.Lock:
 
 
 __all__ = [
+    "ModelCache",
     "attn_implementation",
     "canonical_device",
     "check_base_files",

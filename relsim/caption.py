@@ -26,7 +26,6 @@ import itertools
 import os
 import re
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,16 @@ import torch
 from torch import nn
 
 from . import __version__, fastpath, generation, preprocess
-from .backbone import canonical_device, image_tokens, load_body, load_tokenizer, parse_dtype, resolve_base, weights_lock
+from .backbone import (
+    ModelCache,
+    canonical_device,
+    image_tokens,
+    load_body,
+    load_tokenizer,
+    parse_dtype,
+    resolve_base,
+    weights_lock,
+)
 from .batching import decode_ahead, is_single, progress_bar
 from .caption_inputs import IMAGE_SIZE, TRAINING_PROMPT, CaptionPrompt, build_batch, prepare_image
 from .checkpoint import RELSIM_CONFIG, BaseShards, LoraWeights, read_adapter_config, read_json, read_lm_head, read_lora
@@ -550,8 +558,7 @@ def build_captioner(
     )
 
 
-_CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_CACHE_LOCK = threading.Lock()
+_CACHE = ModelCache()
 
 
 def load_captioner(
@@ -583,17 +590,15 @@ def load_captioner(
     revisions = {"revision": revision, "base_revision": base_revision}
     adapter, base = resolve_captioner(model, base_model=base_model, **revisions, **hub)
     # revisions identify content (Hub commits, or content hashes of local directories)
-    key = (adapter.path, adapter.revision, base.path, base.revision, dtype, str(device))
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None and cached.device == device:
-            return cached
+    key = (adapter.path, adapter.revision, base.path, base.revision, dtype)
+
+    def build(device: torch.device) -> Captioner:
         body = load_body(base.path, device, dtype)
         fastpath.optimize(body)
         fingerprint = {**captioner_fingerprint(adapter, base, dtype), "relsim_version": __version__}
-        captioner = build_captioner(body, base.path, adapter.path, fingerprint=fingerprint)
-        _CACHE[key] = captioner
-        return captioner
+        return build_captioner(body, base.path, adapter.path, fingerprint=fingerprint)
+
+    return _CACHE.get(key, device, build)
 
 
 def resolve_captioner(

@@ -9,8 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +16,14 @@ import torch
 from torch import nn
 
 from . import __version__, fastpath
-from .backbone import canonical_device, load_body, load_tokenizer, parse_dtype, resolve_base
+from .backbone import ModelCache, canonical_device, load_body, load_tokenizer, parse_dtype, resolve_base
 from .checkpoint import QUERY_TOKEN, CheckpointError, merge_lora, read_checkpoint
 from .encoder import Prompt, RelSimModel
 from .hub import ADAPTER_FILES, resolve
 from .preprocess import MODES
 from .registry import DEFAULT_BASE_MODEL, DEFAULT_MODEL, PRETRAINED  # noqa: F401  (re-exported)
 
-_CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_CACHE_LOCK = threading.Lock()
+_CACHE = ModelCache()
 
 
 @dataclass(frozen=True)
@@ -92,12 +89,9 @@ def load(
     base = resolve_base(base_name, base_revision, named_by=None if base_model is not None else adapter.name, **hub)
 
     # revisions identify content (Hub commits, or content hashes of local directories)
-    key = (adapter.path, adapter.revision, base.path, base.revision, mode, dtype, str(device), compile)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        # a shared instance that someone moved elsewhere (e.g. a metric's .to()) is not what was asked for
-        if cached is not None and cached.device == device:
-            return cached
+    key = (adapter.path, adapter.revision, base.path, base.revision, mode, dtype, compile)
+
+    def build(device: torch.device) -> RelSimModel:
         fingerprint = {
             "model": adapter.name,
             "revision": adapter.revision,
@@ -122,8 +116,9 @@ def load(
             cache_dir=cache_dir,
             local_files_only=local_files_only,
         )
-        _CACHE[key] = instance
         return instance
+
+    return _CACHE.get(key, device, build)
 
 
 def assemble(

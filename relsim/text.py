@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .backbone import quiet_transformers
+from .backbone import ModelCache, canonical_device, quiet_transformers
 from .errors import CheckpointError
 from .hub import resolve
 from .registry import DEFAULT_TEXT_MODEL
@@ -44,10 +43,6 @@ HUB_FILES = [
     "model.safetensors.index.json",
     "model-*.safetensors",
 ]
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _resolve_model_dir(
@@ -151,7 +146,7 @@ class TextEncoder:
             local_files_only=local_files_only,
             token=token,
         )
-        dev = torch.device(device) if device is not None else _default_device()
+        dev = canonical_device(device)
         try:  # a text model's own code (auto_map) never runs
             tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
             with quiet_transformers():
@@ -202,8 +197,8 @@ class TextEncoder:
         return F.normalize(pooled, p=2, dim=1)
 
 
-_CACHE: dict[tuple[str, str | None, str], TextEncoder] = {}
-_CACHE_LOCK = threading.Lock()
+#: Held weakly like every model cache, plus the last one used: embed_text's callers keep no encoder themselves.
+_CACHE = ModelCache(keep_last=True)
 
 
 def embed_text(
@@ -217,7 +212,8 @@ def embed_text(
 ) -> torch.Tensor:
     """Embed texts with a cached :class:`TextEncoder`: (N, 384) float32, L2-normalised.
 
-    Encoders are loaded once per (model, revision, device); ``kwargs`` go to
+    Encoders are loaded once per (model, revision, device) and shared (``"cuda"`` and ``"cuda:0"`` are one
+    device); the last one used stays loaded, others are freed once nothing holds them. ``kwargs`` go to
     :meth:`TextEncoder.from_pretrained` on the first load.
 
     Example:
@@ -228,17 +224,14 @@ def embed_text(
     if isinstance(model, TextEncoder):
         return model.encode(texts, batch_size=batch_size)
     items = _check_texts(texts)  # fail on bad input before loading a model
-    dev = torch.device(device) if device is not None else _default_device()
-    key = (str(model), revision, str(dev))
-    with _CACHE_LOCK:
-        encoder = _CACHE.get(key)
-        if encoder is None:
-            encoder = TextEncoder.from_pretrained(model, revision=revision, device=dev, **kwargs)
-            _CACHE[key] = encoder
+    encoder = _CACHE.get(
+        (str(model), revision),
+        device,
+        lambda dev: TextEncoder.from_pretrained(model, revision=revision, device=dev, **kwargs),
+    )
     return encoder.encode(items, batch_size=batch_size)
 
 
 def clear_text_cache() -> None:
     """Forget the encoders cached by :func:`embed_text`."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
