@@ -11,8 +11,7 @@ import torch
 from conftest import photo
 
 import relsim
-from relsim.checkpoint import convert
-from relsim.hub import write_model_card
+from relsim.publish import convert, write_model_card
 
 REPO = "me/relsim-tiny"
 

@@ -1,4 +1,4 @@
-"""``relsim train``, ``relsim train-captioner``, ``relsim data download|targets`` and ``relsim convert``: reproduce
+"""``relsim train``, ``relsim train-captioner``, ``relsim data download|targets``: reproduce
 the paper's two trainings (the embedder and the anonymous captioner).
 
 Importing this module needs neither peft nor a model: the heavy imports happen when a command runs.
@@ -8,7 +8,6 @@ Example:
     $ relsim train --config recipe.yaml --output-dir run
     $ relsim train-captioner seed-groups/seed_group.json --output-dir captioner-run
     $ torchrun --nproc_per_node 8 -m relsim.cli train --config recipe.yaml
-    $ relsim convert thaoshibe/relsim-qwenvl25-lora relsim-converted
 """
 
 from __future__ import annotations
@@ -86,15 +85,6 @@ def register(subparsers) -> None:
     tg.add_argument("--text-revision", default=None)
     tg.add_argument("--device", default=None)
     tg.set_defaults(func=_targets)
-
-    cv = subparsers.add_parser("convert", help="add relsim's files (projection.safetensors, relsim_config.json)")
-    cv.add_argument("source", help="upstream checkpoint: a directory or Hub repo id")
-    cv.add_argument("destination", nargs="?", help="output directory (default: convert a local source in place)")
-    cv.add_argument("--revision", help="branch, tag or commit of a Hub source (default: the repo's main branch)")
-    cv.add_argument("--base-model", help="base model to record (default: the one the adapter names)")
-    cv.add_argument("--base-revision", help="base model revision to record")
-    cv.add_argument("--overwrite", action="store_true")
-    cv.set_defaults(func=_convert)
 
 
 def config_from_args(args: argparse.Namespace, cls: type[BaseConfig] = TrainConfig) -> BaseConfig:
@@ -184,20 +174,4 @@ def _targets(args: argparse.Namespace) -> int:
     )
     path = cache_file(args.cache_dir, resolve_text_model(args.text_model, args.text_revision))
     print(f"{targets.shape[0]} caption targets in {path}")
-    return 0
-
-
-@command
-def _convert(args: argparse.Namespace) -> int:
-    from ..checkpoint import convert
-
-    out = convert(
-        args.source,
-        args.destination,
-        revision=args.revision,
-        base_model=args.base_model,
-        base_revision=args.base_revision,
-        overwrite=args.overwrite,
-    )
-    print(f"converted checkpoint: {out}")
     return 0

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from ..caption_inputs import TRAINING_PROMPT, prepare_image
 from ..checkpoint import write_captioner_checkpoint
 from ..generation import base_generation_config
-from ..hub import write_model_card
+from ..publish import write_model_card
 from . import distributed
 from .caption_model import answer_ids, build_captioner_model, greedy_captions
 from .config import CaptionerTrainConfig

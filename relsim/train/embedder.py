@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..checkpoint import write_checkpoint
-from ..hub import write_model_card
+from ..publish import write_model_card
 from . import distributed
 from .config import TrainConfig
 from .data import Batch, CaptionImages, fingerprint, present, read_jsonl, split_eval
