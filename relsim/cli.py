@@ -20,7 +20,7 @@ COMMAND_MODULES = [
     "relsim.commands.score",  # score
     "relsim.commands.caption",  # caption
     "relsim.commands.collection",  # embed, search, info, index, export, migrate, prune, repair
-    "relsim.commands.hub",  # download, push-to-hub
+    "relsim.commands.hub",  # download, convert, push-to-hub
     "relsim.commands.train",  # train, data
     "relsim.commands.eval",  # eval retrieval
 ]

@@ -105,7 +105,7 @@ def config_path(args: argparse.Namespace) -> str | None:
 
 @command
 def _train(args: argparse.Namespace) -> int:
-    from ..train.loop import train
+    from ..train import train
 
     require_inputs(args.config)
     config = config_from_args(args)
@@ -129,7 +129,7 @@ def _print_result(result) -> None:
 
 @command
 def _train_captioner(args: argparse.Namespace) -> int:
-    from ..train.loop import train
+    from ..train import train
 
     require_inputs(config_path(args))
     config = config_from_args(args, CaptionerTrainConfig)

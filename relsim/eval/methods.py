@@ -39,7 +39,6 @@ __all__ = [
     "Method",
     "MethodOptions",
     "MethodUnavailable",
-    "build_method",
     "external_method",
     "key_of",
 ]
@@ -218,30 +217,3 @@ def external_method(spec: str) -> ExternalMethod:
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"--embeddings {spec!r}: the name may hold letters, digits, '-' and '_' only")
     return ExternalMethod(name, file)
-
-
-def build_method(name: str, options: MethodOptions) -> Method:
-    """A built-in method by name; :class:`MethodUnavailable` when it cannot run in this installation."""
-    if name == "relsim":
-        return RelSimMethod(options)
-    if name in ("clip", "dino"):
-        from .baselines import HFImageEncoder
-
-        model = options.clip_model if name == "clip" else options.dino_model
-        revision = options.clip_revision if name == "clip" else options.dino_revision
-        return EncoderMethod(name, HFImageEncoder(name, model, revision=revision, device=options.device), options)
-    if name == "dreamsim":
-        from .baselines import DreamSimEncoder
-
-        try:
-            encoder = DreamSimEncoder(
-                dreamsim_type=options.dreamsim_type, device=options.device, cache_dir=options.dreamsim_cache
-            )
-        except ImportError as err:
-            raise MethodUnavailable(f"dreamsim skipped: {err}") from None
-        return EncoderMethod(name, encoder, options)
-    if name == "caption":
-        from .captions import CaptionMethod
-
-        return CaptionMethod(options)
-    raise ValueError(f"unknown method {name!r}; choose from {', '.join(BUILTIN_METHODS)} or use --embeddings")

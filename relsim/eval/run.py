@@ -33,12 +33,21 @@ import numpy as np
 from .embeddings import PoolVectors
 from .judge import Judge, JudgeCache, JudgeRequest, JudgeSettings, Verdict, check_ready
 from .matches import top_matches
-from .methods import DEFAULT_METHODS, Method, MethodOptions, MethodUnavailable, build_method, external_method
+from .methods import (
+    BUILTIN_METHODS,
+    DEFAULT_METHODS,
+    EncoderMethod,
+    Method,
+    MethodOptions,
+    MethodUnavailable,
+    RelSimMethod,
+    external_method,
+)
 from .pool import Pool, load_pool, sample_queries
 from .report import write_chart, write_html, write_markdown
 from .stats import summarise
 
-__all__ = ["EvalConfig", "EvalOutcome", "run_retrieval_eval"]
+__all__ = ["EvalConfig", "EvalOutcome", "build_method", "run_retrieval_eval"]
 
 
 @dataclass
@@ -79,6 +88,33 @@ def _entry(pool: Pool, row: int, cosine: float | None = None) -> dict[str, Any]:
     if cosine is not None:
         out["cosine"] = round(float(cosine), 6)
     return out
+
+
+def build_method(name: str, options: MethodOptions) -> Method:
+    """A built-in method by name; :class:`MethodUnavailable` when it cannot run in this installation."""
+    if name == "relsim":
+        return RelSimMethod(options)
+    if name in ("clip", "dino"):
+        from .baselines import HFImageEncoder
+
+        model = options.clip_model if name == "clip" else options.dino_model
+        revision = options.clip_revision if name == "clip" else options.dino_revision
+        return EncoderMethod(name, HFImageEncoder(name, model, revision=revision, device=options.device), options)
+    if name == "dreamsim":
+        from .baselines import DreamSimEncoder
+
+        try:
+            encoder = DreamSimEncoder(
+                dreamsim_type=options.dreamsim_type, device=options.device, cache_dir=options.dreamsim_cache
+            )
+        except ImportError as err:
+            raise MethodUnavailable(f"dreamsim skipped: {err}") from None
+        return EncoderMethod(name, encoder, options)
+    if name == "caption":
+        from .captions import CaptionMethod
+
+        return CaptionMethod(options)
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(BUILTIN_METHODS)} or use --embeddings")
 
 
 def _build_methods(config: EvalConfig, log: Callable[[str], None]) -> tuple[list[Method], dict[str, str]]:

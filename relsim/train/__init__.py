@@ -25,7 +25,23 @@ __all__ = ["TrainConfig", "CaptionerTrainConfig", "train"]
 
 
 def train(config: TrainConfig | CaptionerTrainConfig) -> TrainResult:
-    """Run training; see :func:`relsim.train.loop.train`."""
-    from .loop import train as _train
+    """Train the model ``config`` describes: a relsim embedder (:class:`TrainConfig`) or an anonymous captioner
+    (:class:`CaptionerTrainConfig`); see docs/training.md. Heavy imports happen here, not on import."""
+    import torch
 
-    return _train(config)
+    from . import distributed
+
+    if isinstance(config, CaptionerTrainConfig):
+        from .captioner import CaptionerTrainer as trainer_class
+    elif isinstance(config, TrainConfig):
+        from .embedder import EmbedderTrainer as trainer_class
+    else:
+        raise TypeError(f"expected a TrainConfig or CaptionerTrainConfig, got {type(config).__name__}")
+    config.validate()
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    env, device = distributed.setup(config.device)
+    try:
+        return trainer_class(config, env, device).run()
+    finally:
+        if owns_group:
+            distributed.cleanup()

@@ -39,7 +39,7 @@ from ..hub import BASE_FILES, resolve
 from ..preprocess import patchify
 from . import distributed
 from . import state as trainer_state
-from .config import BaseConfig, CaptionerTrainConfig, TrainConfig
+from .config import BaseConfig
 from .data import Batch, MicroBatches, collate
 from .logs import Logger
 
@@ -87,25 +87,6 @@ class Linear:
 
 
 SCHEDULES = {"cosine": Cosine, "linear": Linear}
-
-
-def train(config: BaseConfig) -> TrainResult:
-    """Train the model ``config`` describes: a relsim embedder (:class:`TrainConfig`) or an anonymous captioner
-    (:class:`CaptionerTrainConfig`); see docs/training.md."""
-    if isinstance(config, CaptionerTrainConfig):
-        from .captioner import CaptionerTrainer as trainer_class
-    elif isinstance(config, TrainConfig):
-        from .embedder import EmbedderTrainer as trainer_class
-    else:
-        raise TypeError(f"expected a TrainConfig or CaptionerTrainConfig, got {type(config).__name__}")
-    config.validate()
-    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    env, device = distributed.setup(config.device)
-    try:
-        return trainer_class(config, env, device).run()
-    finally:
-        if owns_group:
-            distributed.cleanup()
 
 
 def _seed_everything(seed: int) -> None:
