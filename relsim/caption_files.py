@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .batching import progress_bar
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -131,11 +133,7 @@ def caption_each(
     """
     started = time.perf_counter()
     report = CaptionReport()
-    bar = None
-    if progress or (progress is None and len(paths) >= 64):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(paths), unit="img", desc="relsim caption")
+    bar = progress_bar(len(paths), progress, "relsim caption")
     for batch in captioner.stream(list(paths), skip_unreadable=True, **options):
         done = []
         for index, result in batch:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .batching import is_single
 from .collection import Collection
 from .neighbours import nearest
 from .text import DEFAULT_TEXT_MODEL
@@ -67,16 +68,6 @@ def load_collection_model(
             f"(base {fp.get('base_model')!r}); pass model= / --model (and base_model= / --base-model) "
             "to load it from elsewhere"
         ) from err
-
-
-def _is_single(x: Any) -> bool:
-    if isinstance(x, torch.Tensor):
-        return x.ndim in (1, 3)
-    import numpy as np
-
-    if isinstance(x, np.ndarray):
-        return x.ndim in (2, 3)
-    return not isinstance(x, list | tuple)
 
 
 class SearchResults(list):
@@ -175,7 +166,7 @@ def search(
         single = isinstance(text, str)
         query = _embed_texts(texts, text_model, text_revision, device)
     else:
-        single = _is_single(image)
+        single = is_single(image)
         images = [image] if single else list(image)
         query = _embed_images(collection, images, models)
         if exclude_self:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from ..batching import progress_bar
 from ..preprocess import ImageInputError, decode
 from .pool import Pool
 
@@ -226,7 +226,7 @@ def embed_pool(
     todo = table.missing(pool.hashes)
     paths = [first_path[h] for h in todo]
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    bar = _progress(len(paths), progress, label)
+    bar = progress_bar(len(paths), progress, label)
     pending_hashes: list[str] = []
     pending_vectors: list[np.ndarray] = []
     computed = 0
@@ -253,11 +253,3 @@ def embed_pool(
         if bar is not None:
             bar.close()
     return table.gather(pool, computed=computed)
-
-
-def _progress(total: int, progress: bool | None, label: str):
-    if total == 0 or not (sys.stderr.isatty() if progress is None else progress):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc=label, file=sys.stderr, dynamic_ncols=True)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..batching import progress_bar
 from ..errors import JudgeError
 
 __all__ = [
@@ -381,7 +382,7 @@ class Judge:
 
     def _ask_all(self, todo: list[tuple], groups: dict, answers: dict, progress: bool | None) -> None:
         self.client()  # fail on a missing package or key before any thread starts
-        bar = _progress_bar(len(todo), progress)
+        bar = progress_bar(len(todo), progress, "judge", unit="pair")
         fatal: BaseException | None = None
         pending: dict[Future, tuple] = {}
         feed = iter(todo)
@@ -425,11 +426,3 @@ class Judge:
         self.progress.failed += 1
         self.progress.errors[reason] = self.progress.errors.get(reason, 0) + 1
         return None
-
-
-def _progress_bar(total: int, progress: bool | None):
-    if total == 0 or not (sys.stderr.isatty() if progress is None else progress):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="pair", desc="judge", file=sys.stderr, dynamic_ncols=True)

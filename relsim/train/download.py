@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
+from ..batching import progress_bar
 from ..preprocess import ImageInputError, decode
 from .data import Record, read_jsonl
 from .seed_groups import SeedImage, is_seed_group_file, read_seed_group_json
@@ -194,11 +195,7 @@ def download_images(
             report.present += 1
         else:
             todo.append(r)
-    bar = None
-    if progress or (progress is None and len(todo) >= 100):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), unit="img", desc="relsim data download")
+    bar = progress_bar(len(todo), progress, "relsim data download")
     lock = threading.Lock()
     kwargs = dict(timeout=timeout, retries=retries, backoff=backoff, max_bytes=max_bytes)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
