@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 from .errors import (  # noqa: E402  (light: no third-party imports)
+    ArgumentError,
     CheckpointError,
     CollectionError,
     CollectionMismatchError,
     CollectionWriteError,
     ImageInputError,
     JudgeError,
+    MissingFileError,
     ModelNotFoundError,
     RelSimError,
 )
@@ -100,4 +102,6 @@ __all__ = [
     "CollectionMismatchError",
     "JudgeError",
     "CollectionWriteError",
+    "ArgumentError",
+    "MissingFileError",
 ]

@@ -45,6 +45,14 @@ class CollectionWriteError(CollectionError):
     """A write to a collection failed (disk full, file-size limit, permissions); what was committed is kept."""
 
 
+class ArgumentError(RelSimError, ValueError):
+    """An argument is out of range, of the wrong type or clashes with another; the message names it."""
+
+
+class MissingFileError(RelSimError, FileNotFoundError):
+    """A file or directory relsim was pointed at does not exist or lacks a file it needs; the message names it."""
+
+
 __all__ = [
     "RelSimError",
     "ModelNotFoundError",
@@ -54,4 +62,6 @@ __all__ = [
     "CollectionMismatchError",
     "JudgeError",
     "CollectionWriteError",
+    "ArgumentError",
+    "MissingFileError",
 ]

@@ -306,16 +306,13 @@ def caption_settings(args: argparse.Namespace, enabled: bool, flag: str) -> dict
 def _search(args: argparse.Namespace) -> int:
     from ..collection import Collection
     from ..render import write_grid, write_html
-    from ..retrieval import search
+    from ..retrieval import check_search_arguments, search
 
-    if args.k < 1:
-        raise UsageError("-k must be >= 1")
-    if args.text is not None and not args.text.strip():
-        raise UsageError("--text is empty: describe the relation to look for")
-    if args.nprobes is not None and args.nprobes < 1:
-        raise UsageError("--nprobes must be >= 1")
-    if args.nprobes is not None and args.exact:
-        raise UsageError("--nprobes tunes the ANN index: not with --exact")
+    flags = {"k": "-k", "text": "--text", "nprobes": "--nprobes", "exact": "--exact"}
+    try:
+        check_search_arguments(k=args.k, text=args.text, nprobes=args.nprobes, exact=args.exact, spell=flags.get)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     caption_options = caption_settings(args, args.explain, "--explain")
     _require_store(args.store)
     collection = Collection.open(args.store)
