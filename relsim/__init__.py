@@ -22,6 +22,7 @@ from .errors import (  # noqa: E402  (light: no third-party imports)
     CollectionError,
     CollectionMismatchError,
     CollectionWriteError,
+    DestinationExistsError,
     ImageInputError,
     JudgeError,
     MissingFileError,
@@ -104,4 +105,5 @@ __all__ = [
     "CollectionWriteError",
     "ArgumentError",
     "MissingFileError",
+    "DestinationExistsError",
 ]

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from .checkpoint import open_safetensors, read_json
-from .errors import CheckpointError, ModelNotFoundError
+from .errors import ArgumentError, CheckpointError, ModelNotFoundError
 from .hub import BASE_FILES, ResolvedRepo, resolve
 from .preprocess import MERGE_SIZE
 
@@ -68,10 +68,10 @@ def parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.
             "half": torch.float16,
         }
         if dtype not in names:
-            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+            raise ArgumentError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
         dtype = names[dtype]
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+        raise ArgumentError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
     return dtype
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .batching import progress_bar
+from .errors import ArgumentError
 from .files import FileRecord, check_regular
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def embed_files(
         (2, [])
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
     save_every = save_every or batch_size
     collection.check_compatible(model.fingerprint)
     report = EmbedReport()
@@ -254,7 +255,7 @@ def caption_collection(
     from .files import path_resolver
 
     if options.get("num_captions", 1) != 1:
-        raise ValueError("a collection keeps one caption per image (num_captions=1)")
+        raise ArgumentError("a collection keeps one caption per image (num_captions=1)")
     columns = ["path", "sha256", "caption"]
     if paths is None:
         rows = collection.scan(columns).to_pylist()

@@ -48,7 +48,7 @@ from .backbone import (
 from .batching import decode_ahead, is_single, progress_bar
 from .caption_inputs import IMAGE_SIZE, TRAINING_PROMPT, CaptionPrompt, build_batch, prepare_image
 from .checkpoint import RELSIM_CONFIG, BaseShards, LoraWeights, read_adapter_config, read_json, read_lm_head, read_lora
-from .errors import CheckpointError, ImageInputError
+from .errors import ArgumentError, CheckpointError, ImageInputError
 from .hub import ResolvedRepo, resolve
 from .registry import CAPTIONERS, DEFAULT_CAPTIONER
 
@@ -335,11 +335,11 @@ class Captioner:
     ) -> Iterator[list[tuple[int, Any]]]:
         prompts = _prompt_list(self.default_prompt if prompt is None else prompt, len(items))
         if not isinstance(num_captions, int) or num_captions < 1:
-            raise ValueError(f"num_captions must be an integer >= 1, got {num_captions!r}")
+            raise ArgumentError(f"num_captions must be an integer >= 1, got {num_captions!r}")
         if num_captions > 1 and not sample:
-            raise ValueError("num_captions > 1 needs sample=True: greedy decoding gives the same caption every time")
+            raise ArgumentError("num_captions > 1 needs sample=True: greedy decoding gives the same caption every time")
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+            raise ArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         settings = generation.GenerationSettings.from_config(
             self.generation_config,
             do_sample=bool(sample),
@@ -422,10 +422,10 @@ def _prompt_list(prompt: str | Sequence[str], n: int) -> list[str]:
         return [prompt] * n
     prompts = list(prompt)
     if len(prompts) != n:
-        raise ValueError(f"got {len(prompts)} prompts for {n} images: give one prompt, or one per image")
+        raise ArgumentError(f"got {len(prompts)} prompts for {n} images: give one prompt, or one per image")
     for i, text in enumerate(prompts):
         if not isinstance(text, str):
-            raise ValueError(f"prompt[{i}] is {type(text).__name__}, expected str")
+            raise ArgumentError(f"prompt[{i}] is {type(text).__name__}, expected str")
     return prompts
 
 
@@ -657,7 +657,7 @@ def attach_captioner(
     """The captioner on a loaded RelSimModel's body (see ``RelSimModel.load_captioner``)."""
     source = getattr(embedder, "base_source", None)
     if source is None:
-        raise ValueError(
+        raise ArgumentError(
             "this RelSimModel was not built by relsim.load, so relsim does not know its base checkpoint; "
             "use relsim.load_captioner() for a standalone captioner"
         )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .batching import progress_bar
+from .errors import ArgumentError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -104,7 +105,7 @@ def read_records(output: str | os.PathLike, key: str = "image_hash") -> list[dic
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict) or key not in record:
-            raise ValueError(f"{path}:{number}: not a captions record (a JSON object with {key})")
+            raise ArgumentError(f"{path}:{number}: not a captions record (a JSON object with {key})")
         records.append(record)
     return records
 

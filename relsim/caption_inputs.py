@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from . import backbone
+from .errors import ArgumentError
 from .preprocess import PATCH_SIZE, ImageInput, decode, to_pixel_tensor
 
 #: The prompt of upstream's training config (``config.yaml``): relsim's default.
@@ -80,11 +81,11 @@ class CaptionPrompt:
         placeholder; the placeholder is a special token, so the split does not change any other id.
         """
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"the caption prompt must be a non-empty string, got {text!r}")
+            raise ArgumentError(f"the caption prompt must be a non-empty string, got {text!r}")
         rendered = tokenizer.apply_chat_template(chat_messages(text), tokenize=False, add_generation_prompt=True)
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
         if ids.count(image_token_id) != 1:
-            raise ValueError(f"the chat template does not give exactly one image placeholder: {rendered!r}")
+            raise ArgumentError(f"the chat template does not give exactly one image placeholder: {rendered!r}")
         cut = ids.index(image_token_id)
         return cls(text, tuple(ids[:cut]), tuple(ids[cut + 1 :]), image_token_id)
 

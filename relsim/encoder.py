@@ -27,6 +27,7 @@ from torch import nn
 from . import preprocess
 from .backbone import image_tokens, rope_positions, weights_lock
 from .batching import decode_ahead, deduplicate, is_single, progress_bar
+from .errors import ArgumentError
 from .preprocess import ImageInput, ImageInputError
 
 PATCH = preprocess.PATCH_SIZE
@@ -47,12 +48,12 @@ class Prompt:
         """Apply the chat template to one user message ``[image, "<|query|>"]`` and split at the image."""
         query_token_id = tokenizer.convert_tokens_to_ids(query_token)
         if query_token_id is None or query_token_id == tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer has no {query_token} token")
+            raise ArgumentError(f"the tokenizer has no {query_token} token")
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query_token}]}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if ids.count(image_token_id) != 1 or query_token_id not in ids:
-            raise ValueError(f"the chat template does not give one image placeholder and {query_token}: {text!r}")
+            raise ArgumentError(f"the chat template does not give one image placeholder and {query_token}: {text!r}")
         cut = ids.index(image_token_id)
         end = ids.index(query_token_id) + 1
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -124,7 +125,7 @@ class RelSimModel(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in preprocess.MODES:
-            raise ValueError(f"mode must be one of {preprocess.MODES}, got {mode!r}")
+            raise ArgumentError(f"mode must be one of {preprocess.MODES}, got {mode!r}")
         self.body = body
         self.projection = projection
         self.prompt = prompt
@@ -190,7 +191,7 @@ class RelSimModel(nn.Module):
         torch.Size([2, 384])
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
         items = preprocess.as_image_list(images)
         needs_grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in items)
         out: list[torch.Tensor | None] = [None] * len(items)
@@ -225,7 +226,7 @@ class RelSimModel(nn.Module):
         ...     save(indices, emb)
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
         items = list(images)
         with torch.inference_mode():
             for indices, pixels in self._batches(items, batch_size, num_workers, on_error=on_error):
@@ -258,7 +259,7 @@ class RelSimModel(nn.Module):
         list_a = preprocess.as_image_list(a, name="a")
         list_b = preprocess.as_image_list(b, name="b")
         if len(list_a) != len(list_b):
-            raise ValueError(f"score() needs as many images in a as in b, got {len(list_a)} and {len(list_b)}")
+            raise ArgumentError(f"score() needs as many images in a as in b, got {len(list_a)} and {len(list_b)}")
         embeddings, index = self._embed_unique(list_a + list_b, batch_size)
         n = len(list_a)
         scores = (embeddings[index[:n]] * embeddings[index[n:]]).sum(-1).clamp(-1.0, 1.0)

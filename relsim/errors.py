@@ -53,6 +53,10 @@ class MissingFileError(RelSimError, FileNotFoundError):
     """A file or directory relsim was pointed at does not exist or lacks a file it needs; the message names it."""
 
 
+class DestinationExistsError(RelSimError, FileExistsError):
+    """An output path already holds something relsim would overwrite; the message says how to allow it."""
+
+
 __all__ = [
     "RelSimError",
     "ModelNotFoundError",
@@ -64,4 +68,5 @@ __all__ = [
     "CollectionWriteError",
     "ArgumentError",
     "MissingFileError",
+    "DestinationExistsError",
 ]

@@ -18,6 +18,7 @@ from typing import Any
 from . import preprocess
 from .batching import deduplicate, is_single
 from .caption import Caption
+from .errors import ArgumentError
 from .registry import DEFAULT_TEXT_MODEL
 from .text import embed_text
 
@@ -63,12 +64,12 @@ def explain(
     (default ``sentence-transformers/all-MiniLM-L6-v2``); ``caption_kwargs`` go to ``Captioner.caption``.
     """
     if caption_kwargs.get("num_captions", 1) != 1:
-        raise ValueError("explain() uses one caption per image")
+        raise ArgumentError("explain() uses one caption per image")
     single = is_single(a) and is_single(b)
     list_a = preprocess.as_image_list(a, name="a")
     list_b = preprocess.as_image_list(b, name="b")
     if len(list_a) != len(list_b):
-        raise ValueError(f"explain() needs as many images in a as in b, got {len(list_a)} and {len(list_b)}")
+        raise ArgumentError(f"explain() needs as many images in a as in b, got {len(list_a)} and {len(list_b)}")
     unique, index = deduplicate(list_a + list_b)
     embeddings = model.embed(unique, batch_size=batch_size)
     captions = model.caption(unique, batch_size=batch_size, **caption_kwargs)

@@ -24,7 +24,7 @@ from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 from . import __version__
-from .errors import ModelNotFoundError
+from .errors import ArgumentError, MissingFileError, ModelNotFoundError
 
 #: How relsim identifies itself to the Hub (as open_clip and timm do).
 LIBRARY = {"library_name": "relsim", "library_version": __version__}
@@ -160,7 +160,7 @@ def resolve(
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if revision is not None and not revision.startswith("sha256:"):
-            raise ValueError(f"revision={revision!r} was given for the local directory {str(path)!r}")
+            raise ArgumentError(f"revision={revision!r} was given for the local directory {str(path)!r}")
         found = content_revision(path, allow_patterns)
         if revision is not None and revision != found:
             raise ModelNotFoundError(
@@ -170,7 +170,7 @@ def resolve(
         return ResolvedRepo(str(path.resolve()), path.resolve(), found, is_local=True)
     name = str(name_or_path)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"{name!r} is neither a model directory nor a Hub repo id ('owner/name')")
+        raise MissingFileError(f"{name!r} is neither a model directory nor a Hub repo id ('owner/name')")
     if local_files_only is None and constants.HF_HUB_OFFLINE:
         # huggingface_hub 1.3x lists the repo tree online for a commit-hash revision even when offline,
         # unless told to stay local.

@@ -146,9 +146,9 @@ def nearest(
     q = torch.as_tensor(queries).detach().cpu().float()
     q = q.unsqueeze(0) if q.ndim == 1 else q
     if q.ndim != 2 or q.shape[1] != dim:
-        raise ValueError(f"queries must have shape ({dim},) or (Q, {dim}), got {tuple(q.shape)}")
+        raise ArgumentError(f"queries must have shape ({dim},) or (Q, {dim}), got {tuple(q.shape)}")
     if not torch.isfinite(q).all() or (q.norm(dim=1) == 0).any():
-        raise ValueError("a query is a zero, NaN or infinite vector")
+        raise ArgumentError("a query is a zero, NaN or infinite vector")
     q = torch.nn.functional.normalize(q, dim=1).numpy()
     kind = None if exact else collection.vector_index_kind()
     if kind is not None and nprobes is None:
@@ -186,7 +186,7 @@ def _caption_rows(search: _Search, words: str) -> pa.Table:
     """Rows whose caption matches ``words`` (full-text index), with their vectors."""
     collection, table = search.collection, search.collection.table
     if not words.strip():
-        raise ValueError("caption_contains is empty")
+        raise ArgumentError("caption_contains is empty")
     if not any(getattr(ix, "columns", None) == ["caption"] for ix in table.list_indices()):
         if not collection.create_caption_index():
             return collection.scan(_COLUMNS, "false")
@@ -290,5 +290,5 @@ def _query(search: _Search, vec: np.ndarray, limit: int) -> pa.Table:
         message = one_line(err)
         predicate = search.predicate
         if predicate and ("parse" in message.lower() or "sql" in message.lower() or "schema" in message.lower()):
-            raise ValueError(f"invalid filter {predicate!r}: {message}") from err
+            raise ArgumentError(f"invalid filter {predicate!r}: {message}") from err
         raise CollectionError(f"cannot search the collection {uri!r}: {message} -- run `relsim repair {uri}`") from err

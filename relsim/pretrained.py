@@ -19,6 +19,7 @@ from . import __version__, fastpath
 from .backbone import ModelCache, canonical_device, load_body, load_tokenizer, parse_dtype, resolve_base
 from .checkpoint import QUERY_TOKEN, CheckpointError, merge_lora, read_checkpoint
 from .encoder import Prompt, RelSimModel
+from .errors import ArgumentError
 from .hub import ADAPTER_FILES, resolve
 from .preprocess import MODES
 from .registry import DEFAULT_BASE_MODEL, DEFAULT_MODEL, PRETRAINED  # noqa: F401  (re-exported)
@@ -72,7 +73,7 @@ def load(
     >>> model.score("a.jpg", "b.jpg")                               # doctest: +SKIP
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ArgumentError(f"mode must be one of {MODES}, got {mode!r}")
     device = canonical_device(device)
     dtype = parse_dtype(dtype, device)
     pinned = PRETRAINED.get(str(model), {})

@@ -27,6 +27,7 @@ from .checkpoint import (
     write_projection,
     write_relsim_config,
 )
+from .errors import ArgumentError, DestinationExistsError, MissingFileError
 from .hub import ADAPTER_FILES, LIBRARY, resolve
 
 
@@ -51,12 +52,12 @@ def convert(
     repo = resolve(source, revision=revision, allow_patterns=ADAPTER_FILES)
     if destination is None:
         if not repo.is_local:
-            raise ValueError("a Hub checkpoint needs a destination directory")
+            raise ArgumentError("a Hub checkpoint needs a destination directory")
         out = repo.path
     else:
         out = Path(destination)
         if out.exists() and any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+            raise DestinationExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
     checkpoint = read_checkpoint(repo.path)
     if out != repo.path:
         out.mkdir(parents=True, exist_ok=True)
@@ -346,7 +347,7 @@ def push_to_hub(
     """Create ``repo_id`` if needed, write README.md into ``directory`` and upload the checkpoint."""
     directory = Path(directory)
     if not (directory / RELSIM_CONFIG).is_file():
-        raise FileNotFoundError(f"{directory} has no {RELSIM_CONFIG}: not a relsim checkpoint (see `relsim convert`)")
+        raise MissingFileError(f"{directory} has no {RELSIM_CONFIG}: not a relsim checkpoint (see `relsim convert`)")
     api = api or HfApi(token=token, **LIBRARY)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     write_model_card(directory, repo_id=repo_id, license=license)

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from .encoder import RelSimModel
-from .errors import ImageInputError
+from .errors import ArgumentError, ImageInputError
 from .preprocess import ImageInput, as_image_list
 from .pretrained import load
 from .registry import DEFAULT_MODEL
@@ -58,7 +58,7 @@ class UpstreamModel:
 
     def __init__(self, model: RelSimModel) -> None:
         if model.mode != "native":
-            raise ValueError(f"upstream 0.1.0 embedded images at native resolution; this model is in {model.mode!r}")
+            raise ArgumentError(f"upstream 0.1.0 embedded images at native resolution; this model is in {model.mode!r}")
         self.model = model
         """The :class:`relsim.RelSimModel` underneath."""
 
@@ -113,9 +113,9 @@ def relsim(
         0.731204
     """
     if not pretrained:
-        raise ValueError("Only pretrained=True is supported")
+        raise ArgumentError("Only pretrained=True is supported")
     if "mode" in load_kwargs:
-        raise ValueError("relsim() computes upstream's numbers in native mode; for mode=, call relsim.load()")
+        raise ArgumentError("relsim() computes upstream's numbers in native mode; for mode=, call relsim.load()")
     checkpoint = DEFAULT_MODEL if checkpoint_dir is None else checkpoint_dir
     model = load(checkpoint, cache_dir=cache_dir, mode="native", **load_kwargs)
     return UpstreamModel(model), preprocess_image

@@ -22,6 +22,8 @@ import numpy as np
 import PIL
 import torch
 
+from .errors import ArgumentError
+
 KERNELS = ("bicubic", "lanczos")
 PRECISION_BITS = 22  # Pillow: 32 - 8 - 2; two spare bits for negative lobes and overshoot
 _PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
@@ -78,7 +80,7 @@ def resample_weights(in_size: int, out_size: int, kernel: str) -> tuple[np.ndarr
     ((448, 11), 1.0)
     """
     if kernel not in _FILTERS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        raise ArgumentError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     filter_fn, filter_support = _FILTERS[kernel]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)

@@ -147,9 +147,9 @@ def search(
         raise ArgumentError(f"give exactly one of image=, text= or embedding= (got {given or 'none'})")
     check_search_arguments(k=k, text=text, nprobes=nprobes, exact=exact)
     if not explain and (captioner is not None or captioner_revision is not None or caption_options):
-        raise ValueError("captioner=, captioner_revision= and caption_options= go with explain=True")
+        raise ArgumentError("captioner=, captioner_revision= and caption_options= go with explain=True")
     if (caption_options or {}).get("num_captions", 1) != 1:
-        raise ValueError("explain uses one caption per image (num_captions=1)")
+        raise ArgumentError("explain uses one caption per image (num_captions=1)")
     if not isinstance(collection, Collection):
         collection = Collection.open(collection)
     models = _ModelSource(collection, model, device)
@@ -171,7 +171,7 @@ def search(
         if exclude_self:
             exclude = [_self_hashes(collection, x) for x in images]
     if query.shape[-1] != collection.dim:
-        raise ValueError(f"the query has {query.shape[-1]} dimensions, the collection {collection.dim}")
+        raise ArgumentError(f"the query has {query.shape[-1]} dimensions, the collection {collection.dim}")
     hits = nearest(
         collection,
         query,

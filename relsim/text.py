@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import ModelCache, canonical_device, quiet_transformers
-from .errors import CheckpointError
+from .errors import ArgumentError, CheckpointError
 from .hub import resolve
 from .registry import DEFAULT_TEXT_MODEL
 
@@ -83,12 +83,12 @@ def _check_texts(texts: str | Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         return [texts]
     if not isinstance(texts, Sequence):
-        raise ValueError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
+        raise ArgumentError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
     if len(texts) == 0:
-        raise ValueError("texts is empty: give at least one string")
+        raise ArgumentError("texts is empty: give at least one string")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str")
+            raise ArgumentError(f"texts[{i}] is {type(text).__name__}, expected str")
     return list(texts)
 
 
@@ -177,7 +177,7 @@ class TextEncoder:
         """
         items = _check_texts(texts)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
         # Longest first so each batch holds texts of similar length: less padding, same results.
         order = sorted(range(len(items)), key=lambda i: -len(items[i]))
         out = torch.empty(len(items), self.dim, dtype=torch.float32)

@@ -35,6 +35,7 @@ from .collection import (
     one_line,
     validate_meta,
 )
+from .errors import ArgumentError, MissingFileError
 from .files import FileRecord
 
 __all__ = ["check", "export", "measure_recall", "migrate", "repair"]
@@ -47,7 +48,7 @@ _SHARD_RE = re.compile(r"^shard-(\d+)-(\d+)\.safetensors$")
 
 def _open_table(uri: str) -> Any:
     if "://" not in uri and not os.path.exists(uri):
-        raise FileNotFoundError(f"{uri}: no such collection")
+        raise MissingFileError(f"{uri}: no such collection")
     try:
         return connect(uri).open_table(TABLE)
     except Exception as err:
@@ -271,7 +272,7 @@ def export(
     import pyarrow.parquet as pq
 
     if format not in ("npy", "parquet"):
-        raise ValueError(f"format must be npy or parquet, got {format!r}")
+        raise ArgumentError(f"format must be npy or parquet, got {format!r}")
     collection = uri if isinstance(uri, Collection) else Collection.open(uri)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -388,7 +389,7 @@ def migrate(old: str | os.PathLike, new: str | os.PathLike) -> Collection:
     """
     old_path = Path(old)
     if not old_path.exists():
-        raise FileNotFoundError(f"{old}: no such store")
+        raise MissingFileError(f"{old}: no such store")
     meta, records, emb, failures = _read_v01(old_path)
     fingerprint = meta.get("fingerprint")
     if not isinstance(fingerprint, dict):

@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Any
 
+from ..errors import MissingFileError
 from ..registry import DEFAULT_TEXT_MODEL
 from ._common import (
     EXIT_INTERRUPTED,
@@ -323,7 +324,7 @@ def _search(args: argparse.Namespace) -> int:
         common.update(caption_options=caption_options, text_model=args.text_model, text_revision=args.text_revision)
     if args.image is not None:
         if not os.path.exists(args.image):
-            raise FileNotFoundError(f"{args.image}: no such file")
+            raise MissingFileError(f"{args.image}: no such file")
         # Explicit model flags load that model; otherwise a stored image needs none, another the collection's.
         model = load_model_from_args(args, collection) if model_flags_given(args) else None
         hits = search(collection, image=args.image, model=model, exclude_self=args.exclude_self, **common)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import ArgumentError
 from ..registry import DEFAULT_MODEL, DEFAULT_TEXT_MODEL, PRETRAINED
 from ._common import command, human_size, print_json, require_inputs
 
@@ -98,7 +99,7 @@ def _download(args: argparse.Namespace) -> int:
         base_name, pinned_revision = _base_of(adapter.path, args.model)
         base_revision = base_revision if base_revision is not None else pinned_revision
     if base_name is None:
-        raise ValueError(f"{args.model!r} names no base model; pass --base-model")
+        raise ArgumentError(f"{args.model!r} names no base model; pass --base-model")
     repos = [
         ("adapter", adapter),
         ("base", resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)),

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ArgumentError
 from ..hub import resolve
 
 __all__ = ["DEFAULT_CLIP_MODEL", "DEFAULT_DINO_MODEL", "HF_FILES", "HFImageEncoder", "DreamSimEncoder"]
@@ -62,7 +63,7 @@ class HFImageEncoder:
         device: str | torch.device | None = None,
     ) -> None:
         if kind not in _DEFAULTS:
-            raise ValueError(f"kind must be one of {sorted(_DEFAULTS)}, got {kind!r}")
+            raise ArgumentError(f"kind must be one of {sorted(_DEFAULTS)}, got {kind!r}")
         self.kind = kind
         self.repo = resolve(model or _DEFAULTS[kind], revision=revision, allow_patterns=HF_FILES)
         self.device = _device(device)

@@ -31,6 +31,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from ..batching import progress_bar
+from ..errors import ArgumentError
 from ..preprocess import ImageInputError, decode
 from .pool import Pool
 
@@ -70,13 +71,13 @@ def normalise_rows(vectors: np.ndarray, where: str) -> np.ndarray:
     """float32 rows of unit length; a non-finite or zero row is an error that names it."""
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2:
-        raise ValueError(f"{where}: expected a 2-D array (images, dims), got shape {tuple(vectors.shape)}")
+        raise ArgumentError(f"{where}: expected a 2-D array (images, dims), got shape {tuple(vectors.shape)}")
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
-        raise ValueError(f"{where}: row {int(np.argmin(finite))} is not finite")
+        raise ArgumentError(f"{where}: row {int(np.argmin(finite))} is not finite")
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise ValueError(f"{where}: row {int(np.argmin(norms[:, 0]))} is all zeros (no direction to compare)")
+        raise ArgumentError(f"{where}: row {int(np.argmin(norms[:, 0]))} is all zeros (no direction to compare)")
     return vectors / norms
 
 
@@ -167,7 +168,7 @@ def open_keyed_dir(path: str | os.PathLike, fingerprint: dict[str, Any], what: s
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         if meta != wanted:
-            raise ValueError(
+            raise ArgumentError(
                 f"{root} holds {what} of {meta}, not of {wanted}: use another --out directory or delete it"
             )
     else:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..batching import progress_bar
-from ..errors import JudgeError
+from ..errors import ArgumentError, JudgeError
 
 __all__ = [
     "UPSTREAM_PROMPT",
@@ -115,16 +115,16 @@ class JudgeSettings:
 
     def __post_init__(self) -> None:
         if not self.model:
-            raise ValueError("the judge model is empty: pass --judge-model NAME")
+            raise ArgumentError("the judge model is empty: pass --judge-model NAME")
         if not 0 <= self.temperature <= 2:
-            raise ValueError(f"judge temperature must be in [0, 2], got {self.temperature}")
+            raise ArgumentError(f"judge temperature must be in [0, 2], got {self.temperature}")
         for name in ("samples", "concurrency"):
             if getattr(self, name) < 1:
-                raise ValueError(f"judge {name} must be >= 1, got {getattr(self, name)}")
+                raise ArgumentError(f"judge {name} must be >= 1, got {getattr(self, name)}")
         if self.retries < 0 or self.timeout <= 0:
-            raise ValueError("judge retries must be >= 0 and the timeout > 0")
+            raise ArgumentError("judge retries must be >= 0 and the timeout > 0")
         if not self.prompt.strip():
-            raise ValueError("the judge prompt is empty")
+            raise ArgumentError("the judge prompt is empty")
 
     @property
     def prompt_sha256(self) -> str:

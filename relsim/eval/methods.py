@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ArgumentError, MissingFileError
 from .embeddings import PoolVectors, VectorTable, embed_pool, normalise_rows
 from .pool import Pool
 
@@ -176,9 +177,9 @@ class ExternalMethod(Method):
         self.name = name
         self.file = Path(file).expanduser()
         if not self.file.is_file():
-            raise FileNotFoundError(f"--embeddings {name}={file}: no such file")
+            raise MissingFileError(f"--embeddings {name}={file}: no such file")
         if self.file.suffix.lower() not in (".npy", ".safetensors"):
-            raise ValueError(f"--embeddings {name}={file}: expected a .npy or .safetensors file")
+            raise ArgumentError(f"--embeddings {name}={file}: expected a .npy or .safetensors file")
 
     def _read(self) -> np.ndarray:
         if self.file.suffix.lower() == ".npy":
@@ -189,16 +190,16 @@ class ExternalMethod(Method):
         if "embeddings" in tensors:
             return tensors["embeddings"]
         if len(tensors) != 1:
-            raise ValueError(f"{self.file}: holds {sorted(tensors)}; name the tensor 'embeddings'")
+            raise ArgumentError(f"{self.file}: holds {sorted(tensors)}; name the tensor 'embeddings'")
         return next(iter(tensors.values()))
 
     def embed(self, pool: Pool, workdir: Path) -> PoolVectors:
         try:
             array = self._read()
         except (OSError, ValueError) as err:
-            raise ValueError(f"--embeddings {self.name}={self.file}: cannot read it ({err})") from None
+            raise ArgumentError(f"--embeddings {self.name}={self.file}: cannot read it ({err})") from None
         if array.ndim != 2 or array.shape[0] != len(pool):
-            raise ValueError(
+            raise ArgumentError(
                 f"--embeddings {self.name}={self.file}: shape {tuple(array.shape)}, expected ({len(pool)}, D): "
                 f"one row per pool image, in the order of {workdir.parent / 'pool.txt'}"
             )
@@ -213,7 +214,7 @@ def external_method(spec: str) -> ExternalMethod:
     name, sep, file = spec.partition("=")
     name = name.strip()
     if not sep or not name or not file:
-        raise ValueError(f"--embeddings {spec!r}: expected NAME=FILE (a .npy or .safetensors file)")
+        raise ArgumentError(f"--embeddings {spec!r}: expected NAME=FILE (a .npy or .safetensors file)")
     if not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"--embeddings {spec!r}: the name may hold letters, digits, '-' and '_' only")
+        raise ArgumentError(f"--embeddings {spec!r}: the name may hold letters, digits, '-' and '_' only")
     return ExternalMethod(name, file)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ArgumentError
 from .embeddings import PoolVectors
 from .judge import Judge, JudgeCache, JudgeRequest, JudgeSettings, Verdict, check_ready
 from .matches import top_matches
@@ -114,7 +115,7 @@ def build_method(name: str, options: MethodOptions) -> Method:
         from .captions import CaptionMethod
 
         return CaptionMethod(options)
-    raise ValueError(f"unknown method {name!r}; choose from {', '.join(BUILTIN_METHODS)} or use --embeddings")
+    raise ArgumentError(f"unknown method {name!r}; choose from {', '.join(BUILTIN_METHODS)} or use --embeddings")
 
 
 def _build_methods(config: EvalConfig, log: Callable[[str], None]) -> tuple[list[Method], dict[str, str]]:
@@ -129,10 +130,10 @@ def _build_methods(config: EvalConfig, log: Callable[[str], None]) -> tuple[list
     for spec in config.embeddings:
         method = external_method(spec)
         if method.name in {m.name for m in methods} | set(config.methods):
-            raise ValueError(f"--embeddings {spec!r}: the name {method.name!r} is taken by a method")
+            raise ArgumentError(f"--embeddings {spec!r}: the name {method.name!r} is taken by a method")
         methods.append(method)
     if not methods:
-        raise ValueError("no method can run here: " + "; ".join(skipped.values()) if skipped else "no method given")
+        raise ArgumentError("no method can run here: " + "; ".join(skipped.values()) if skipped else "no method given")
     return methods, skipped
 
 
@@ -177,7 +178,7 @@ def _write_json(path: Path, payload: Any) -> Path:
 def run_retrieval_eval(config: EvalConfig, *, log: Callable[[str], None] = _stderr) -> EvalOutcome:
     """Run (or resume) the evaluation described by ``config``; see the module docstring for the outputs."""
     if config.k < 1:
-        raise ValueError(f"k must be >= 1, got {config.k}")
+        raise ArgumentError(f"k must be >= 1, got {config.k}")
     if config.judge is not None:
         check_ready(config.judge)  # a missing package or key is found now, not after the embeddings
     out = Path(config.out)
@@ -198,7 +199,7 @@ def run_retrieval_eval(config: EvalConfig, *, log: Callable[[str], None] = _stde
     ]
     queries = np.array([q for q in sampled if valid[q]], dtype=np.int64)
     if len(queries) == 0:
-        raise ValueError("none of the sampled query images could be embedded by every method")
+        raise ArgumentError("none of the sampled query images could be embedded by every method")
     matches = {name: top_matches(v.vectors, valid, pool.hashes, queries, config.k) for name, v in vectors.items()}
     _write_json(out / "retrievals.json", {n: _upstream_layout(pool, queries, *m) for n, m in matches.items()})
     log(f"relsim eval: {len(queries)} queries, top-{config.k} of {len(vectors)} methods in retrievals.json")

@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 from PIL import Image
 
 from ..batching import progress_bar
+from ..errors import ArgumentError
 from ..preprocess import ImageInputError, decode
 from .data import Record, read_jsonl
 from .seed_groups import SeedImage, is_seed_group_file, read_seed_group_json
@@ -91,12 +92,12 @@ def to_png(data: bytes, name: str) -> bytes:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format
             if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
-                raise ValueError(f"{img.width}x{img.height} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS")
+                raise ArgumentError(f"{img.width}x{img.height} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS")
             rgb = decode(img.copy() if fmt != "PNG" else _loaded(img), 0)
     except ImageInputError as err:
-        raise ValueError(f"{name}: undecodable image ({err})") from err
+        raise ArgumentError(f"{name}: undecodable image ({err})") from err
     except Exception as err:  # PIL raises many kinds on corrupt data
-        raise ValueError(f"{name}: undecodable image ({type(err).__name__}: {err})") from err
+        raise ArgumentError(f"{name}: undecodable image ({type(err).__name__}: {err})") from err
     if fmt == "PNG":
         return data
     buffer = io.BytesIO()

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..checkpoint import write_checkpoint
+from ..errors import ArgumentError
 from ..publish import write_model_card
 from . import distributed
 from .config import TrainConfig
@@ -36,7 +37,7 @@ class EmbedderTrainer(Trainer):
     def load_data(self) -> None:
         c = self.config
         if not c.train_jsonl:
-            raise ValueError("train_jsonl must be set")
+            raise ArgumentError("train_jsonl must be set")
         records = read_jsonl(c.train_jsonl)
         if c.eval_jsonl:
             train_records, eval_records = records, read_jsonl(c.eval_jsonl)
@@ -79,7 +80,7 @@ class EmbedderTrainer(Trainer):
         model, self.tokenizer = build_model(base.path, projection_dim=c.projection_dim, **self.model_options())
         if self.train_targets.shape[1] != c.projection_dim:
             dim = self.train_targets.shape[1]
-            raise ValueError(f"caption targets are {dim}-d but projection_dim is {c.projection_dim}")
+            raise ArgumentError(f"caption targets are {dim}-d but projection_dim is {c.projection_dim}")
         return model
 
     def batch_note(self) -> str:

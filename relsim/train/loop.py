@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import ArgumentError
 from ..hub import BASE_FILES, resolve
 from ..preprocess import patchify
 from . import distributed
@@ -197,7 +198,7 @@ class Trainer:
         self.load_data()
         if len(self.train_records) < c.batch_size:  # before the model is loaded: fail fast
             count = len(self.train_records)
-            raise ValueError(f"{count} training images with a file, fewer than batch_size {c.batch_size}")
+            raise ArgumentError(f"{count} training images with a file, fewer than batch_size {c.batch_size}")
         self.model = self.build_model()
         self.ddp = self.model
         if self.env.world > 1:
@@ -215,7 +216,7 @@ class Trainer:
         )
         self.micro = c.micro_batch_size or c.batch_size // self.env.world
         if self.micro < 1 or c.batch_size % (self.micro * self.env.world):
-            raise ValueError(
+            raise ArgumentError(
                 f"batch_size {c.batch_size} must be a multiple of "
                 f"micro_batch_size {self.micro} x {self.env.world} processes"
             )
@@ -249,11 +250,11 @@ class Trainer:
             source = found[-1]
         state = trainer_state.load_state(source, self.model, self.optimizer, self.scheduler, device=self.device)
         if state["data_fingerprint"] != self.data_fingerprint():
-            raise ValueError(f"{source} was trained on different data (the image list or captions changed)")
+            raise ArgumentError(f"{source} was trained on different data (the image list or captions changed)")
         if state["world"] != self.env.world or not trainer_state.load_rng(source, self.env.rank):
             self.log.info(f"world size changed ({state['world']} -> {self.env.world}): RNG not restored, not bit-exact")
         if state["total_steps"] != self.total:
-            raise ValueError(f"{source} was a {state['total_steps']}-step schedule, this run has {self.total}")
+            raise ArgumentError(f"{source} was a {state['total_steps']}-step schedule, this run has {self.total}")
         self.skipped = state.get("skipped", 0)
         self.log.info(f"resumed from {source} at step {state['step']}")
         return int(state["step"])

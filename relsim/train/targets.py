@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..errors import ArgumentError
 from ..hub import resolve
 from ..registry import DEFAULT_TEXT_MODEL
 
@@ -60,10 +61,10 @@ def _read_cache(path: Path, model: TextModel) -> tuple[dict[bytes, int], torch.T
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT or meta.get("model_key") != model.key:
-            raise ValueError(f"{path} holds targets of {meta.get('model_key')!r}, not {model.key!r}")
+            raise ArgumentError(f"{path} holds targets of {meta.get('model_key')!r}, not {model.key!r}")
         keys, embeddings = f.get_tensor("keys"), f.get_tensor("embeddings")
     if keys.shape != (embeddings.shape[0], 32):
-        raise ValueError(f"{path} is damaged: keys {tuple(keys.shape)}, embeddings {tuple(embeddings.shape)}")
+        raise ArgumentError(f"{path} is damaged: keys {tuple(keys.shape)}, embeddings {tuple(embeddings.shape)}")
     return {bytes(row.tolist()): i for i, row in enumerate(keys)}, embeddings
 
 
@@ -109,7 +110,7 @@ def caption_targets(
         encode = encoder if encoder is not None else default_encoder(model, device)
         fresh = encode(list(new.values())).float().cpu()
         if fresh.shape[0] != len(new):
-            raise ValueError(f"the text encoder returned {fresh.shape[0]} rows for {len(new)} captions")
+            raise ArgumentError(f"the text encoder returned {fresh.shape[0]} rows for {len(new)} captions")
         keys = [k for k, _ in sorted(index.items(), key=lambda kv: kv[1])] + list(new)
         stored = fresh if stored is None else torch.cat([stored, fresh])
         _write_cache(path, model, keys, stored)
