@@ -495,3 +495,38 @@ def write_captioner_checkpoint(
     config = {"kind": CAPTIONER_KIND, "base_model": base_name, "base_revision": base.revision, "recipe": recipe}
     write_relsim_config(path, {**config, "relsim_version": __version__, **(extra or {})})
     return path
+
+
+__all__ = [
+    "QUERY_TOKEN",
+    "ADAPTER_WEIGHTS",
+    "ADAPTER_CONFIG",
+    "PROJECTION_SAFETENSORS",
+    "PROJECTION_PICKLE",
+    "RELSIM_CONFIG",
+    "TRAINER_STATE_DIR",
+    "PROCESSOR_FILES",
+    "LoraWeights",
+    "RelSimCheckpoint",
+    "module_path",
+    "read_json",
+    "open_safetensors",
+    "check_finite",
+    "read_adapter_config",
+    "read_lora",
+    "read_lm_head",
+    "base_keys",
+    "BaseShards",
+    "read_projection",
+    "read_checkpoint",
+    "merge_lora",
+    "write_projection",
+    "write_relsim_config",
+    "write_upstream_projection",
+    "write_adapter",
+    "copy_processor_files",
+    "write_adapter_files",
+    "write_checkpoint",
+    "CAPTIONER_KIND",
+    "write_captioner_checkpoint",
+]

@@ -50,5 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args) or 0)
 
 
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -196,3 +196,14 @@ def resolve(
         raise ModelNotFoundError(message) from err
     commit = snapshot.name if _COMMIT.match(snapshot.name) else None
     return ResolvedRepo(name, snapshot, commit)
+
+
+__all__ = [
+    "LIBRARY",
+    "ADAPTER_FILES",
+    "BASE_FILES",
+    "ResolvedRepo",
+    "content_revision",
+    "OFFLINE_ADVICE",
+    "resolve",
+]

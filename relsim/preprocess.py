@@ -537,3 +537,27 @@ def _patch_layout_of(rows: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     b, c, height, width = shape
     m, p, t = MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE
     return rows.view(b, height // (p * m), width // (p * m), m, m, c, t, p, p)
+
+
+__all__ = [
+    "ImageInput",
+    "MODES",
+    "TRAIN_SIZE",
+    "PATCH_SIZE",
+    "MERGE_SIZE",
+    "TEMPORAL_PATCH_SIZE",
+    "FACTOR",
+    "MIN_PIXELS",
+    "MAX_PIXELS",
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "as_image_list",
+    "decode",
+    "check_pixel_values",
+    "smart_resize",
+    "target_size",
+    "resize_for_mode",
+    "to_pixel_tensor",
+    "prepare",
+    "patchify",
+]

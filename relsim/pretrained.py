@@ -170,3 +170,10 @@ def assemble(
 
     prompt = Prompt.from_tokenizer(tokenizer, QUERY_TOKEN, body.config.image_token_id)
     return RelSimModel(body, projection, prompt, mode=mode, fingerprint=fingerprint)
+
+
+__all__ = [
+    "BaseSource",
+    "load",
+    "assemble",
+]

@@ -360,3 +360,20 @@ def push_to_hub(
         ignore_patterns=[f"{TRAINER_STATE_DIR}/*", f"{TRAINER_STATE_DIR}/**", ".*"],
     )
     return str(getattr(info, "commit_url", info))
+
+
+__all__ = [
+    "convert",
+    "TAGS",
+    "CARD_KEYS",
+    "card_front_matter",
+    "usage_section",
+    "EMBEDDER_USAGE",
+    "model_card",
+    "CAPTIONER_TAGS",
+    "CAPTIONER_CARD_KEYS",
+    "CAPTIONER_USAGE",
+    "captioner_card",
+    "write_model_card",
+    "push_to_hub",
+]

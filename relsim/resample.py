@@ -212,3 +212,14 @@ def _float_blocks(in_size: int, out_size: int, kernel: str) -> tuple[torch.Tenso
     # Window positions past the last input carry zero weight; clipping keeps the gather in bounds.
     index = np.minimum(block_start[:, None] + np.arange(span), in_size - 1)
     return torch.from_numpy(index), torch.from_numpy(dense.reshape(n_blocks, _BLOCK, span))
+
+
+__all__ = [
+    "KERNELS",
+    "PRECISION_BITS",
+    "vertical_first",
+    "resample_weights",
+    "resize_uint8",
+    "resize_float",
+    "resample_axis",
+]

@@ -543,3 +543,8 @@ def _repair(args: argparse.Namespace) -> int:
     for line in done or ["nothing to repair"]:
         print(f"relsim repair: {line}")
     return 0
+
+
+__all__ = [
+    "register",
+]

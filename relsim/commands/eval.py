@@ -224,3 +224,8 @@ def _retrieval(args: argparse.Namespace) -> int:
         )
         return EXIT_SKIPPED
     return 0
+
+
+__all__ = [
+    "register",
+]

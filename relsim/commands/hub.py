@@ -162,3 +162,8 @@ def _convert(args: argparse.Namespace) -> int:
     )
     print(f"converted checkpoint: {out}")
     return 0
+
+
+__all__ = [
+    "register",
+]

@@ -68,3 +68,8 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"b: {explanation.caption_b.text}")
         print(f"caption similarity: {explanation.caption_similarity:.6f}")
     return 0
+
+
+__all__ = [
+    "register",
+]

@@ -175,3 +175,8 @@ def _targets(args: argparse.Namespace) -> int:
     path = cache_file(args.cache_dir, resolve_text_model(args.text_model, args.text_revision))
     print(f"{targets.shape[0]} caption targets in {path}")
     return 0
+
+
+__all__ = [
+    "register",
+]

@@ -227,3 +227,16 @@ def build_captioner_model(
     model = CaptionerTrainModel(peft_model, chat, int(pad), autocast)
     model.master_weights()
     return model, tokenizer
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "END_OF_TURN",
+    "answer_ids",
+    "TrainingBatch",
+    "training_batch",
+    "CaptionerTrainModel",
+    "greedy_captions",
+    "read_lm_head",
+    "build_captioner_model",
+]

@@ -221,3 +221,8 @@ class CaptionerTrainer(Trainer):
     def finish_model(self, directory: Path) -> None:
         write_model_card(directory)
         self.log.info(f"load it with relsim.load_captioner({str(directory)!r})")
+
+
+__all__ = [
+    "CaptionerTrainer",
+]

@@ -265,3 +265,13 @@ def field_types(cls: type[BaseConfig] = TrainConfig) -> dict[str, tuple[type, bo
         scalar = typing.get_args(hint)[0] if is_list else hint
         out[f.name] = (scalar, optional, is_list)
     return out
+
+
+__all__ = [
+    "PRECISIONS",
+    "LR_SCHEDULES",
+    "BaseConfig",
+    "TrainConfig",
+    "CaptionerTrainConfig",
+    "field_types",
+]

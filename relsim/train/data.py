@@ -219,3 +219,19 @@ class MicroBatches:
             for j in range(self.accumulation):
                 chunk = batch[j * self.micro * self.world : (j + 1) * self.micro * self.world]
                 yield chunk[self.rank * self.micro : (self.rank + 1) * self.micro].tolist()
+
+
+__all__ = [
+    "Record",
+    "read_jsonl",
+    "split_eval",
+    "locate",
+    "present",
+    "fingerprint",
+    "Sample",
+    "Batch",
+    "CaptionImages",
+    "collate",
+    "epoch_order",
+    "MicroBatches",
+]

@@ -220,3 +220,15 @@ def download_images(
     else:
         failures.unlink(missing_ok=True)
     return report
+
+
+__all__ = [
+    "USER_AGENT",
+    "FAILURES_FILE",
+    "PermanentError",
+    "DownloadReport",
+    "fetch",
+    "to_png",
+    "write_atomic",
+    "download_images",
+]

@@ -155,3 +155,8 @@ class EmbedderTrainer(Trainer):
     def finish_model(self, directory: Path) -> None:
         write_model_card(directory)
         self.log.info(f"load it with relsim.load({str(directory)!r})")
+
+
+__all__ = [
+    "EmbedderTrainer",
+]

@@ -122,3 +122,10 @@ class Logger:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
+
+
+__all__ = [
+    "METRICS_FILE",
+    "SAMPLES_FILE",
+    "Logger",
+]

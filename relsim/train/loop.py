@@ -438,3 +438,12 @@ class Trainer:
     def checkpoint_extra(self, step: int, eval_metrics: dict[str, Any]) -> dict[str, Any]:
         """What every checkpoint's config records besides the recipe."""
         return {"step": step, "eval": eval_metrics, "train_images": len(self.train_records)}
+
+
+__all__ = [
+    "TrainResult",
+    "Cosine",
+    "Linear",
+    "SCHEDULES",
+    "Trainer",
+]

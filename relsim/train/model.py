@@ -205,3 +205,14 @@ def require_peft():
     except ImportError as err:
         raise ImportError('training needs peft: pip install "relsim[train]"', name="peft") from err
     return LoraConfig, get_peft_model
+
+
+__all__ = [
+    "HubNames",
+    "load_tokenizer",
+    "LoraModel",
+    "TrainModel",
+    "build_model",
+    "add_lora",
+    "require_peft",
+]

@@ -141,3 +141,15 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
         if suffix.isdigit() and (path / STATE_DIR / "state.json").is_file():
             found.append((int(suffix), path))
     return [p for _, p in sorted(found)]
+
+
+__all__ = [
+    "save_state",
+    "load_state",
+    "save_optimizer",
+    "load_optimizer",
+    "load_trainable",
+    "save_rng",
+    "load_rng",
+    "list_checkpoints",
+]

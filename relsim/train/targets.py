@@ -118,3 +118,14 @@ def caption_targets(
     if stored is None:
         return torch.empty(0, 0)
     return stored[torch.tensor([index[k] for k in wanted], dtype=torch.long)]
+
+
+__all__ = [
+    "FORMAT",
+    "TextModel",
+    "resolve_text_model",
+    "caption_key",
+    "cache_file",
+    "default_encoder",
+    "caption_targets",
+]
