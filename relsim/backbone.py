@@ -209,9 +209,12 @@ class ModelCache:
     ``keep_last=True`` also holds the most recently used model, for helpers whose callers keep nothing
     (``relsim.text.embed_text``): asking for another model or device lets the previous one go.
 
+    >>> class Model:
+    ...     def __init__(self, device):
+    ...         self.device = device
     >>> cache = ModelCache()
-    >>> model = cache.get(("tiny",), "cpu", lambda device: torch.nn.Linear(2, 2))
-    >>> cache.get(("tiny",), torch.device("cpu"), lambda device: None) is model
+    >>> model = cache.get(("tiny",), "cpu", Model)
+    >>> cache.get(("tiny",), torch.device("cpu"), Model) is model
     True
     """
 

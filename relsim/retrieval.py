@@ -205,7 +205,7 @@ def check_search_arguments(
 
     >>> check_search_arguments(k=3, text=" ")
     Traceback (most recent call last):
-    relsim.errors.ArgumentError: text query 0 is empty: describe the relation to look for
+    relsim.errors.ArgumentError: text is empty: describe the relation to look for
     """
     check_query_options(k, nprobes=nprobes, exact=exact, spell=spell)
     if text is not None:
