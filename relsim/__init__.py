@@ -27,7 +27,9 @@ from .errors import (  # noqa: E402  (light: no third-party imports)
     JudgeError,
     MissingFileError,
     ModelNotFoundError,
+    NonFiniteError,
     RelSimError,
+    WrongTypeError,
 )
 from .registry import DEFAULT_CAPTIONER, DEFAULT_MODEL, PRETRAINED  # noqa: E402
 
@@ -106,4 +108,6 @@ __all__ = [
     "ArgumentError",
     "MissingFileError",
     "DestinationExistsError",
+    "WrongTypeError",
+    "NonFiniteError",
 ]

@@ -27,7 +27,7 @@ from torch import nn
 from . import preprocess
 from .backbone import image_tokens, rope_positions, weights_lock
 from .batching import decode_ahead, deduplicate, is_single, progress_bar
-from .errors import ArgumentError
+from .errors import ArgumentError, NonFiniteError
 from .preprocess import ImageInput, ImageInputError
 
 PATCH = preprocess.PATCH_SIZE
@@ -459,7 +459,7 @@ class RelSimModel(nn.Module):
         bad = ~torch.isfinite(embeddings).all(dim=-1)
         if bad.any():
             which = [indices[i] for i in bad.nonzero().flatten().tolist()]
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"the model produced non-finite embeddings for images at indices {which} in {self.dtype}; "
                 "Qwen2.5-VL overflows in float16: load with dtype=torch.bfloat16 or torch.float32"
             )

@@ -57,6 +57,14 @@ class DestinationExistsError(RelSimError, FileExistsError):
     """An output path already holds something relsim would overwrite; the message says how to allow it."""
 
 
+class WrongTypeError(RelSimError, TypeError):
+    """An argument of a type relsim does not take; the message names it and what it takes."""
+
+
+class NonFiniteError(RelSimError, FloatingPointError):
+    """The model produced NaN or infinite values (float16 overflow); the message names the inputs and the fix."""
+
+
 __all__ = [
     "RelSimError",
     "ModelNotFoundError",
@@ -69,4 +77,6 @@ __all__ = [
     "ArgumentError",
     "MissingFileError",
     "DestinationExistsError",
+    "WrongTypeError",
+    "NonFiniteError",
 ]

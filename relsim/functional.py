@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .backbone import parse_dtype
 from .encoder import RelSimModel
-from .errors import ArgumentError
+from .errors import ArgumentError, WrongTypeError
 from .preprocess import ImageInput, ImageInputError, check_pixel_values
 from .pretrained import DEFAULT_MODEL, load
 
@@ -134,7 +134,7 @@ def resolve_model(
     if model is None:
         model = DEFAULT_MODEL
     if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(
+        raise WrongTypeError(
             f"Expected `model` to be a loaded relsim.RelSimModel, a Hub id, a directory or None, "
             f"got {type(model).__name__}"
         )

@@ -28,7 +28,7 @@ from torchmetrics.utilities.exceptions import TorchMetricsUserError
 from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
 from .encoder import RelSimModel
-from .errors import ArgumentError
+from .errors import ArgumentError, WrongTypeError
 from .functional import (
     ImageBatch,
     ModelArg,
@@ -164,7 +164,7 @@ class RelationalSimilarity(Metric):
                 del network.__dict__["forward"]
             model = network
         if not isinstance(model, RelSimModel):
-            raise TypeError(f"Expected `model` to be a relsim.RelSimModel, got {type(model).__name__}")
+            raise WrongTypeError(f"Expected `model` to be a relsim.RelSimModel, got {type(model).__name__}")
         self.__dict__["_model"] = model
         self.__dict__.pop("_model_spec", None)
 

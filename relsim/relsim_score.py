@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from .encoder import RelSimModel
-from .errors import ArgumentError, ImageInputError
+from .errors import ArgumentError, ImageInputError, WrongTypeError
 from .preprocess import ImageInput, as_image_list
 from .pretrained import load
 from .registry import DEFAULT_MODEL
@@ -42,7 +42,7 @@ def preprocess_image(img: Image.Image) -> Image.Image:
     """
     if isinstance(img, Image.Image):
         return img.convert("RGB")
-    raise TypeError("Input must be a PIL Image")
+    raise WrongTypeError("Input must be a PIL Image")
 
 
 class UpstreamModel:

@@ -22,7 +22,7 @@ import numpy as np
 import PIL
 import torch
 
-from .errors import ArgumentError
+from .errors import ArgumentError, WrongTypeError
 
 KERNELS = ("bicubic", "lanczos")
 PRECISION_BITS = 22  # Pillow: 32 - 8 - 2; two spare bits for negative lobes and overshoot
@@ -114,7 +114,7 @@ def resize_uint8(image: torch.Tensor, size: tuple[int, int], kernel: str) -> tor
     torch.Size([3, 28, 28])
     """
     if image.dtype != torch.uint8:
-        raise TypeError(f"resize_uint8 expects a uint8 tensor, got {image.dtype}")
+        raise WrongTypeError(f"resize_uint8 expects a uint8 tensor, got {image.dtype}")
     return _two_passes(image, size, kernel, _fixed_point_pass)
 
 

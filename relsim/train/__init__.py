@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import WrongTypeError
 from .config import CaptionerTrainConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def train(config: TrainConfig | CaptionerTrainConfig) -> TrainResult:
     elif isinstance(config, TrainConfig):
         from .embedder import EmbedderTrainer as trainer_class
     else:
-        raise TypeError(f"expected a TrainConfig or CaptionerTrainConfig, got {type(config).__name__}")
+        raise WrongTypeError(f"expected a TrainConfig or CaptionerTrainConfig, got {type(config).__name__}")
     config.validate()
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     env, device = distributed.setup(config.device)
