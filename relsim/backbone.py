@@ -1,5 +1,5 @@
 """The shared Qwen2.5-VL base: device and dtype parsing, body and tokenizer loading, the weights lock, visual
-token counts and the 3-D multimodal RoPE positions.
+token counts, the 3-D multimodal RoPE positions, and ``ModelCache``: the one rule for caching loaded models.
 
 The embedder (relsim.encoder / relsim.pretrained), the captioner (relsim.caption), the text model, training
 and the evaluation baselines all stand on this module; it imports none of them.
