@@ -115,7 +115,7 @@ def write_student_backbone(path: Path, name: str, tiny_scale: bool) -> Path:
     """A random student backbone of ``name``'s real config (or the tiny one) with its preprocessor_config.json."""
     from transformers import Dinov2Config, Dinov2Model, SiglipVisionConfig, SiglipVisionModel
 
-    from relsim.quiet import quiet_transformers
+    from relsim.backbone import quiet_transformers
 
     family, sizes, preprocessor = STUDENTS[name]
     sizes = {**sizes, **TINY_STUDENT} if tiny_scale else sizes

@@ -216,7 +216,7 @@ class PaddingMeter:
         self._handle.remove()
 
     def _count(self, model, args) -> None:
-        from relsim.encoder import image_tokens
+        from relsim.backbone import image_tokens
 
         lengths = [model.prompt.length(image_tokens(grid)) for grid in args[1].tolist()]
         self.real += sum(lengths)

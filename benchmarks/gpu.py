@@ -215,7 +215,7 @@ def build_body(config, device: torch.device, dtype: torch.dtype | None = None, *
     """
     from transformers import Qwen2_5_VLModel
 
-    from relsim.pretrained import attn_implementation
+    from relsim.backbone import attn_implementation
 
     if dtype is not None:
         set_dtype(config, dtype)

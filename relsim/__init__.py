@@ -17,15 +17,20 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 from .errors import (  # noqa: E402  (light: no third-party imports)
+    ArgumentError,
     CheckpointError,
     CollectionError,
     CollectionMismatchError,
     CollectionWriteError,
+    DestinationExistsError,
     ImageInputError,
     JudgeError,
+    MissingFileError,
     ModelNotFoundError,
+    NonFiniteError,
     OutputPathError,
     RelSimError,
+    WrongTypeError,
 )
 from .registry import DEFAULT_CAPTIONER, DEFAULT_MODEL, PRETRAINED  # noqa: E402
 
@@ -43,16 +48,17 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load_captioner": ("relsim.caption", "load_captioner"),
     "Caption": ("relsim.caption", "Caption"),
     "Captioner": ("relsim.caption", "Captioner"),
-    "Explanation": ("relsim.caption", "Explanation"),
+    "Explanation": ("relsim.explain", "Explanation"),
     "Collection": ("relsim.collection", "Collection"),
     "Heatmap": ("relsim.heatmap", "Heatmap"),
 }
 
 if TYPE_CHECKING:
     from . import functional
-    from .caption import Caption, Captioner, Explanation, load_captioner
+    from .caption import Caption, Captioner, load_captioner
     from .collection import Collection
     from .encoder import RelSimModel
+    from .explain import Explanation
     from .heatmap import Heatmap
     from .metric import RelationalSimilarity
     from .pretrained import load
@@ -104,4 +110,9 @@ __all__ = [
     "JudgeError",
     "CollectionWriteError",
     "OutputPathError",
+    "ArgumentError",
+    "MissingFileError",
+    "DestinationExistsError",
+    "WrongTypeError",
+    "NonFiniteError",
 ]

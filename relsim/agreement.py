@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import ArgumentError
+
 __all__ = ["agreement", "kendall_tau", "spearman_rho", "pair_scores"]
 
 
@@ -106,10 +108,10 @@ def agreement(student: torch.Tensor, teacher: torch.Tensor, k: int = 10) -> dict
     ``k`` shrinks to ``n - 1`` for fewer than ``k + 1`` images; the keys name the ``k`` used (``knn_overlap@10``).
     """
     if student.shape[0] != teacher.shape[0]:
-        raise ValueError(f"{student.shape[0]} student rows but {teacher.shape[0]} teacher rows")
+        raise ArgumentError(f"{student.shape[0]} student rows but {teacher.shape[0]} teacher rows")
     n = student.shape[0]
     if n < 3:
-        raise ValueError(f"agreement needs at least 3 images, got {n}")
+        raise ArgumentError(f"agreement needs at least 3 images, got {n}")
     k = min(k, n - 1)
     s_pairs, t_pairs = pair_scores(student), pair_scores(teacher)
     s_sim = student.detach().double().cpu() @ student.detach().double().cpu().T

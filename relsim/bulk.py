@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .batching import progress_bar
+from .errors import ArgumentError
 from .files import FileRecord, check_regular
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def embed_files(
         (2, [])
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
     save_every = save_every or batch_size
     collection.check_compatible(model.fingerprint)
     report = EmbedReport()
@@ -169,7 +170,7 @@ def embed_files(
 
     workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
     hashes = _Hashes(regular, max(1, workers // 2), window=2 * batch_size)
-    bar = _progress_bar(len(todo), progress)
+    bar = progress_bar(len(todo), progress, "relsim embed")
     if bar is not None:
         bar.update(len(todo) - len(regular))
     try:
@@ -254,7 +255,7 @@ def caption_collection(
     from .files import path_resolver
 
     if options.get("num_captions", 1) != 1:
-        raise ValueError("a collection keeps one caption per image (num_captions=1)")
+        raise ArgumentError("a collection keeps one caption per image (num_captions=1)")
     columns = ["path", "sha256", "caption"]
     if paths is None:
         rows = collection.scan(columns).to_pylist()
@@ -278,20 +279,3 @@ def caption_collection(
     report = caption_each(captioner, list(first), save, progress=progress, **options) if first else CaptionReport()
     report.up_to_date = len(rows) - sum(len(g) for g in groups.values())
     return report
-
-
-def _progress_bar(total: int, progress: bool | None):
-    interactive = sys.stderr.isatty()
-    if not (interactive if progress is None else progress) or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    # Not a terminal (a SLURM log): a line a minute instead of a carriage-return storm.
-    return tqdm(
-        total=total,
-        unit="img",
-        desc="relsim embed",
-        dynamic_ncols=True,
-        mininterval=0.5 if interactive else 60,
-        file=sys.stderr,
-    )

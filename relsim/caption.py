@@ -22,21 +22,30 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import __version__, fastpath, generation, preprocess
+from .backbone import (
+    ModelCache,
+    canonical_device,
+    image_tokens,
+    load_body,
+    load_tokenizer,
+    parse_dtype,
+    resolve_base,
+    weights_lock,
+)
+from .batching import decode_ahead, is_single, progress_bar
 from .caption_inputs import IMAGE_SIZE, TRAINING_PROMPT, CaptionPrompt, build_batch, prepare_image
 from .checkpoint import (
     BaseShards,
@@ -46,11 +55,9 @@ from .checkpoint import (
     read_lora,
     read_relsim_config,
 )
-from .encoder import deduplicate, weights_lock
-from .errors import CheckpointError, ImageInputError
+from .errors import ArgumentError, CheckpointError, ImageInputError
 from .hub import ResolvedRepo, download_advice, resolve
-from .pretrained import canonical_device, load_body, load_tokenizer, parse_dtype, resolve_base
-from .registry import CAPTIONERS, DEFAULT_CAPTIONER, DEFAULT_TEXT_MODEL
+from .registry import CAPTIONERS, DEFAULT_CAPTIONER
 
 #: The only files of a captioner repo relsim fetches or reads. Upstream's checkpoint folder also holds trainer
 #: state (optimizer.pt, rng_state.pth, scheduler.pt, scaler.pt, training_args.bin: pickles): never touched.
@@ -82,32 +89,6 @@ class Caption:
 
     def __str__(self) -> str:
         return self.text
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """Why two images score as they do: the relational score, both anonymous captions, and the MiniLM cosine
-    of the two captions (a second, readable signal in the space the embeddings were trained into)."""
-
-    score: float
-    caption_a: Caption
-    caption_b: Caption
-    caption_similarity: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values (caption texts), for JSON."""
-        return {
-            "score": self.score,
-            "caption_a": self.caption_a.text,
-            "caption_b": self.caption_b.text,
-            "caption_similarity": self.caption_similarity,
-        }
-
-    def __str__(self) -> str:
-        return (
-            f"score {self.score:.4f}\n  a: {self.caption_a.text}\n  b: {self.caption_b.text}\n"
-            f"  caption similarity {self.caption_similarity:.4f}"
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,7 +170,7 @@ class Captioner:
 
     @property
     def lock(self) -> threading.Lock:
-        """The body's weights lock (``relsim.encoder.weights_lock``), held while it generates."""
+        """The body's weights lock (``relsim.backbone.weights_lock``), held while it generates."""
         return weights_lock(self.body)
 
     def parameter_bytes(self) -> dict[str, int]:
@@ -328,11 +309,11 @@ class Captioner:
         return Caption.from_text(text, truncated=not generated.stopped)
 
     def _collect(self, images, finish, options: dict):
-        single = _is_single(images)
+        single = is_single(images)
         items = preprocess.as_image_list(images)
         progress = options.pop("progress", None)
         out: list[Any] = [None] * len(items)
-        bar = _progress_bar(len(items), progress)
+        bar = progress_bar(len(items), progress, "relsim caption")
         for batch in self._stream(items, finish, False, **options):
             for index, result in batch:
                 out[index] = result
@@ -361,11 +342,11 @@ class Captioner:
     ) -> Iterator[list[tuple[int, Any]]]:
         prompts = _prompt_list(self.default_prompt if prompt is None else prompt, len(items))
         if not isinstance(num_captions, int) or num_captions < 1:
-            raise ValueError(f"num_captions must be an integer >= 1, got {num_captions!r}")
+            raise ArgumentError(f"num_captions must be an integer >= 1, got {num_captions!r}")
         if num_captions > 1 and not sample:
-            raise ValueError("num_captions > 1 needs sample=True: greedy decoding gives the same caption every time")
+            raise ArgumentError("num_captions > 1 needs sample=True: greedy decoding gives the same caption every time")
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+            raise ArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         settings = generation.GenerationSettings.from_config(
             self.generation_config,
             do_sample=bool(sample),
@@ -416,7 +397,7 @@ class Captioner:
         pixel_values, grids = preprocess.patchify([pixels[i] for i in images], device=self.device, dtype=self.dtype)
         visual = self.body.visual(pixel_values, grid_thw=grids)
         features = getattr(visual, "pooler_output", visual)  # transformers >= 5 returns a model output
-        per_image = features.split([int(g.prod()) // preprocess.MERGE_SIZE**2 for g in grids])
+        per_image = features.split([image_tokens(g.tolist()) for g in grids])
         slot = {i: n for n, i in enumerate(images)}
         row_grids = torch.stack([grids[slot[i]] for i, _ in rows])
         batch = build_batch(prompts, row_grids, self.pad_token_id)
@@ -443,21 +424,15 @@ def _check_lora(modules: dict[str, nn.Module], lora: LoraWeights) -> None:
             )
 
 
-def _is_single(images) -> bool:
-    if isinstance(images, (torch.Tensor, np.ndarray)):
-        return images.ndim == 3 or (isinstance(images, np.ndarray) and images.ndim == 2)
-    return not isinstance(images, (list, tuple))
-
-
 def _prompt_list(prompt: str | Sequence[str], n: int) -> list[str]:
     if isinstance(prompt, str):
         return [prompt] * n
     prompts = list(prompt)
     if len(prompts) != n:
-        raise ValueError(f"got {len(prompts)} prompts for {n} images: give one prompt, or one per image")
+        raise ArgumentError(f"got {len(prompts)} prompts for {n} images: give one prompt, or one per image")
     for i, text in enumerate(prompts):
         if not isinstance(text, str):
-            raise ValueError(f"prompt[{i}] is {type(text).__name__}, expected str")
+            raise ArgumentError(f"prompt[{i}] is {type(text).__name__}, expected str")
     return prompts
 
 
@@ -469,40 +444,19 @@ def _prepared_chunks(
 
     def prepare(i: int):
         try:
-            return prepare_image(items[i], i)
+            return i, prepare_image(items[i], i)
         except ImageInputError as err:
             if not skip_unreadable:
                 raise
-            return err
+            return i, err
 
-    workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-    if workers <= 0 or len(items) == 1:
-        for start in range(0, len(items), size):
-            yield [(i, prepare(i)) for i in range(start, min(start + size, len(items)))]
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        window = max(2 * size, workers)
-        futures = {i: pool.submit(prepare, i) for i in range(min(window, len(items)))}
-        for start in range(0, len(items), size):
-            chunk = []
-            for i in range(start, min(start + size, len(items))):
-                chunk.append((i, futures.pop(i).result()))
-                ahead = i + window
-                if ahead < len(items):
-                    futures[ahead] = pool.submit(prepare, ahead)
-            yield chunk
+    prepared = decode_ahead(prepare, len(items), num_workers=num_workers, ahead=2 * size)
+    while chunk := list(itertools.islice(prepared, size)):
+        yield chunk
 
 
 def _token_ids(generated: generation.Generated) -> list[int]:
     return generated.tokens + ([generated.stop_token] if generated.stopped else [])
-
-
-def _progress_bar(total: int, progress: bool | None):
-    if not (total >= 64 if progress is None else progress):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc="relsim caption")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -608,8 +562,7 @@ def build_captioner(
     )
 
 
-_CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_CACHE_LOCK = threading.Lock()
+_CACHE = ModelCache()
 
 
 def load_captioner(
@@ -641,17 +594,15 @@ def load_captioner(
     revisions = {"revision": revision, "base_revision": base_revision}
     adapter, base = resolve_captioner(model, base_model=base_model, **revisions, **hub)
     # revisions identify content (Hub commits, or content hashes of local directories)
-    key = (adapter.path, adapter.revision, base.path, base.revision, dtype, str(device))
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None and cached.device == device:
-            return cached
+    key = (adapter.path, adapter.revision, base.path, base.revision, dtype)
+
+    def build(device: torch.device) -> Captioner:
         body = load_body(base.path, device, dtype)
         fastpath.optimize(body)
         fingerprint = {**captioner_fingerprint(adapter, base, dtype), "relsim_version": __version__}
-        captioner = build_captioner(body, base.path, adapter.path, fingerprint=fingerprint)
-        _CACHE[key] = captioner
-        return captioner
+        return build_captioner(body, base.path, adapter.path, fingerprint=fingerprint)
+
+    return _CACHE.get(key, device, build)
 
 
 def resolve_captioner(
@@ -711,7 +662,7 @@ def attach_captioner(
     """The captioner on a loaded RelSimModel's body (see ``RelSimModel.load_captioner``)."""
     source = getattr(embedder, "base_source", None)
     if source is None:
-        raise ValueError(
+        raise ArgumentError(
             "this RelSimModel was not built by relsim.load, so relsim does not know its base checkpoint; "
             "use relsim.load_captioner() for a standalone captioner"
         )
@@ -755,52 +706,9 @@ def _is_hub_id(name: str | None) -> bool:
     return bool(name) and not Path(str(name)).expanduser().exists() and str(name).count("/") == 1
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Explain
-
-
-def explain(
-    model,
-    a,
-    b,
-    *,
-    text_model: str | os.PathLike | None = None,
-    batch_size: int = 32,
-    **caption_kwargs,
-) -> Explanation | list[Explanation]:
-    """The relational score of each pair with both anonymous captions and their MiniLM cosine.
-
-    Each distinct image is embedded and captioned once. ``text_model``: the MiniLM used for the caption cosine
-    (default ``sentence-transformers/all-MiniLM-L6-v2``); ``caption_kwargs`` go to ``Captioner.caption``.
-    """
-    from .text import embed_text
-
-    if caption_kwargs.get("num_captions", 1) != 1:
-        raise ValueError("explain() uses one caption per image")
-    single = _is_single(a) and _is_single(b)
-    list_a = preprocess.as_image_list(a, name="a")
-    list_b = preprocess.as_image_list(b, name="b")
-    if len(list_a) != len(list_b):
-        raise ValueError(f"explain() needs as many images in a as in b, got {len(list_a)} and {len(list_b)}")
-    unique, index = deduplicate(list_a + list_b)
-    embeddings = model.embed(unique, batch_size=batch_size)
-    captions = model.caption(unique, batch_size=batch_size, **caption_kwargs)
-    texts = embed_text([c.text for c in captions], model=text_model or DEFAULT_TEXT_MODEL)
-    n = len(list_a)
-    ia, ib = index[:n], index[n:]
-    scores = (embeddings[ia] * embeddings[ib]).sum(-1).clamp(-1.0, 1.0)
-    similarity = (texts[ia] * texts[ib]).sum(-1).clamp(-1.0, 1.0)
-    out = [
-        Explanation(float(s), captions[i], captions[j], float(t))
-        for s, i, j, t in zip(scores.tolist(), ia.tolist(), ib.tolist(), similarity.tolist(), strict=True)
-    ]
-    return out[0] if single else out
-
-
 __all__ = [
     "Caption",
     "Captioner",
-    "Explanation",
     "DEFAULT_CAPTIONER",
     "CAPTIONERS",
     "CAPTIONER_FILES",
@@ -808,7 +716,6 @@ __all__ = [
     "attach_captioner",
     "build_captioner",
     "captioner_fingerprint",
-    "explain",
     "load_captioner",
     "resolve_captioner",
     "trained_prompt",

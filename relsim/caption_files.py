@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .batching import progress_bar
+from .errors import ArgumentError
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -102,7 +105,7 @@ def read_records(output: str | os.PathLike, key: str = "image_hash") -> list[dic
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict) or key not in record:
-            raise ValueError(f"{path}:{number}: not a captions record (a JSON object with {key})")
+            raise ArgumentError(f"{path}:{number}: not a captions record (a JSON object with {key})")
         records.append(record)
     return records
 
@@ -131,11 +134,7 @@ def caption_each(
     """
     started = time.perf_counter()
     report = CaptionReport()
-    bar = None
-    if progress or (progress is None and len(paths) >= 64):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(paths), unit="img", desc="relsim caption")
+    bar = progress_bar(len(paths), progress, "relsim caption")
     for batch in captioner.stream(list(paths), skip_unreadable=True, **options):
         done = []
         for index, result in batch:

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .preprocess import MERGE_SIZE, PATCH_SIZE, ImageInput, decode, to_pixel_tensor
+from . import backbone
+from .errors import ArgumentError
+from .preprocess import PATCH_SIZE, ImageInput, decode, to_pixel_tensor
 
 #: The prompt of upstream's training config (``config.yaml``): relsim's default.
 TRAINING_PROMPT = (
@@ -79,11 +81,11 @@ class CaptionPrompt:
         placeholder; the placeholder is a special token, so the split does not change any other id.
         """
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"the caption prompt must be a non-empty string, got {text!r}")
+            raise ArgumentError(f"the caption prompt must be a non-empty string, got {text!r}")
         rendered = tokenizer.apply_chat_template(chat_messages(text), tokenize=False, add_generation_prompt=True)
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
         if ids.count(image_token_id) != 1:
-            raise ValueError(f"the chat template does not give exactly one image placeholder: {rendered!r}")
+            raise ArgumentError(f"the chat template does not give exactly one image placeholder: {rendered!r}")
         cut = ids.index(image_token_id)
         return cls(text, tuple(ids[:cut]), tuple(ids[cut + 1 :]), image_token_id)
 
@@ -108,32 +110,13 @@ def prepare_image(item: ImageInput, index: int, size: int = IMAGE_SIZE) -> torch
 
 def image_tokens(size: int = IMAGE_SIZE) -> int:
     """Merged visual tokens of a ``size`` x ``size`` image (256 for 448)."""
-    side = size // (PATCH_SIZE * MERGE_SIZE)
-    return side * side
+    side = size // PATCH_SIZE
+    return backbone.image_tokens((1, side, side))
 
 
 def sequence_positions(prompt: CaptionPrompt, grid_thw: Sequence[int]) -> torch.Tensor:
-    """3-D multimodal RoPE positions (3, L) of one unpadded prompt, as transformers' ``get_rope_index``.
-
-    Text counts up on all three axes; the image grid (gh x gw merged tokens, one frame) starts at ``s`` with
-    ``(t, h, w) = (s, s + row, s + col)``; the text after it resumes at ``s + max(gh, gw)``.
-    """
-    t, h, w = (int(x) for x in grid_thw)
-    gh, gw = h // MERGE_SIZE, w // MERGE_SIZE
-    start = len(prompt.prefix)
-    rows = torch.arange(gh).repeat_interleave(gw).repeat(t)
-    cols = torch.arange(gw).repeat(gh * t)
-    frames = torch.arange(t).repeat_interleave(gh * gw)
-    image = torch.stack([frames, rows, cols]) + start
-    after = start + max(gh, gw)
-    return torch.cat(
-        [
-            torch.arange(start).expand(3, -1),
-            image,
-            (torch.arange(len(prompt.suffix)) + after).expand(3, -1),
-        ],
-        dim=1,
-    )
+    """3-D multimodal RoPE positions (3, L) of one unpadded prompt (:func:`relsim.backbone.rope_positions`)."""
+    return backbone.rope_positions(len(prompt.prefix), grid_thw, len(prompt.suffix))
 
 
 @dataclass
@@ -157,7 +140,7 @@ def build_batch(prompts: Sequence[CaptionPrompt], grids: torch.Tensor, pad_token
     ``grids`` is the (B, 3) ``image_grid_thw`` of the images, in order.
     """
     grids = grids.cpu()
-    seqs = [p.ids(int(g.prod()) // (MERGE_SIZE * MERGE_SIZE)) for p, g in zip(prompts, grids, strict=True)]
+    seqs = [p.ids(backbone.image_tokens(g.tolist())) for p, g in zip(prompts, grids, strict=True)]
     length = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), length), pad_token_id, dtype=torch.long)
     positions = torch.zeros((3, len(seqs), length), dtype=torch.long)

@@ -20,8 +20,8 @@ COMMAND_MODULES = [
     "relsim.commands.score",  # score
     "relsim.commands.caption",  # caption
     "relsim.commands.collection",  # embed, search, info, index, export, migrate, prune, repair
-    "relsim.commands.hub",  # download, push-to-hub
-    "relsim.commands.train",  # train, data, convert
+    "relsim.commands.hub",  # download, convert, push-to-hub
+    "relsim.commands.train",  # train, data
     "relsim.commands.eval",  # eval retrieval
     "relsim.commands.serve",  # serve
 ]
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     return int(args.func(args) or 0)
+
+
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 
 if __name__ == "__main__":

@@ -42,7 +42,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import CollectionError, CollectionMismatchError, CollectionWriteError
+from .errors import (
+    ArgumentError,
+    CollectionError,
+    CollectionMismatchError,
+    CollectionWriteError,
+    DestinationExistsError,
+    MissingFileError,
+)
 from .files import FileRecord, path_resolver, stale_paths
 
 if TYPE_CHECKING:
@@ -218,9 +225,9 @@ class Collection:
             >>> col = Collection.create("photos.relsim", model.fingerprint, exist_ok=True)  # doctest: +SKIP
         """
         if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+            raise ArgumentError(f"dtype must be float16 or float32, got {dtype!r}")
         if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+            raise ArgumentError(f"dim must be a positive int, got {dim!r}")
         uri = cls.normalize_uri(uri)
         meta = {
             "format": "relsim-collection",
@@ -244,7 +251,7 @@ class Collection:
             if not _exists_error(err):
                 raise CollectionWriteError(f"cannot create the collection {uri!r}: {one_line(err)}") from err
             if not exist_ok and not reembed:
-                raise FileExistsError(f"{uri!r} already holds a relsim collection") from None
+                raise DestinationExistsError(f"{uri!r} already holds a relsim collection") from None
             existing = cls.open(uri)
             if reembed and not _compatible(existing.fingerprint, fingerprint):
                 return existing._reset(meta)
@@ -266,7 +273,7 @@ class Collection:
         """
         uri = cls.normalize_uri(uri)
         if "://" not in uri and not os.path.exists(uri):
-            raise FileNotFoundError(f"{uri}: no such collection")
+            raise MissingFileError(f"{uri}: no such collection")
         _refuse_old_store(uri)
         if "://" not in uri and not os.path.isdir(uri):
             raise CollectionError(f"{uri!r} is a file, not a relsim collection (a collection is a folder)")
@@ -511,7 +518,7 @@ class Collection:
         recs = [FileRecord.coerce(r, i) for i, r in enumerate(records)]
         emb = self._check_embeddings(embeddings, len(recs))
         if captions is not None and len(captions) != len(recs):
-            raise ValueError(f"{len(recs)} records but {len(captions)} captions")
+            raise ArgumentError(f"{len(recs)} records but {len(captions)} captions")
         if not recs:
             return 0
         self._refresh_for_write(fingerprint)
@@ -548,17 +555,17 @@ class Collection:
     def _check_embeddings(self, embeddings: Any, n: int) -> np.ndarray:
         emb = embeddings.detach().cpu() if isinstance(embeddings, torch.Tensor) else torch.as_tensor(embeddings)
         if emb.ndim != 2 or emb.shape[1] != self.dim:
-            raise ValueError(f"embeddings must have shape (n, {self.dim}), got {tuple(emb.shape)}")
+            raise ArgumentError(f"embeddings must have shape (n, {self.dim}), got {tuple(emb.shape)}")
         if emb.shape[0] != n:
-            raise ValueError(f"{n} records but {emb.shape[0]} embedding rows")
+            raise ArgumentError(f"{n} records but {emb.shape[0]} embedding rows")
         if not emb.is_floating_point():
-            raise ValueError(f"embeddings must be floating point, got {emb.dtype}")
+            raise ArgumentError(f"embeddings must be floating point, got {emb.dtype}")
         matrix = emb.float().numpy()
         bad = bad_rows(matrix)
         if len(bad):
             i = int(bad[0])
             norm = float(np.linalg.norm(matrix[i]))
-            raise ValueError(f"embeddings must be finite and L2-normalised: row {i} has norm {norm:.4g}")
+            raise ArgumentError(f"embeddings must be finite and L2-normalised: row {i} has norm {norm:.4g}")
         return matrix
 
     def set_captions(self, paths: Sequence[str | os.PathLike], captions: Sequence[str | None]) -> int:
@@ -574,10 +581,10 @@ class Collection:
         import pyarrow as pa
 
         if len(paths) != len(captions):
-            raise ValueError(f"{len(paths)} paths but {len(captions)} captions")
+            raise ArgumentError(f"{len(paths)} paths but {len(captions)} captions")
         for i, c in enumerate(captions):
             if c is not None and not isinstance(c, str):
-                raise ValueError(f"captions[{i}] is {type(c).__name__}, expected str or None")
+                raise ArgumentError(f"captions[{i}] is {type(c).__name__}, expected str or None")
         resolve = path_resolver()
         resolved = [resolve(p) for p in paths]
         present = set(self.rows(resolved, ["path"]).column("path").to_pylist())
@@ -713,7 +720,7 @@ class Collection:
         from lancedb.index import HnswSq, IvfPq, IvfSq
 
         if kind not in INDEX_KINDS:
-            raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
+            raise ArgumentError(f"index kind must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
         n = len(self)
         if n < 256:
             raise CollectionError(f"{self.uri!r} has {n} rows: an ANN index needs at least 256 (flat search is exact)")

@@ -17,20 +17,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from . import preprocess
+from .backbone import image_tokens, rope_positions, weights_lock
+from .batching import decode_ahead, progress_bar
+from .errors import ArgumentError, NonFiniteError
 from .preprocess import ImageInput, ImageInputError
-from .similarity import ImageEmbedder, deduplicate, project
+from .similarity import ImageEmbedder, project
 
-MERGE = preprocess.MERGE_SIZE
 PATCH = preprocess.PATCH_SIZE
 
 
@@ -49,12 +48,12 @@ class Prompt:
         """Apply the chat template to one user message ``[image, "<|query|>"]`` and split at the image."""
         query_token_id = tokenizer.convert_tokens_to_ids(query_token)
         if query_token_id is None or query_token_id == tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer has no {query_token} token")
+            raise ArgumentError(f"the tokenizer has no {query_token} token")
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query_token}]}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if ids.count(image_token_id) != 1 or query_token_id not in ids:
-            raise ValueError(f"the chat template does not give one image placeholder and {query_token}: {text!r}")
+            raise ArgumentError(f"the chat template does not give one image placeholder and {query_token}: {text!r}")
         cut = ids.index(image_token_id)
         end = ids.index(query_token_id) + 1
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -65,34 +64,17 @@ class Prompt:
         return len(self.prefix) + n_image_tokens + len(self.suffix)
 
 
-def image_tokens(grid_thw: Sequence[int]) -> int:
-    """Visual tokens of one image after the 2x2 merge (256 for 448x448)."""
-    t, h, w = (int(x) for x in grid_thw)
-    return t * h * w // (MERGE * MERGE)
-
-
 def build_inputs(prompt: Prompt, grids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token ids (B, L), 3-D multimodal RoPE positions (3, B, L) and the query index (B,) for a batch.
 
     Sequences are padded on the right; the query is each sequence's last real token, so with causal
     attention the padding never reaches it and no attention mask is needed. Positions follow
-    transformers 4.57's ``get_rope_index`` for images: text tokens count up on all three axes; the image
-    grid (gh x gw merged tokens) gets ``t = s, h = s + row, w = s + col`` from its start ``s``; the text after
-    it resumes at ``s + max(gh, gw)``.
+    transformers 4.57's ``get_rope_index`` for images (:func:`relsim.backbone.rope_positions`).
     """
     seqs, positions = [], []
-    p = len(prompt.prefix)
-    for t, h, w in grids.tolist():
-        gh, gw = h // MERGE, w // MERGE
-        n = t * gh * gw
-        rows = torch.arange(gh).repeat_interleave(gw).repeat(t)
-        cols = torch.arange(gw).repeat(gh * t)
-        image = torch.stack([torch.arange(t).repeat_interleave(gh * gw), rows, cols]) + p
-        after = p + max(t, gh, gw)
-        text_before = torch.arange(p).expand(3, -1)
-        text_after = (torch.arange(len(prompt.suffix)) + after).expand(3, -1)
-        positions.append(torch.cat([text_before, image, text_after], dim=1))
-        seqs.append(list(prompt.prefix) + [prompt.image_token_id] * n + list(prompt.suffix))
+    for grid in grids.tolist():
+        positions.append(rope_positions(len(prompt.prefix), grid, len(prompt.suffix)))
+        seqs.append(list(prompt.prefix) + [prompt.image_token_id] * image_tokens(grid) + list(prompt.suffix))
     length = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), length), prompt.pad_token_id, dtype=torch.long)
     pos = torch.zeros((3, len(seqs), length), dtype=torch.long)
@@ -128,23 +110,6 @@ def multimodal_inputs(
     return embeds.masked_scatter(mask, image_embeds.to(embeds.dtype)), positions, query
 
 
-_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LOCKS_LOCK = threading.Lock()
-
-
-def weights_lock(body: nn.Module) -> threading.Lock:
-    """The lock held while a forward pass reads ``body``'s weights.
-
-    The captioner runs on the embedder's body with some weights swapped for the base's (see relsim.caption):
-    holding this lock keeps an embedding in another thread from seeing them.
-    """
-    with _LOCKS_LOCK:
-        lock = _LOCKS.get(body)
-        if lock is None:
-            lock = _LOCKS[body] = threading.Lock()
-        return lock
-
-
 def query_states(body: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """The last layer's hidden state after the final norm at each sequence's ``<|query|>`` (B, H)."""
     hidden = body.language_model(inputs_embeds=embeds, position_ids=positions, use_cache=False).last_hidden_state
@@ -170,7 +135,7 @@ class RelSimModel(ImageEmbedder):
     ) -> None:
         super().__init__()
         if mode not in preprocess.MODES:
-            raise ValueError(f"mode must be one of {preprocess.MODES}, got {mode!r}")
+            raise ArgumentError(f"mode must be one of {preprocess.MODES}, got {mode!r}")
         self.body = body
         self.projection = projection
         self.prompt = prompt
@@ -227,11 +192,11 @@ class RelSimModel(ImageEmbedder):
         torch.Size([2, 384])
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
         items = preprocess.as_image_list(images)
         needs_grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in items)
         out: list[torch.Tensor | None] = [None] * len(items)
-        bar = _progress_bar(len(items), progress)
+        bar = progress_bar(len(items), progress, "relsim embed")
         with contextlib.nullcontext() if needs_grad else torch.inference_mode():
             for indices, pixels in self._batches(items, batch_size, num_workers):
                 embeddings = self._embed_batch(indices, pixels)
@@ -262,7 +227,7 @@ class RelSimModel(ImageEmbedder):
         ...     save(indices, emb)
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
         items = list(images)
         with torch.inference_mode():
             for indices, pixels in self._batches(items, batch_size, num_workers, on_error=on_error):
@@ -333,12 +298,12 @@ class RelSimModel(ImageEmbedder):
     def explain(self, a, b, **kwargs):
         """The relational score of ``a`` and ``b`` with both anonymous captions and their MiniLM cosine.
 
-        Single images give an :class:`relsim.caption.Explanation`; equal-length lists give a list of them.
+        Single images give an :class:`relsim.explain.Explanation`; equal-length lists give a list of them.
         ``kwargs``: ``text_model``, ``batch_size`` and the options of :meth:`caption`.
 
         >>> print(model.explain("peach.jpg", "earth.jpg"))         # doctest: +SKIP
         """
-        from .caption import explain
+        from .explain import explain
 
         return explain(self, a, b, **kwargs)
 
@@ -349,26 +314,10 @@ class RelSimModel(ImageEmbedder):
         """Decoded, resized pixel tensors in batches; the next batch is decoded while this one runs.
 
         With ``on_error(index, error)``, images that cannot be prepared are reported and left out."""
-        workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         prepare = functools.partial(self._prepare, resize=not self.uses_device_resize, report=on_error is not None)
-        if workers <= 0 or len(items) == 1:
-            prepared = (prepare(i, x) for i, x in enumerate(items))
-            yield from self._group(_report_failures(prepared, on_error), batch_size)
-            return
-        with ThreadPoolExecutor(workers) as pool:
-            window = max(2 * batch_size, workers)
-            futures = [pool.submit(prepare, i, x) for i, x in enumerate(items[:window])]
-
-            def stream():
-                submitted = len(futures)
-                for k in range(len(items)):
-                    if submitted < len(items):
-                        futures.append(pool.submit(prepare, submitted, items[submitted]))
-                        submitted += 1
-                    yield futures[k].result()
-                    futures[k] = None  # let the decoded image go
-
-            yield from self._group(_report_failures(stream(), on_error), batch_size)
+        ahead = 2 * batch_size
+        prepared = decode_ahead(lambda i: prepare(i, items[i]), len(items), num_workers=num_workers, ahead=ahead)
+        yield from self._group(_report_failures(prepared, on_error), batch_size)
 
     def _prepare(self, index: int, item, *, resize: bool, report: bool = False) -> tuple[int, torch.Tensor]:
         try:
@@ -476,7 +425,7 @@ class RelSimModel(ImageEmbedder):
         bad = ~torch.isfinite(embeddings).all(dim=-1)
         if bad.any():
             which = [indices[i] for i in bad.nonzero().flatten().tolist()]
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"the model produced non-finite embeddings for images at indices {which} in {self.dtype}; "
                 "Qwen2.5-VL overflows in float16: load with dtype=torch.bfloat16 or torch.float32"
             )
@@ -497,24 +446,4 @@ def _report_failures(prepared, on_error):
             yield index, pixels
 
 
-def _progress_bar(total: int, progress: bool | None):
-    if progress is None:
-        progress = total >= 256
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc="relsim embed")
-
-
-__all__ = [
-    "RelSimModel",
-    "Prompt",
-    "build_inputs",
-    "multimodal_inputs",
-    "query_states",
-    "deduplicate",
-    "image_tokens",
-    "weights_lock",
-    "ImageInputError",
-]
+__all__ = ["RelSimModel", "Prompt", "ImageInputError"]

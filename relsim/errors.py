@@ -61,6 +61,26 @@ class RemoteCodeError(CheckpointError):
     """A model that would need its own code (``trust_remote_code``), which relsim never runs."""
 
 
+class ArgumentError(RelSimError, ValueError):
+    """An argument is out of range, of the wrong type or clashes with another; the message names it."""
+
+
+class MissingFileError(RelSimError, FileNotFoundError):
+    """A file or directory relsim was pointed at does not exist or lacks a file it needs; the message names it."""
+
+
+class DestinationExistsError(RelSimError, FileExistsError):
+    """An output path already holds something relsim would overwrite; the message says how to allow it."""
+
+
+class WrongTypeError(RelSimError, TypeError):
+    """An argument of a type relsim does not take; the message names it and what it takes."""
+
+
+class NonFiniteError(RelSimError, FloatingPointError):
+    """The model produced NaN or infinite values (float16 overflow); the message names the inputs and the fix."""
+
+
 __all__ = [
     "RelSimError",
     "ModelNotFoundError",
@@ -73,4 +93,9 @@ __all__ = [
     "RowNotFoundError",
     "OutputPathError",
     "RemoteCodeError",
+    "ArgumentError",
+    "MissingFileError",
+    "DestinationExistsError",
+    "WrongTypeError",
+    "NonFiniteError",
 ]

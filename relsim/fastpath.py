@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ArgumentError
+
 __all__ = ["optimize", "restore", "is_optimized", "compile_body"]
 
 _PATCHED_ATTR = "_relsim_fastpath"
@@ -161,7 +163,7 @@ def optimize(body: nn.Module) -> nn.Module:
     """
     modules = _vision_attentions(body)
     if not modules:
-        raise ValueError(f"{type(body).__name__} has no Qwen2.5-VL vision attention modules to optimise")
+        raise ArgumentError(f"{type(body).__name__} has no Qwen2.5-VL vision attention modules to optimise")
     cache = _PlanCache()
     for module in modules:
         if not getattr(module, _PATCHED_ATTR, False):

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ArgumentError, MissingFileError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "LIST_EXTENSIONS",
@@ -94,7 +96,7 @@ def _expand(item: str, recursive: bool, exts: set[str]) -> Iterator[str]:
     elif os.path.exists(item):  # a FIFO or device named on the command line: embedding skips and logs it
         yield os.path.abspath(item)
     else:
-        raise FileNotFoundError(f"{item}: no such file or directory")
+        raise MissingFileError(f"{item}: no such file or directory")
 
 
 def _expand_list(lines: Sequence[str], root: str, recursive: bool, exts: set[str]) -> Iterator[str]:
@@ -211,16 +213,16 @@ class FileRecord:
         """Validate a record given as a FileRecord or a mapping with the same keys."""
         if not isinstance(item, FileRecord):
             if not isinstance(item, Mapping):
-                raise ValueError(f"records[{index}] is {type(item).__name__}, expected FileRecord or dict")
+                raise ArgumentError(f"records[{index}] is {type(item).__name__}, expected FileRecord or dict")
             missing = [key for key in ("path", "size", "mtime_ns", "sha256") if key not in item]
             if missing:
-                raise ValueError(f"records[{index}] lacks {', '.join(missing)}")
+                raise ArgumentError(f"records[{index}] lacks {', '.join(missing)}")
             path = os.path.realpath(os.fspath(item["path"])) if "://" not in str(item["path"]) else item["path"]
             item = cls(path, int(item["size"]), int(item["mtime_ns"]), str(item["sha256"]))
         if not re.fullmatch(r"[0-9a-f]{64}", item.sha256):
-            raise ValueError(f"records[{index}].sha256 is not a hex SHA-256: {item.sha256!r}")
+            raise ArgumentError(f"records[{index}].sha256 is not a hex SHA-256: {item.sha256!r}")
         if not os.path.isabs(item.path) and "://" not in item.path:
-            raise ValueError(f"records[{index}].path is not absolute: {item.path!r}")
+            raise ArgumentError(f"records[{index}].path is not absolute: {item.path!r}")
         return item
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,7 +303,7 @@ def shard_of(items: Iterable[Any], index: int, count: int) -> list[Any]:
         ['b', 'd']
     """
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard index must satisfy 0 <= index < count, got {index}/{count}")
+        raise ArgumentError(f"shard index must satisfy 0 <= index < count, got {index}/{count}")
     ordered = sorted(items, key=str)
     return ordered[index::count]
 
@@ -315,10 +317,10 @@ def parse_shard(spec: str) -> tuple[int, int]:
     """
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
     if not match:
-        raise ValueError(f"shard must look like I/N (e.g. 0/4), got {spec!r}")
+        raise ArgumentError(f"shard must look like I/N (e.g. 0/4), got {spec!r}")
     index, count = int(match[1]), int(match[2])
     if count < 1 or index >= count:
-        raise ValueError(f"shard {spec!r}: need 0 <= I < N")
+        raise ArgumentError(f"shard {spec!r}: need 0 <= I < N")
     return index, count
 
 
@@ -333,7 +335,7 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
     try:
         rank, world = int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1"))
     except ValueError as err:
-        raise ValueError(f"RANK/WORLD_SIZE must be integers: {err}") from None
+        raise ArgumentError(f"RANK/WORLD_SIZE must be integers: {err}") from None
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"invalid RANK={rank} / WORLD_SIZE={world}")
+        raise ArgumentError(f"invalid RANK={rank} / WORLD_SIZE={world}")
     return rank, world

@@ -21,9 +21,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .backbone import parse_dtype
 from .encoder import RelSimModel
+from .errors import ArgumentError, WrongTypeError
 from .preprocess import ImageInput, ImageInputError, check_pixel_values
-from .pretrained import DEFAULT_MODEL, load, parse_dtype
+from .pretrained import DEFAULT_MODEL, load
 from .similarity import ImageEmbedder
 
 #: What one side of an update may be: an (N, C, H, W) tensor, an (N, H, W, C) numpy array or a list of images.
@@ -49,7 +51,7 @@ _LAST_LOADED: list[RelSimModel] = []
 
 def check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
-        raise ValueError(f"Expected argument `reduction` to be one of {REDUCTIONS}, got {reduction!r}")
+        raise ArgumentError(f"Expected argument `reduction` to be one of {REDUCTIONS}, got {reduction!r}")
 
 
 def _check_images(images: ImageBatch, name: str) -> list[ImageInput]:
@@ -125,7 +127,7 @@ def resolve_model(
     """
     if isinstance(model, ImageEmbedder):
         if revision is not None or base_model is not None or load_kwargs:
-            raise ValueError(
+            raise ArgumentError(
                 "`revision`, `base_model` and `load_kwargs` apply only when `model` is a Hub id or a directory"
             )
         _check_model_matches(model, dtype=dtype, device=device, mode=mode)
@@ -133,14 +135,14 @@ def resolve_model(
     if model is None:
         model = DEFAULT_MODEL
     if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(
+        raise WrongTypeError(
             f"Expected `model` to be a loaded relsim.RelSimModel, a Hub id, a directory or None, "
             f"got {type(model).__name__}"
         )
     kwargs = dict(load_kwargs or {})
     if base_model is not None:
         if "base_model" in kwargs:
-            raise ValueError("`base_model` is given twice: as an argument and in `load_kwargs`")
+            raise ArgumentError("`base_model` is given twice: as an argument and in `load_kwargs`")
         kwargs["base_model"] = base_model
     return load(model, revision=revision, dtype=dtype, device=device, mode=mode or "train", **kwargs)
 
@@ -154,7 +156,7 @@ def _check_model_matches(
 ) -> None:
     """A loaded model may be shared: never convert it behind its other users' backs, refuse a mismatch instead."""
     if dtype is not None and parse_dtype(dtype, model.device) != model.dtype:
-        raise ValueError(
+        raise ArgumentError(
             f"the model was loaded in {model.dtype} but dtype={dtype!r} was given; load it with that dtype "
             "(relsim.load(..., dtype=...)) or pass the model id instead"
         )
@@ -162,12 +164,12 @@ def _check_model_matches(
         want = torch.device(device)
         have = model.device
         if want.type != have.type or (want.index is not None and want.index != have.index):
-            raise ValueError(
+            raise ArgumentError(
                 f"the model is on {have} but device={str(want)!r} was given; load it there or move the metric "
                 "with .to(device)"
             )
     if mode is not None and mode != model.mode:
-        raise ValueError(f"the model was loaded in mode {model.mode!r} but mode={mode!r} was given")
+        raise ArgumentError(f"the model was loaded in mode {model.mode!r} but mode={mode!r} was given")
 
 
 # ---------------------------------------------------------------------------------------------------------

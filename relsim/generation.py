@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .errors import ArgumentError
+
 #: transformers' defaults for what neither the caller nor the model's generation config sets.
 TRANSFORMERS_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}
 
@@ -79,16 +81,16 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+            raise ArgumentError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         if self.do_sample:
             if not self.temperature > 0:
-                raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
+                raise ArgumentError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
             if self.top_p is not None and not 0 < self.top_p <= 1:
-                raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+                raise ArgumentError(f"top_p must be in (0, 1], got {self.top_p!r}")
             if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
-                raise ValueError(f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
+                raise ArgumentError(f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
         if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+            raise ArgumentError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
 
     @classmethod
     def from_config(cls, config=None, **overrides) -> GenerationSettings:
@@ -100,7 +102,7 @@ class GenerationSettings:
         stored = config.to_dict() if config is not None else {}
         unsupported = {k: stored[k] for k, off in _UNSUPPORTED.items() if stored.get(k, off) not in (off, None)}
         if unsupported:
-            raise ValueError(f"the model's generation config sets options relsim does not implement: {unsupported}")
+            raise ArgumentError(f"the model's generation config sets options relsim does not implement: {unsupported}")
         values = {}
         for name in ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens"):
             value = overrides.get(name)
@@ -209,7 +211,7 @@ def generate(
     """
     batch, device = embeds.shape[0], embeds.device
     if settings.do_sample and (seeds is None or len(seeds) != batch):
-        raise ValueError("sampling needs one seed per row")
+        raise ArgumentError("sampling needs one seed per row")
     cache = model.new_cache()
     logits = model(embeds, positions, attention_mask, cache)
     vocab = logits.shape[-1]
@@ -219,7 +221,7 @@ def generate(
         if attention_mask is not None:  # padding counts as the row's last token, which is penalised anyway
             history = torch.where(attention_mask.to(device).bool(), history, history[:, -1:])
         if int(history.max()) >= vocab:
-            raise ValueError(f"prompt token {int(history.max())} is outside the LM head's {vocab} rows")
+            raise ArgumentError(f"prompt token {int(history.max())} is outside the LM head's {vocab} rows")
     generators = None
     if settings.do_sample:
         generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import preprocess
-from .errors import ImageInputError
+from .batching import is_single
+from .errors import ArgumentError, ImageInputError
 
 __all__ = ["Heatmap", "compute", "colour_map", "flat_tolerance", "METHODS", "INFERNO", "TOKENS_PER_BATCH"]
 
@@ -127,7 +128,7 @@ class Heatmap:
         see is dimmed. ``image``: what to draw on (default: A itself, read again); another size (a thumbnail)
         is fine, the map is scaled to it."""
         if not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+            raise ArgumentError(f"alpha must be in [0, 1], got {alpha}")
         base = _rgb(self.source if image is None else image)
         width, height = base.size
         sx, sy = width / self.image_size[0], height / self.image_size[1]
@@ -167,12 +168,12 @@ def compute(
     torch.Size([16, 16])
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ArgumentError(f"method must be one of {METHODS}, got {method!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
     if (b is None) == (text is None):
-        raise ValueError("heatmap needs exactly one of b (an image) or text (a relational description)")
-    single = _one_image(a)
+        raise ArgumentError("heatmap needs exactly one of b (an image) or text (a relational description)")
+    single = is_single(a)
     items = [x.detach() if isinstance(x, torch.Tensor) else x for x in preprocess.as_image_list(a, name="a")]
     targets = _target_embeddings(model, b, text, len(items), batch_size, text_model, text_revision)
     out: list[Heatmap | None] = [None] * len(items)
@@ -187,14 +188,6 @@ def compute(
     return out[0] if single else out  # type: ignore[return-value]
 
 
-def _one_image(x: Any) -> bool:
-    if isinstance(x, torch.Tensor):
-        return x.ndim == 3
-    if isinstance(x, np.ndarray):
-        return x.ndim in (2, 3)
-    return not isinstance(x, (list, tuple))
-
-
 def _target_embeddings(model, b, text, n: int, batch_size: int, text_model, text_revision) -> torch.Tensor:
     """e_B for each A, (n, D) float32 on the model's device, unit length."""
     if text is not None:
@@ -202,7 +195,7 @@ def _target_embeddings(model, b, text, n: int, batch_size: int, text_model, text
         _check_count(len(texts), n, "text")
         if not all(isinstance(t, str) for t in texts):
             bad = next(i for i, t in enumerate(texts) if not isinstance(t, str))
-            raise ValueError(f"text[{bad}]: expected a string, got {type(texts[bad]).__name__}")
+            raise ArgumentError(f"text[{bad}]: expected a string, got {type(texts[bad]).__name__}")
         chosen = {"model": text_model} if text_model is not None else {}
         targets = model.embed_text(texts, **chosen, revision=text_revision, device=model.device)
     else:
@@ -210,14 +203,14 @@ def _target_embeddings(model, b, text, n: int, batch_size: int, text_model, text
         _check_count(len(images), n, "b")
         targets = model.embed(images, batch_size=batch_size, output_device=None)
     if targets.shape[-1] != model.embedding_dim:
-        raise ValueError(f"B's embedding has {targets.shape[-1]} dimensions, the model's {model.embedding_dim}")
+        raise ArgumentError(f"B's embedding has {targets.shape[-1]} dimensions, the model's {model.embedding_dim}")
     targets = F.normalize(targets.to(model.device, torch.float32), dim=-1)
     return targets.expand(n, -1) if len(targets) == 1 else targets
 
 
 def _check_count(count: int, n: int, name: str) -> None:
     if count not in (1, n):
-        raise ValueError(f"heatmap needs one {name} or as many as images in a ({n}), got {count}")
+        raise ArgumentError(f"heatmap needs one {name} or as many as images in a ({n}), got {count}")
 
 
 def _batches(model, prepared: dict[int, torch.Tensor], batch_size: int) -> list[list[int]]:
@@ -311,7 +304,7 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
 def _rgb(source: Any) -> Image.Image:
     """An RGB PIL image of ``source`` as relsim decodes it (EXIF orientation applied, alpha on white)."""
     if source is None:
-        raise ValueError("overlay needs the image: this heatmap has no source, pass image=")
+        raise ArgumentError("overlay needs the image: this heatmap has no source, pass image=")
     image = preprocess.decode(source, 0)
     if isinstance(image, torch.Tensor):  # a float tensor that requires grad
         image = Image.fromarray((image.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())

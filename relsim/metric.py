@@ -28,6 +28,7 @@ from torchmetrics.utilities.exceptions import TorchMetricsUserError
 from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
 from .encoder import RelSimModel
+from .errors import ArgumentError, WrongTypeError
 from .functional import (
     ImageBatch,
     ModelArg,
@@ -120,7 +121,7 @@ class RelationalSimilarity(Metric):
         super().__init__(**kwargs)
         check_reduction(reduction)
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Expected argument `batch_size` to be a positive integer, got {batch_size!r}")
+            raise ArgumentError(f"Expected argument `batch_size` to be a positive integer, got {batch_size!r}")
         self.reduction = reduction
         self.batch_size = batch_size
         self.move_model = move_model
@@ -164,7 +165,7 @@ class RelationalSimilarity(Metric):
                 del network.__dict__["forward"]
             model = network
         if not isinstance(model, ImageEmbedder):
-            raise TypeError(f"Expected `model` to be a relsim.RelSimModel or student, got {type(model).__name__}")
+            raise WrongTypeError(f"Expected `model` to be a relsim.RelSimModel or student, got {type(model).__name__}")
         self.__dict__["_model"] = model
         self.__dict__.pop("_model_spec", None)
 

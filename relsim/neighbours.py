@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .collection import bad_rows, one_line, sql_literal, vector_matrix
-from .errors import CollectionError
+from .errors import ArgumentError, CollectionError
 from .exact import VectorMemory
 
 if TYPE_CHECKING:
@@ -91,6 +91,29 @@ class _Search:
     """This query's best row ids, computed with the other queries' in one pass."""
 
 
+def check_query_options(
+    k: int,
+    *,
+    nprobes: int | None = None,
+    refine_factor: int | None = None,
+    exact: bool = False,
+    spell: Callable[[str], str] = str,
+) -> None:
+    """The one check of the nearest-neighbour options (:func:`nearest`, ``relsim.search``, ``relsim search``):
+    :class:`relsim.errors.ArgumentError` naming the option, spelled by ``spell`` (the CLI passes its flags).
+
+    >>> check_query_options(0)
+    Traceback (most recent call last):
+    relsim.errors.ArgumentError: k must be an int >= 1, got 0
+    """
+    for name, value in (("k", k), ("nprobes", nprobes), ("refine_factor", refine_factor)):
+        if (value is not None or name == "k") and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ArgumentError(f"{spell(name)} must be an int >= 1, got {value!r}")
+    if exact and (nprobes is not None or refine_factor is not None):
+        tuned = spell("nprobes" if nprobes is not None else "refine_factor")
+        raise ArgumentError(f"{tuned} tunes the ANN index: not with {spell('exact')}")
+
+
 def nearest(
     collection: Collection,
     queries: torch.Tensor | np.ndarray,
@@ -118,18 +141,14 @@ def nearest(
         >>> nearest(col, model.embed(["q.jpg"]), k=5)[0][0].path  # doctest: +SKIP
         '/photos/q.jpg'
     """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
-    for name, value in (("nprobes", nprobes), ("refine_factor", refine_factor)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    check_query_options(k, nprobes=nprobes, refine_factor=refine_factor, exact=exact)
     dim = collection.dim
     q = torch.as_tensor(queries).detach().cpu().float()
     q = q.unsqueeze(0) if q.ndim == 1 else q
     if q.ndim != 2 or q.shape[1] != dim:
-        raise ValueError(f"queries must have shape ({dim},) or (Q, {dim}), got {tuple(q.shape)}")
+        raise ArgumentError(f"queries must have shape ({dim},) or (Q, {dim}), got {tuple(q.shape)}")
     if not torch.isfinite(q).all() or (q.norm(dim=1) == 0).any():
-        raise ValueError("a query is a zero, NaN or infinite vector")
+        raise ArgumentError("a query is a zero, NaN or infinite vector")
     q = torch.nn.functional.normalize(q, dim=1).numpy()
     kind = None if exact else collection.vector_index_kind()
     if kind is not None and nprobes is None:
@@ -167,7 +186,7 @@ def _caption_rows(search: _Search, words: str) -> pa.Table:
     """Rows whose caption matches ``words`` (full-text index), with their vectors."""
     collection, table = search.collection, search.collection.table
     if not words.strip():
-        raise ValueError("caption_contains is empty")
+        raise ArgumentError("caption_contains is empty")
     if not any(getattr(ix, "columns", None) == ["caption"] for ix in table.list_indices()):
         if not collection.create_caption_index():
             return collection.scan(_COLUMNS, "false")
@@ -271,5 +290,5 @@ def _query(search: _Search, vec: np.ndarray, limit: int) -> pa.Table:
         message = one_line(err)
         predicate = search.predicate
         if predicate and ("parse" in message.lower() or "sql" in message.lower() or "schema" in message.lower()):
-            raise ValueError(f"invalid filter {predicate!r}: {message}") from err
+            raise ArgumentError(f"invalid filter {predicate!r}: {message}") from err
         raise CollectionError(f"cannot search the collection {uri!r}: {message} -- run `relsim repair {uri}`") from err

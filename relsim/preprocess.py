@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import ImageInputError
+from .errors import ArgumentError, ImageInputError
 from .resample import resize_float, resize_uint8
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
@@ -313,7 +313,7 @@ def smart_resize(
     ((476, 644), (504, 28))
     """
     if max(height, width) / min(height, width) > 200:
-        raise ValueError(
+        raise ArgumentError(
             f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}"
         )
     h_bar = max(factor, round(height / factor) * factor)
@@ -331,7 +331,7 @@ def smart_resize(
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ArgumentError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def target_size(height: int, width: int, mode: str) -> tuple[int, int]:
@@ -398,7 +398,7 @@ def to_pixel_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image
     if image.mode != "RGB":
-        raise ValueError(f"to_pixel_tensor expects an RGB image (use decode first), got mode {image.mode}")
+        raise ArgumentError(f"to_pixel_tensor expects an RGB image (use decode first), got mode {image.mode}")
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
 
@@ -452,7 +452,7 @@ def patchify(
     (torch.Size([24, 1176]), [[1, 4, 6]])
     """
     if len(images) == 0:
-        raise ValueError("patchify needs at least one image")
+        raise ArgumentError("patchify needs at least one image")
     for i, img in enumerate(images):
         _check_patchable(img, i)
     device = torch.device(device) if device is not None else images[0].device
@@ -479,12 +479,12 @@ def patchify(
 def _check_patchable(img: torch.Tensor, index: int) -> None:
     if not isinstance(img, torch.Tensor) or img.ndim != 3 or img.shape[0] != 3:
         shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-        raise ValueError(f"patchify: image {index} must be a (3, H, W) tensor, got {shape}")
+        raise ArgumentError(f"patchify: image {index} must be a (3, H, W) tensor, got {shape}")
     if img.shape[1] % FACTOR or img.shape[2] % FACTOR:
         size = tuple(img.shape[1:])
-        raise ValueError(f"patchify: image {index} has size {size}, not multiples of {FACTOR}")
+        raise ArgumentError(f"patchify: image {index} has size {size}, not multiples of {FACTOR}")
     if img.dtype != torch.uint8 and not img.is_floating_point():
-        raise ValueError(f"patchify: image {index} has dtype {img.dtype}, expected uint8 or float")
+        raise ArgumentError(f"patchify: image {index} has dtype {img.dtype}, expected uint8 or float")
 
 
 #: On a CPU, normalise and flatten at most this many bytes of float pixels at a time (at least one image): the
@@ -537,3 +537,27 @@ def _patch_layout_of(rows: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     b, c, height, width = shape
     m, p, t = MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE
     return rows.view(b, height // (p * m), width // (p * m), m, m, c, t, p, p)
+
+
+__all__ = [
+    "ImageInput",
+    "MODES",
+    "TRAIN_SIZE",
+    "PATCH_SIZE",
+    "MERGE_SIZE",
+    "TEMPORAL_PATCH_SIZE",
+    "FACTOR",
+    "MIN_PIXELS",
+    "MAX_PIXELS",
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "as_image_list",
+    "decode",
+    "check_pixel_values",
+    "smart_resize",
+    "target_size",
+    "resize_for_mode",
+    "to_pixel_tensor",
+    "prepare",
+    "patchify",
+]

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from .encoder import RelSimModel
-from .errors import ImageInputError
+from .errors import ArgumentError, ImageInputError, WrongTypeError
 from .preprocess import ImageInput, as_image_list
 from .pretrained import load
 from .registry import DEFAULT_MODEL
@@ -50,9 +50,9 @@ def preprocess_image(img: Image.Image | list[Image.Image] | tuple[Image.Image, .
         for index, item in enumerate(img):
             if not isinstance(item, Image.Image):
                 kind = type(item).__name__
-                raise TypeError(f"Input must be a PIL Image or a list of PIL Images; item {index} is a {kind}")
+                raise WrongTypeError(f"Input must be a PIL Image or a list of PIL Images; item {index} is a {kind}")
         return [item.convert("RGB") for item in img]
-    raise TypeError(f"Input must be a PIL Image or a list of PIL Images, not {type(img).__name__}")
+    raise WrongTypeError(f"Input must be a PIL Image or a list of PIL Images, not {type(img).__name__}")
 
 
 class UpstreamModel:
@@ -68,7 +68,7 @@ class UpstreamModel:
 
     def __init__(self, model: RelSimModel) -> None:
         if model.mode != "native":
-            raise ValueError(f"upstream 0.1.0 embedded images at native resolution; this model is in {model.mode!r}")
+            raise ArgumentError(f"upstream 0.1.0 embedded images at native resolution; this model is in {model.mode!r}")
         self.model = model
         """The :class:`relsim.RelSimModel` underneath."""
 
@@ -138,9 +138,9 @@ def relsim(
         0.731204
     """
     if not pretrained:
-        raise ValueError("Only pretrained=True is supported")
+        raise ArgumentError("Only pretrained=True is supported")
     if "mode" in load_kwargs:
-        raise ValueError("relsim() computes upstream's numbers in native mode; for mode=, call relsim.load()")
+        raise ArgumentError("relsim() computes upstream's numbers in native mode; for mode=, call relsim.load()")
     checkpoint = DEFAULT_MODEL if checkpoint_dir is None else checkpoint_dir
     model = load(checkpoint, cache_dir=cache_dir, mode="native", **load_kwargs)
     return UpstreamModel(model), preprocess_image
@@ -151,9 +151,9 @@ def _optional_size(value: int | None, name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
+        raise WrongTypeError(f"{name} must be an int or None, not {type(value).__name__}")
     if value < 0:
-        raise ValueError(f"{name} must be positive (or None / 0 for no limit), got {value}")
+        raise ArgumentError(f"{name} must be positive (or None / 0 for no limit), got {value}")
     return int(value) or None
 
 
@@ -183,7 +183,8 @@ def _upstream_rgb(item: ImageInput, index: int, max_size: int | None = None) -> 
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise ImageInputError(f"image {index} ({Path(path)}): cannot read image file ({err})") from err
     if max_size:
-        raise TypeError(f"image {index}: max_image_size shrinks PIL images and image files, not {type(item).__name__}")
+        kind = type(item).__name__
+        raise WrongTypeError(f"image {index}: max_image_size shrinks PIL images and image files, not {kind}")
     return item
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import ArgumentError
 from .preprocess import ImageInputError
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def write_html(
     else:
         query = f'<p class="text">{esc(text if text is not None else "(an embedding)")}</p>'
     if heatmaps is not None and len(heatmaps) != len(hits):
-        raise ValueError(f"write_html needs one heatmap per hit: {len(heatmaps)} for {len(hits)} hits")
+        raise ArgumentError(f"write_html needs one heatmap per hit: {len(heatmaps)} for {len(hits)} hits")
     cards = []
     for n, hit in enumerate(hits):
         uri = _data_uri(_thumbnail(hit["path"], thumb_size))
@@ -309,7 +310,8 @@ def write_pair(
     from PIL import Image, ImageDraw
 
     if not len(images) == len(overlays) == len(labels):
-        raise ValueError(f"write_pair needs as many overlays and labels as images, got {len(overlays)}, {len(labels)}")
+        counts = f"{len(images)}, {len(overlays)}, {len(labels)}"
+        raise ArgumentError(f"write_pair needs as many overlays and labels as images, got {counts}")
     pad, header, footer = 8, 24, 24
     sheet = Image.new("RGB", (pad + len(images) * (panel + pad), pad + header + 2 * (panel + pad) + footer), "white")
     draw = ImageDraw.Draw(sheet)

@@ -22,6 +22,8 @@ import numpy as np
 import PIL
 import torch
 
+from .errors import ArgumentError, WrongTypeError
+
 KERNELS = ("bicubic", "lanczos")
 PRECISION_BITS = 22  # Pillow: 32 - 8 - 2; two spare bits for negative lobes and overshoot
 _PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
@@ -78,7 +80,7 @@ def resample_weights(in_size: int, out_size: int, kernel: str) -> tuple[np.ndarr
     ((448, 11), 1.0)
     """
     if kernel not in _FILTERS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        raise ArgumentError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     filter_fn, filter_support = _FILTERS[kernel]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
@@ -112,7 +114,7 @@ def resize_uint8(image: torch.Tensor, size: tuple[int, int], kernel: str) -> tor
     torch.Size([3, 28, 28])
     """
     if image.dtype != torch.uint8:
-        raise TypeError(f"resize_uint8 expects a uint8 tensor, got {image.dtype}")
+        raise WrongTypeError(f"resize_uint8 expects a uint8 tensor, got {image.dtype}")
     return _two_passes(image, size, kernel, _fixed_point_pass)
 
 
@@ -210,3 +212,14 @@ def _float_blocks(in_size: int, out_size: int, kernel: str) -> tuple[torch.Tenso
     # Window positions past the last input carry zero weight; clipping keeps the gather in bounds.
     index = np.minimum(block_start[:, None] + np.arange(span), in_size - 1)
     return torch.from_numpy(index), torch.from_numpy(dense.reshape(n_blocks, _BLOCK, span))
+
+
+__all__ = [
+    "KERNELS",
+    "PRECISION_BITS",
+    "vertical_first",
+    "resample_weights",
+    "resize_uint8",
+    "resize_float",
+    "resample_axis",
+]

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .batching import is_single
 from .collection import Collection
-from .neighbours import nearest
+from .errors import ArgumentError
+from .neighbours import check_query_options, nearest
 from .text import DEFAULT_TEXT_MODEL
 
 if TYPE_CHECKING:
@@ -67,16 +69,6 @@ def load_collection_model(
             f"(base {fp.get('base_model')!r}); pass model= / --model (and base_model= / --base-model) "
             "to load it from elsewhere"
         ) from err
-
-
-def _is_single(x: Any) -> bool:
-    if isinstance(x, torch.Tensor):
-        return x.ndim in (1, 3)
-    import numpy as np
-
-    if isinstance(x, np.ndarray):
-        return x.ndim in (2, 3)
-    return not isinstance(x, list | tuple)
 
 
 class SearchResults(list):
@@ -152,11 +144,12 @@ def search(
     """
     given = [name for name, value in (("image", image), ("text", text), ("embedding", embedding)) if value is not None]
     if len(given) != 1:
-        raise ValueError(f"give exactly one of image=, text= or embedding= (got {given or 'none'})")
+        raise ArgumentError(f"give exactly one of image=, text= or embedding= (got {given or 'none'})")
+    check_search_arguments(k=k, text=text, nprobes=nprobes, exact=exact)
     if not explain and (captioner is not None or captioner_revision is not None or caption_options):
-        raise ValueError("captioner=, captioner_revision= and caption_options= go with explain=True")
+        raise ArgumentError("captioner=, captioner_revision= and caption_options= go with explain=True")
     if (caption_options or {}).get("num_captions", 1) != 1:
-        raise ValueError("explain uses one caption per image (num_captions=1)")
+        raise ArgumentError("explain uses one caption per image (num_captions=1)")
     if not isinstance(collection, Collection):
         collection = Collection.open(collection)
     models = _ModelSource(collection, model, device)
@@ -169,19 +162,16 @@ def search(
         single = query.ndim == 1
     elif text is not None:
         texts = [text] if isinstance(text, str) else list(text)
-        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-        if empty:
-            raise ValueError(f"text query {empty[0]} is empty: describe the relation to look for")
         single = isinstance(text, str)
         query = _embed_texts(texts, text_model, text_revision, device)
     else:
-        single = _is_single(image)
+        single = is_single(image)
         images = [image] if single else list(image)
         query = _embed_images(collection, images, models)
         if exclude_self:
             exclude = [_self_hashes(collection, x) for x in images]
     if query.shape[-1] != collection.dim:
-        raise ValueError(f"the query has {query.shape[-1]} dimensions, the collection {collection.dim}")
+        raise ArgumentError(f"the query has {query.shape[-1]} dimensions, the collection {collection.dim}")
     hits = nearest(
         collection,
         query,
@@ -200,6 +190,30 @@ def search(
             results, images=images, texts=texts, text_model=text_model, text_revision=text_revision, device=device
         )
     return results[0] if single else results
+
+
+def check_search_arguments(
+    *,
+    k: int,
+    text: str | Sequence[str] | None = None,
+    nprobes: int | None = None,
+    exact: bool = False,
+    spell: Callable[[str], str] = str,
+) -> None:
+    """The one check of :func:`search`'s query arguments, before anything is opened or loaded (``relsim search``
+    runs it on its flags, spelled by ``spell``): :class:`relsim.errors.ArgumentError` naming the argument.
+
+    >>> check_search_arguments(k=3, text=" ")
+    Traceback (most recent call last):
+    relsim.errors.ArgumentError: text is empty: describe the relation to look for
+    """
+    check_query_options(k, nprobes=nprobes, exact=exact, spell=spell)
+    if text is not None:
+        texts = [text] if isinstance(text, str) else list(text)
+        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if empty:
+            where = spell("text") if isinstance(text, str) else f"{spell('text')} query {empty[0]}"
+            raise ArgumentError(f"{where} is empty: describe the relation to look for")
 
 
 class _ModelSource:

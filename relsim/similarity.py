@@ -16,17 +16,17 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import preprocess
+from .batching import deduplicate, is_single
+from .errors import ArgumentError
 
-__all__ = ["ImageEmbedder", "deduplicate", "is_single", "project"]
+__all__ = ["ImageEmbedder", "project"]
 
 
 class ImageEmbedder(nn.Module):
@@ -63,7 +63,7 @@ class ImageEmbedder(nn.Module):
         list_a = preprocess.as_image_list(a, name="a")
         list_b = preprocess.as_image_list(b, name="b")
         if len(list_a) != len(list_b):
-            raise ValueError(f"score() needs as many images in a as in b, got {len(list_a)} and {len(list_b)}")
+            raise ArgumentError(f"score() needs as many images in a as in b, got {len(list_a)} and {len(list_b)}")
         embeddings, index = self._embed_unique(list_a + list_b, batch_size)
         n = len(list_a)
         scores = (embeddings[index[:n]] * embeddings[index[n:]]).sum(-1).clamp(-1.0, 1.0)
@@ -96,28 +96,6 @@ class ImageEmbedder(nn.Module):
     def _embed_unique(self, items: list, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         unique, index = deduplicate(items)
         return self.embed(unique, batch_size=batch_size), index
-
-
-def deduplicate(items: list) -> tuple[list, torch.Tensor]:
-    """Distinct images (same path or same object) and the index of each item among them."""
-    keys: dict = {}
-    unique, index = [], []
-    for item in items:
-        key = ("path", os.fspath(item)) if isinstance(item, (str, os.PathLike)) else ("obj", id(item))
-        if key not in keys:
-            keys[key] = len(unique)
-            unique.append(item)
-        index.append(keys[key])
-    return unique, torch.tensor(index, dtype=torch.long)
-
-
-def is_single(x) -> bool:
-    """Whether ``x`` is one image (a path, PIL image, HWC array or CHW tensor) rather than a list or batch."""
-    if isinstance(x, torch.Tensor):
-        return x.ndim == 3
-    if isinstance(x, np.ndarray):
-        return x.ndim in (2, 3)
-    return not isinstance(x, (list, tuple))
 
 
 def project(features: torch.Tensor, projection: nn.Linear) -> torch.Tensor:

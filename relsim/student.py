@@ -47,10 +47,10 @@ from PIL import Image
 from torch import nn
 
 from . import preprocess, resample
+from .backbone import quiet_transformers
 from .checkpoint import RELSIM_CONFIG, STUDENT_KIND, read_json, read_projection, write_projection, write_relsim_config
-from .errors import CheckpointError, RemoteCodeError
+from .errors import ArgumentError, CheckpointError, NonFiniteError, RemoteCodeError
 from .preprocess import ImageInput, ImageInputError
-from .quiet import quiet_transformers
 from .similarity import ImageEmbedder, project
 
 __all__ = [
@@ -317,7 +317,7 @@ class StudentModel(ImageEmbedder):
         torch.Size([2, 384])
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
         items = preprocess.as_image_list(images)
         needs_grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in items)
         rows: list[torch.Tensor] = []
@@ -358,7 +358,7 @@ class StudentModel(ImageEmbedder):
         bad = ~torch.isfinite(embeddings).all(dim=-1)
         if bad.any():
             which = [start + i for i in bad.nonzero().flatten().tolist()]
-            raise FloatingPointError(f"the student produced non-finite embeddings for images at indices {which}")
+            raise NonFiniteError(f"the student produced non-finite embeddings for images at indices {which}")
         return embeddings
 
 

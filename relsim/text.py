@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import CheckpointError
+from .backbone import ModelCache, canonical_device, quiet_transformers
+from .errors import ArgumentError, CheckpointError
 from .hub import download_advice, resolve
 from .registry import DEFAULT_TEXT_MODEL
 
@@ -43,10 +43,6 @@ HUB_FILES = [
     "model.safetensors.index.json",
     "model-*.safetensors",
 ]
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _resolve_model_dir(
@@ -88,12 +84,12 @@ def _check_texts(texts: str | Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         return [texts]
     if not isinstance(texts, Sequence):
-        raise ValueError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
+        raise ArgumentError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
     if len(texts) == 0:
-        raise ValueError("texts is empty: give at least one string")
+        raise ArgumentError("texts is empty: give at least one string")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str")
+            raise ArgumentError(f"texts[{i}] is {type(text).__name__}, expected str")
     return list(texts)
 
 
@@ -151,9 +147,7 @@ class TextEncoder:
             local_files_only=local_files_only,
             token=token,
         )
-        dev = torch.device(device) if device is not None else _default_device()
-        from .quiet import quiet_transformers
-
+        dev = canonical_device(device)
         try:  # a text model's own code (auto_map) never runs
             tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
             with quiet_transformers():
@@ -184,7 +178,7 @@ class TextEncoder:
         """
         items = _check_texts(texts)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
         # Longest first so each batch holds texts of similar length: less padding, same results.
         order = sorted(range(len(items)), key=lambda i: -len(items[i]))
         out = torch.empty(len(items), self.dim, dtype=torch.float32)
@@ -204,8 +198,8 @@ class TextEncoder:
         return F.normalize(pooled, p=2, dim=1)
 
 
-_CACHE: dict[tuple[str, str | None, str], TextEncoder] = {}
-_CACHE_LOCK = threading.Lock()
+#: Held weakly like every model cache, plus the last one used: embed_text's callers keep no encoder themselves.
+_CACHE = ModelCache(keep_last=True)
 
 
 def embed_text(
@@ -219,7 +213,8 @@ def embed_text(
 ) -> torch.Tensor:
     """Embed texts with a cached :class:`TextEncoder`: (N, 384) float32, L2-normalised.
 
-    Encoders are loaded once per (model, revision, device); ``kwargs`` go to
+    Encoders are loaded once per (model, revision, device) and shared (``"cuda"`` and ``"cuda:0"`` are one
+    device); the last one used stays loaded, others are freed once nothing holds them. ``kwargs`` go to
     :meth:`TextEncoder.from_pretrained` on the first load.
 
     Example:
@@ -230,17 +225,14 @@ def embed_text(
     if isinstance(model, TextEncoder):
         return model.encode(texts, batch_size=batch_size)
     items = _check_texts(texts)  # fail on bad input before loading a model
-    dev = torch.device(device) if device is not None else _default_device()
-    key = (str(model), revision, str(dev))
-    with _CACHE_LOCK:
-        encoder = _CACHE.get(key)
-        if encoder is None:
-            encoder = TextEncoder.from_pretrained(model, revision=revision, device=dev, **kwargs)
-            _CACHE[key] = encoder
+    encoder = _CACHE.get(
+        (str(model), revision),
+        device,
+        lambda dev: TextEncoder.from_pretrained(model, revision=revision, device=dev, **kwargs),
+    )
     return encoder.encode(items, batch_size=batch_size)
 
 
 def clear_text_cache() -> None:
     """Forget the encoders cached by :func:`embed_text`."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()

@@ -37,7 +37,7 @@ from .collection import (
     one_line,
     validate_meta,
 )
-from .errors import OutputPathError
+from .errors import ArgumentError, MissingFileError, OutputPathError
 from .files import FileRecord, output_folder
 
 __all__ = ["check", "export", "measure_recall", "migrate", "repair"]
@@ -51,7 +51,7 @@ _EXPORT_PARQUET = re.compile(r"^embeddings_\d{4,}\.parquet$")
 
 def _open_table(uri: str) -> Any:
     if "://" not in uri and not os.path.exists(uri):
-        raise FileNotFoundError(f"{uri}: no such collection")
+        raise MissingFileError(f"{uri}: no such collection")
     try:
         return connect(uri).open_table(TABLE)
     except Exception as err:
@@ -284,7 +284,7 @@ def export(
     import pyarrow.parquet as pq
 
     if format not in ("npy", "parquet"):
-        raise ValueError(f"format must be npy or parquet, got {format!r}")
+        raise ArgumentError(f"format must be npy or parquet, got {format!r}")
     collection = uri if isinstance(uri, Collection) else Collection.open(uri)
     root = _export_target(out, overwrite)
     root.mkdir(parents=True, exist_ok=True)
@@ -435,7 +435,7 @@ def migrate(old: str | os.PathLike, new: str | os.PathLike) -> Collection:
     """
     old_path = Path(old)
     if not old_path.exists():
-        raise FileNotFoundError(f"{old}: no such store")
+        raise MissingFileError(f"{old}: no such store")
     meta, records, emb, failures = _read_v01(old_path)
     fingerprint = meta.get("fingerprint")
     if not isinstance(fingerprint, dict):

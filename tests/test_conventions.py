@@ -235,6 +235,71 @@ def test_no_module_imports_another_modules_private_names() -> None:
     assert offences == []
 
 
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_edges() -> dict[str, set[str]]:
+    """Module -> relsim modules it imports, counting imports inside functions (a circle is a circle either way)."""
+    files = {_module_name(p): p for p in _python_files()}
+    edges: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in files:
+                    target = target.rpartition(".")[0]
+                # a package's own __init__ (and relsim's) is not a dependency of the modules inside it
+                if target and target != name and not name.startswith(target + ".") and target != "relsim":
+                    edges[name].add(target)
+    return edges
+
+
+def _circles(edges: dict[str, set[str]]) -> list[set[str]]:
+    """Strongly connected components of more than one module."""
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in edges.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    reachable = {m: reach(m) for m in edges}
+    circles = []
+    for m in edges:
+        component = {m} | {n for n in reachable[m] if m in reachable[n]}
+        if len(component) > 1 and component not in circles:
+            circles.append(component)
+    return circles
+
+
+def test_no_import_circles_but_the_documented_one() -> None:
+    """One circle is kept on purpose (docs/architecture.md): ``Collection.nearest`` is a convenience over
+    ``relsim.neighbours``, which reads the collection. Without that one edge there is no circle at all."""
+    edges = _import_edges()
+    assert "relsim.neighbours" in edges["relsim.collection"]
+    edges["relsim.collection"].discard("relsim.neighbours")
+    assert _circles(edges) == []
+
+
+def test_the_circle_check_finds_a_circle() -> None:
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
 def test_no_docstring_points_outside_the_repository() -> None:
     for path in _python_files():
         text = path.read_text()

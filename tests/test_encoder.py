@@ -8,7 +8,7 @@ import torch
 from conftest import photo
 
 from relsim import ImageInputError
-from relsim.encoder import deduplicate
+from relsim.batching import deduplicate
 
 
 def test_embed_shapes_and_norms(tiny_model, photos):
@@ -44,7 +44,7 @@ def test_token_cap_splits_batches_without_changing_results(tiny_native_model, ph
 
 def _batch_lengths(model, monkeypatch) -> list[list[int]]:
     """Record the sequence lengths of every batch ``model`` runs."""
-    from relsim.encoder import image_tokens
+    from relsim.backbone import image_tokens
 
     batches: list[list[int]] = []
     original = model.forward

@@ -34,8 +34,9 @@ from relsim.eval.baselines import DreamSimEncoder, HFImageEncoder
 from relsim.eval.embeddings import VectorTable, embed_pool
 from relsim.eval.judge import SYSTEM_MESSAGE, Judge, JudgeCache, JudgeError, JudgeRequest, JudgeSettings, redact
 from relsim.eval.matches import top_matches
-from relsim.eval.methods import MethodOptions, MethodUnavailable, build_method, external_method
+from relsim.eval.methods import MethodOptions, MethodUnavailable, external_method
 from relsim.eval.pool import load_pool
+from relsim.eval.run import build_method
 from relsim.eval.stats import bootstrap_ci, paired
 from relsim.text import DEFAULT_TEXT_MODEL, embed_text
 

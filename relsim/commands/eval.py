@@ -264,3 +264,8 @@ def _retrieval(args: argparse.Namespace) -> int:
     if outcome.failed_requests or outcome.skipped_methods:
         return EXIT_SKIPPED  # each skipped method was named on its own line when it was skipped
     return 0
+
+
+__all__ = [
+    "register",
+]

@@ -1,8 +1,9 @@
-"""``relsim download`` and ``relsim push-to-hub``: models from and to the Hugging Face Hub.
+"""``relsim download``, ``relsim convert`` and ``relsim push-to-hub``: models from and to the Hugging Face Hub.
 
 Example:
     $ relsim download                                   # adapter + base + text model into the HF cache
     $ relsim download all                               # + the captioner and the CLIP/DINO eval baselines
+    $ relsim convert thaoshibe/relsim-qwenvl25-lora relsim-converted   # add relsim's files to an upstream checkpoint
     $ relsim push-to-hub run/final me/relsim-my-run     # a trained checkpoint with a generated model card
 """
 
@@ -12,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import ArgumentError
 from ..registry import (
     CAPTIONERS,
     DEFAULT_BASE_MODEL,
@@ -29,6 +31,7 @@ from ._common import UsageError, command, human_size, print_json, require_inputs
 def register(subparsers) -> None:
     _register_download(subparsers)
     _register_push(subparsers)
+    _register_convert(subparsers)
 
 
 def _register_download(subparsers) -> None:
@@ -71,6 +74,17 @@ def _register_push(subparsers) -> None:
     push.add_argument("--license", default="apache-2.0")
     push.add_argument("--token")
     push.set_defaults(func=_push)
+
+
+def _register_convert(subparsers) -> None:
+    cv = subparsers.add_parser("convert", help="add relsim's files (projection.safetensors, relsim_config.json)")
+    cv.add_argument("source", help="upstream checkpoint: a directory or Hub repo id")
+    cv.add_argument("destination", nargs="?", help="output directory (default: convert a local source in place)")
+    cv.add_argument("--revision", help="branch, tag or commit of a Hub source (default: the repo's main branch)")
+    cv.add_argument("--base-model", help="base model to record (default: the one the adapter names)")
+    cv.add_argument("--base-revision", help="base model revision to record")
+    cv.add_argument("--overwrite", action="store_true")
+    cv.set_defaults(func=_convert)
 
 
 def _folder_size(path: Path) -> tuple[int, int]:
@@ -125,7 +139,7 @@ def _download(args: argparse.Namespace) -> int:
             base_name, pinned_revision = _base_of(adapter.path, pins)
             base_revision = base_revision if base_revision is not None else pinned_revision
         if base_name is None:
-            raise ValueError(f"{adapter.name!r} names no base model; pass --base-model")
+            raise ArgumentError(f"{adapter.name!r} names no base model; pass --base-model")
         repos.append((role, adapter))
         repos.append(("base", resolve(base_name, revision=base_revision, allow_patterns=BASE_FILES, **hub)))
 
@@ -182,7 +196,7 @@ def _download(args: argparse.Namespace) -> int:
 
 @command
 def _push(args: argparse.Namespace) -> int:
-    from ..hub import push_to_hub
+    from ..publish import push_to_hub
 
     require_inputs(args.directory)
     url = push_to_hub(
@@ -195,3 +209,24 @@ def _push(args: argparse.Namespace) -> int:
     )
     print(url)
     return 0
+
+
+@command
+def _convert(args: argparse.Namespace) -> int:
+    from ..publish import convert
+
+    out = convert(
+        args.source,
+        args.destination,
+        revision=args.revision,
+        base_model=args.base_model,
+        base_revision=args.base_revision,
+        overwrite=args.overwrite,
+    )
+    print(f"converted checkpoint: {out}")
+    return 0
+
+
+__all__ = [
+    "register",
+]

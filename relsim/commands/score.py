@@ -105,3 +105,8 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"caption similarity: {explanation.caption_similarity:.6f}")
     _write_heatmap(model, args)
     return 0
+
+
+__all__ = [
+    "register",
+]

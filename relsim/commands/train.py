@@ -1,4 +1,4 @@
-"""``relsim train``, ``relsim train-captioner``, ``relsim data download|targets`` and ``relsim convert``: reproduce
+"""``relsim train``, ``relsim train-captioner``, ``relsim data download|targets``: reproduce
 the paper's two trainings (the embedder and the anonymous captioner).
 
 Importing this module needs neither peft nor a model: the heavy imports happen when a command runs.
@@ -8,7 +8,6 @@ Example:
     $ relsim train --config recipe.yaml --output-dir run
     $ relsim train-captioner seed-groups/seed_group.json --output-dir captioner-run
     $ torchrun --nproc_per_node 8 -m relsim.cli train --config recipe.yaml
-    $ relsim convert thaoshibe/relsim-qwenvl25-lora relsim-converted
     $ relsim distill photos.relsim --student facebook/dinov2-small --output-dir student-run
 """
 
@@ -112,15 +111,6 @@ def register(subparsers) -> None:
     tg.add_argument("--device", default=None)
     tg.set_defaults(func=_targets)
 
-    cv = subparsers.add_parser("convert", help="add relsim's files (projection.safetensors, relsim_config.json)")
-    cv.add_argument("source", help="upstream checkpoint: a directory or Hub repo id")
-    cv.add_argument("destination", nargs="?", help="output directory (default: convert a local source in place)")
-    cv.add_argument("--revision", help="branch, tag or commit of a Hub source (default: the repo's main branch)")
-    cv.add_argument("--base-model", help="base model to record (default: the one the adapter names)")
-    cv.add_argument("--base-revision", help="base model revision to record")
-    cv.add_argument("--overwrite", action="store_true")
-    cv.set_defaults(func=_convert)
-
 
 def config_from_args(args: argparse.Namespace, cls: type[BaseConfig] = TrainConfig) -> BaseConfig:
     """Defaults, then ``--config``, then the flags given on the command line."""
@@ -146,7 +136,7 @@ def config_path(args: argparse.Namespace) -> str | None:
 
 @command
 def _train(args: argparse.Namespace) -> int:
-    from ..train.loop import train
+    from ..train import train
 
     require_inputs(args.config)
     config = config_from_args(args)
@@ -170,7 +160,7 @@ def _print_result(result) -> None:
 
 @command
 def _train_captioner(args: argparse.Namespace) -> int:
-    from ..train.loop import train
+    from ..train import train
 
     require_inputs(config_path(args))
     config = config_from_args(args, CaptionerTrainConfig)
@@ -183,7 +173,7 @@ def _train_captioner(args: argparse.Namespace) -> int:
 
 @command
 def _distill(args: argparse.Namespace) -> int:
-    from ..train.distill import distill
+    from ..train import train
 
     require_inputs(args.config)
     if args.teacher_arg:
@@ -193,7 +183,7 @@ def _distill(args: argparse.Namespace) -> int:
     config = config_from_args(args, DistillConfig)
     if not config.teacher:
         raise UsageError("the teacher is required: relsim distill TEACHER (a relsim collection)")
-    _print_result(distill(config))
+    _print_result(train(config))
     return 0
 
 
@@ -235,17 +225,6 @@ def _targets(args: argparse.Namespace) -> int:
     return 0
 
 
-@command
-def _convert(args: argparse.Namespace) -> int:
-    from ..checkpoint import convert
-
-    out = convert(
-        args.source,
-        args.destination,
-        revision=args.revision,
-        base_model=args.base_model,
-        base_revision=args.base_revision,
-        overwrite=args.overwrite,
-    )
-    print(f"converted checkpoint: {out}")
-    return 0
+__all__ = [
+    "register",
+]

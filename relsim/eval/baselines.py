@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ArgumentError
 from ..hub import download_advice, resolve
 from ..registry import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
 
@@ -60,7 +61,7 @@ class HFImageEncoder:
         device: str | torch.device | None = None,
     ) -> None:
         if kind not in _DEFAULTS:
-            raise ValueError(f"kind must be one of {sorted(_DEFAULTS)}, got {kind!r}")
+            raise ArgumentError(f"kind must be one of {sorted(_DEFAULTS)}, got {kind!r}")
         self.kind = kind
         name = model or _DEFAULTS[kind]
         advice = download_advice(kind, name, revision)
@@ -82,7 +83,7 @@ class HFImageEncoder:
     def _load(self) -> None:
         from transformers import AutoImageProcessor, AutoModel, CLIPModel
 
-        from ..pretrained import quiet_transformers
+        from ..backbone import quiet_transformers
 
         path = str(self.repo.path)
         with quiet_transformers():  # no "Loading weights" bar, no backend notice from the image processor

@@ -84,9 +84,9 @@ class CaptionMethod(Method):
 
     def fingerprints(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """What the captions depend on, and what their vectors depend on: resolved revisions, no weights loaded."""
+        from ..backbone import canonical_device, parse_dtype
         from ..caption import captioner_fingerprint, resolve_captioner, trained_prompt
         from ..hub import download_advice, resolve
-        from ..pretrained import canonical_device, parse_dtype
         from ..text import DEFAULT_TEXT_MODEL, HUB_FILES
 
         kwargs = dict(self.load_kwargs)

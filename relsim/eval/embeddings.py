@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from ..batching import progress_bar
+from ..errors import ArgumentError
 from ..preprocess import ImageInputError, decode
 from .pool import Pool
 
@@ -70,13 +71,13 @@ def normalise_rows(vectors: np.ndarray, where: str) -> np.ndarray:
     """float32 rows of unit length; a non-finite or zero row is an error that names it."""
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2:
-        raise ValueError(f"{where}: expected a 2-D array (images, dims), got shape {tuple(vectors.shape)}")
+        raise ArgumentError(f"{where}: expected a 2-D array (images, dims), got shape {tuple(vectors.shape)}")
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
-        raise ValueError(f"{where}: row {int(np.argmin(finite))} is not finite")
+        raise ArgumentError(f"{where}: row {int(np.argmin(finite))} is not finite")
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise ValueError(f"{where}: row {int(np.argmin(norms[:, 0]))} is all zeros (no direction to compare)")
+        raise ArgumentError(f"{where}: row {int(np.argmin(norms[:, 0]))} is all zeros (no direction to compare)")
     return vectors / norms
 
 
@@ -167,7 +168,7 @@ def open_keyed_dir(path: str | os.PathLike, fingerprint: dict[str, Any], what: s
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         if meta != wanted:
-            raise ValueError(
+            raise ArgumentError(
                 f"{root} holds {what} of {meta}, not of {wanted}: use another --out directory or delete it"
             )
     else:
@@ -226,7 +227,7 @@ def embed_pool(
     todo = table.missing(pool.hashes)
     paths = [first_path[h] for h in todo]
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    bar = _progress(len(paths), progress, label)
+    bar = progress_bar(len(paths), progress, label)
     pending_hashes: list[str] = []
     pending_vectors: list[np.ndarray] = []
     computed = 0
@@ -253,11 +254,3 @@ def embed_pool(
         if bar is not None:
             bar.close()
     return table.gather(pool, computed=computed)
-
-
-def _progress(total: int, progress: bool | None, label: str):
-    if total == 0 or not (sys.stderr.isatty() if progress is None else progress):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc=label, file=sys.stderr, dynamic_ncols=True)

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import JudgeError
+from ..batching import progress_bar
+from ..errors import ArgumentError, JudgeError
 
 __all__ = [
     "UPSTREAM_PROMPT",
@@ -133,16 +134,16 @@ class JudgeSettings:
 
     def __post_init__(self) -> None:
         if not self.model:
-            raise ValueError("the judge model is empty: pass --judge-model NAME")
+            raise ArgumentError("the judge model is empty: pass --judge-model NAME")
         if not 0 <= self.temperature <= 2:
-            raise ValueError(f"judge temperature must be in [0, 2], got {self.temperature}")
+            raise ArgumentError(f"judge temperature must be in [0, 2], got {self.temperature}")
         for name in ("samples", "concurrency"):
             if getattr(self, name) < 1:
-                raise ValueError(f"judge {name} must be >= 1, got {getattr(self, name)}")
+                raise ArgumentError(f"judge {name} must be >= 1, got {getattr(self, name)}")
         if self.retries < 0 or self.timeout <= 0:
-            raise ValueError("judge retries must be >= 0 and the timeout > 0")
+            raise ArgumentError("judge retries must be >= 0 and the timeout > 0")
         if not self.prompt.strip():
-            raise ValueError("the judge prompt is empty")
+            raise ArgumentError("the judge prompt is empty")
 
     @property
     def prompt_sha256(self) -> str:
@@ -410,7 +411,7 @@ class Judge:
 
     def _ask_all(self, todo: list[tuple], groups: dict, answers: dict, progress: bool | None) -> None:
         self.client()  # fail on a missing package or key before any thread starts
-        bar = _progress_bar(len(todo), progress)
+        bar = progress_bar(len(todo), progress, "judge", unit="pair")
         fatal: BaseException | None = None
         pending: dict[Future, tuple] = {}
         feed = iter(todo)
@@ -465,11 +466,3 @@ def _what_came_back(response: Any) -> str:
     """What came back instead of a chat completion, briefly: its type and the start of its text."""
     text = " ".join(str(response).split())
     return f"{type(response).__name__} {text[:80]!r}" + ("..." if len(text) > 80 else "")
-
-
-def _progress_bar(total: int, progress: bool | None):
-    if total == 0 or not (sys.stderr.isatty() if progress is None else progress):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="pair", desc="judge", file=sys.stderr, dynamic_ncols=True)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..errors import ArgumentError
+
 __all__ = ["top_matches"]
 
 
@@ -40,7 +42,7 @@ def top_matches(
         [[1, -1]]
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise ArgumentError(f"k must be >= 1, got {k}")
     n = len(hashes)
     group_of: dict[str, int] = {}
     groups = np.array([group_of.setdefault(h, len(group_of)) for h in hashes], dtype=np.int64)

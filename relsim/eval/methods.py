@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelNotFoundError
+from ..errors import ArgumentError, MissingFileError
 from .embeddings import PoolVectors, VectorTable, embed_pool, normalise_rows
 from .pool import Pool
 
@@ -42,7 +42,6 @@ __all__ = [
     "Method",
     "MethodOptions",
     "MethodUnavailable",
-    "build_method",
     "external_method",
     "key_of",
 ]
@@ -194,9 +193,9 @@ class ExternalMethod(Method):
         self.name = name
         self.file = Path(file).expanduser()
         if not self.file.is_file():
-            raise FileNotFoundError(f"--embeddings {name}={file}: no such file")
+            raise MissingFileError(f"--embeddings {name}={file}: no such file")
         if self.file.suffix.lower() not in (".npy", ".safetensors"):
-            raise ValueError(f"--embeddings {name}={file}: expected a .npy or .safetensors file")
+            raise ArgumentError(f"--embeddings {name}={file}: expected a .npy or .safetensors file")
 
     def _read(self) -> np.ndarray:
         if self.file.suffix.lower() == ".npy":
@@ -207,16 +206,16 @@ class ExternalMethod(Method):
         if "embeddings" in tensors:
             return tensors["embeddings"]
         if len(tensors) != 1:
-            raise ValueError(f"{self.file}: holds {sorted(tensors)}; name the tensor 'embeddings'")
+            raise ArgumentError(f"{self.file}: holds {sorted(tensors)}; name the tensor 'embeddings'")
         return next(iter(tensors.values()))
 
     def embed(self, pool: Pool, workdir: Path) -> PoolVectors:
         try:
             array = self._read()
         except (OSError, ValueError) as err:
-            raise ValueError(f"--embeddings {self.name}={self.file}: cannot read it ({err})") from None
+            raise ArgumentError(f"--embeddings {self.name}={self.file}: cannot read it ({err})") from None
         if array.ndim != 2 or array.shape[0] != len(pool):
-            raise ValueError(
+            raise ArgumentError(
                 f"--embeddings {self.name}={self.file}: shape {tuple(array.shape)}, expected ({len(pool)}, D): "
                 f"one row per pool image, in the order of {workdir.parent / 'pool.txt'}"
             )
@@ -231,47 +230,7 @@ def external_method(spec: str) -> ExternalMethod:
     name, sep, file = spec.partition("=")
     name = name.strip()
     if not sep or not name or not file:
-        raise ValueError(f"--embeddings {spec!r}: expected NAME=FILE (a .npy or .safetensors file)")
+        raise ArgumentError(f"--embeddings {spec!r}: expected NAME=FILE (a .npy or .safetensors file)")
     if not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"--embeddings {spec!r}: the name may hold letters, digits, '-' and '_' only")
+        raise ArgumentError(f"--embeddings {spec!r}: the name may hold letters, digits, '-' and '_' only")
     return ExternalMethod(name, file)
-
-
-def build_method(name: str, options: MethodOptions) -> Method:
-    """A built-in method by name; :class:`MethodUnavailable` when it cannot run in this installation (a missing
-    package, or for ``clip``, ``dino`` and ``caption`` a model that is neither cached nor downloadable: the
-    message names the ``relsim download`` command). ``relsim``, the reference, is never skipped."""
-    if name == "relsim":
-        return RelSimMethod(options)
-    if name in ("clip", "dino"):
-        from .baselines import HFImageEncoder
-
-        model = options.clip_model if name == "clip" else options.dino_model
-        revision = options.clip_revision if name == "clip" else options.dino_revision
-        try:
-            encoder = HFImageEncoder(name, model, revision=revision, device=options.device)
-        except ModelNotFoundError as err:
-            raise MethodUnavailable(f"{name} skipped: {err}") from None
-        return EncoderMethod(name, encoder, options)
-    if name == "dreamsim":
-        from .baselines import DreamSimEncoder
-
-        try:
-            encoder = DreamSimEncoder(
-                dreamsim_type=options.dreamsim_type, device=options.device, cache_dir=options.dreamsim_cache
-            )
-        except ImportError as err:
-            raise MethodUnavailable(f"dreamsim skipped: {err}") from None
-        return EncoderMethod(name, encoder, options)
-    if name == "caption":
-        from .captions import CaptionMethod
-
-        method = CaptionMethod(options)
-        try:
-            method.fingerprints()  # resolves the captioner, its base and the text model: no weights loaded
-        except ModelNotFoundError as err:
-            raise MethodUnavailable(f"caption skipped: {err}") from None
-        return method
-    if name == "student":
-        return StudentMethod(options)
-    raise ValueError(f"unknown method {name!r}; choose from {', '.join(BUILTIN_METHODS)} or use --embeddings")

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ArgumentError, MissingFileError
+
 __all__ = ["PoolImage", "Pool", "load_pool", "sample_queries", "JSONL_EXTENSIONS"]
 
 #: Pool sources with these endings are upstream-style JSONL image lists.
@@ -112,7 +114,7 @@ def _entries(source: str, image_dir: str | os.PathLike | None, recursive: bool) 
     if path.is_file() and path.suffix.lower() in JSONL_EXTENSIONS:
         folder = Path(image_dir).expanduser() if image_dir is not None else _default_image_dir(path)
         if not folder.is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{source}: its images are expected in {str(folder)!r}, which is not a folder "
                 f"(download them with `relsim data download {source} {folder}` or pass --image-dir)"
             )
@@ -165,7 +167,7 @@ def load_pool(
         ...                  image_dir="data/images")  # doctest: +SKIP
     """
     if not sources:
-        raise ValueError("no pool given: name a folder, a .txt list of images or a JSONL file")
+        raise ArgumentError("no pool given: name a folder, a .txt list of images or a JSONL file")
     entries: dict[str, str] = {}
     for source in sources:
         for path, label in _entries(os.fspath(source), image_dir, recursive):
@@ -181,7 +183,7 @@ def load_pool(
     images = [PoolImage(p, cached[p][2], entries[p]) for p in present]
     result = Pool(images, sources=[os.fspath(s) for s in sources], missing=missing)
     if len(result.copies()) < 2:
-        raise ValueError(f"the pool holds {len(result.copies())} distinct image(s); retrieval needs at least 2")
+        raise ArgumentError(f"the pool holds {len(result.copies())} distinct image(s); retrieval needs at least 2")
     if cache_path is not None:
         _write_pool_files(result, cached, cache_path)
     return result
@@ -214,7 +216,7 @@ def sample_queries(pool_size: int, n: int, seed: int) -> np.ndarray:
         [2, 8, 4]
     """
     if n < 1:
-        raise ValueError(f"the number of queries must be >= 1, got {n}")
+        raise ArgumentError(f"the number of queries must be >= 1, got {n}")
     if pool_size < 1:
-        raise ValueError("the pool is empty")
+        raise ArgumentError("the pool is empty")
     return np.random.RandomState(seed).choice(pool_size, min(n, pool_size), replace=False)

@@ -30,15 +30,26 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ArgumentError, ModelNotFoundError
 from .embeddings import PoolVectors
 from .judge import Judge, JudgeCache, JudgeRequest, JudgeSettings, Verdict, check_ready
 from .matches import top_matches
-from .methods import DEFAULT_METHODS, Method, MethodOptions, MethodUnavailable, build_method, external_method
+from .methods import (
+    BUILTIN_METHODS,
+    DEFAULT_METHODS,
+    EncoderMethod,
+    Method,
+    MethodOptions,
+    MethodUnavailable,
+    RelSimMethod,
+    StudentMethod,
+    external_method,
+)
 from .pool import Pool, load_pool, sample_queries
 from .report import write_chart, write_html, write_markdown
 from .stats import summarise
 
-__all__ = ["EvalConfig", "EvalOutcome", "run_retrieval_eval"]
+__all__ = ["EvalConfig", "EvalOutcome", "build_method", "run_retrieval_eval"]
 
 
 @dataclass
@@ -81,6 +92,46 @@ def _entry(pool: Pool, row: int, cosine: float | None = None) -> dict[str, Any]:
     return out
 
 
+def build_method(name: str, options: MethodOptions) -> Method:
+    """A built-in method by name; :class:`MethodUnavailable` when it cannot run in this installation (a missing
+    package, or for ``clip``, ``dino`` and ``caption`` a model that is neither cached nor downloadable: the
+    message names the ``relsim download`` command). ``relsim``, the reference, is never skipped."""
+    if name == "relsim":
+        return RelSimMethod(options)
+    if name in ("clip", "dino"):
+        from .baselines import HFImageEncoder
+
+        model = options.clip_model if name == "clip" else options.dino_model
+        revision = options.clip_revision if name == "clip" else options.dino_revision
+        try:
+            encoder = HFImageEncoder(name, model, revision=revision, device=options.device)
+        except ModelNotFoundError as err:
+            raise MethodUnavailable(f"{name} skipped: {err}") from None
+        return EncoderMethod(name, encoder, options)
+    if name == "dreamsim":
+        from .baselines import DreamSimEncoder
+
+        try:
+            encoder = DreamSimEncoder(
+                dreamsim_type=options.dreamsim_type, device=options.device, cache_dir=options.dreamsim_cache
+            )
+        except ImportError as err:
+            raise MethodUnavailable(f"dreamsim skipped: {err}") from None
+        return EncoderMethod(name, encoder, options)
+    if name == "caption":
+        from .captions import CaptionMethod
+
+        method = CaptionMethod(options)
+        try:
+            method.fingerprints()  # resolves the captioner, its base and the text model: no weights loaded
+        except ModelNotFoundError as err:
+            raise MethodUnavailable(f"caption skipped: {err}") from None
+        return method
+    if name == "student":
+        return StudentMethod(options)
+    raise ArgumentError(f"unknown method {name!r}; choose from {', '.join(BUILTIN_METHODS)} or use --embeddings")
+
+
 def _build_methods(config: EvalConfig, log: Callable[[str], None]) -> tuple[list[Method], dict[str, str]]:
     methods: list[Method] = []
     skipped: dict[str, str] = {}
@@ -93,10 +144,10 @@ def _build_methods(config: EvalConfig, log: Callable[[str], None]) -> tuple[list
     for spec in config.embeddings:
         method = external_method(spec)
         if method.name in {m.name for m in methods} | set(config.methods):
-            raise ValueError(f"--embeddings {spec!r}: the name {method.name!r} is taken by a method")
+            raise ArgumentError(f"--embeddings {spec!r}: the name {method.name!r} is taken by a method")
         methods.append(method)
     if not methods:
-        raise ValueError("no method can run here: " + "; ".join(skipped.values()) if skipped else "no method given")
+        raise ArgumentError("no method can run here: " + "; ".join(skipped.values()) if skipped else "no method given")
     return methods, skipped
 
 
@@ -141,7 +192,7 @@ def _write_json(path: Path, payload: Any) -> Path:
 def run_retrieval_eval(config: EvalConfig, *, log: Callable[[str], None] = _stderr) -> EvalOutcome:
     """Run (or resume) the evaluation described by ``config``; see the module docstring for the outputs."""
     if config.k < 1:
-        raise ValueError(f"k must be >= 1, got {config.k}")
+        raise ArgumentError(f"k must be >= 1, got {config.k}")
     if config.judge is not None:
         check_ready(config.judge)  # a missing package or key is found now, not after the embeddings
     out = Path(config.out)
@@ -162,7 +213,7 @@ def run_retrieval_eval(config: EvalConfig, *, log: Callable[[str], None] = _stde
     ]
     queries = np.array([q for q in sampled if valid[q]], dtype=np.int64)
     if len(queries) == 0:
-        raise ValueError("none of the sampled query images could be embedded by every method")
+        raise ArgumentError("none of the sampled query images could be embedded by every method")
     matches = {name: top_matches(v.vectors, valid, pool.hashes, queries, config.k) for name, v in vectors.items()}
     _write_json(out / "retrievals.json", {n: _upstream_layout(pool, queries, *m) for n, m in matches.items()})
     log(f"relsim eval: {len(queries)} queries, top-{config.k} of {len(vectors)} methods in retrievals.json")

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ImageInputError, RowNotFoundError
+from ..errors import ArgumentError, ImageInputError, RowNotFoundError
 from ..registry import DEFAULT_TEXT_MODEL
 
 if TYPE_CHECKING:
@@ -185,9 +185,9 @@ class SearchEngine:
 
         given = [name for name, value in (("image", image), ("text", text), ("row", row)) if value is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of image, text or row (got {given or 'none'})")
+            raise ArgumentError(f"give exactly one of image, text or row (got {given or 'none'})")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+            raise ArgumentError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         with self._lock:
             self.refresh()
             options: dict[str, Any] = {"k": k, "text_model": self.text_model, "text_revision": self.text_revision}

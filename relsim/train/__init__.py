@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import WrongTypeError
 from .config import CaptionerTrainConfig, DistillConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -24,8 +25,29 @@ if TYPE_CHECKING:
 __all__ = ["TrainConfig", "CaptionerTrainConfig", "DistillConfig", "train"]
 
 
-def train(config: TrainConfig | CaptionerTrainConfig) -> TrainResult:
-    """Run training; see :func:`relsim.train.loop.train`."""
-    from .loop import train as _train
+def train(config: TrainConfig | CaptionerTrainConfig | DistillConfig) -> TrainResult:
+    """Train the model ``config`` describes: a relsim embedder (:class:`TrainConfig`), an anonymous captioner
+    (:class:`CaptionerTrainConfig`) or a distilled student (:class:`DistillConfig`); see docs/training.md and
+    docs/students.md. Heavy imports happen here, not on import."""
+    import torch
 
-    return _train(config)
+    from . import distributed
+
+    if isinstance(config, CaptionerTrainConfig):
+        from .captioner import CaptionerTrainer as trainer_class
+    elif isinstance(config, TrainConfig):
+        from .embedder import EmbedderTrainer as trainer_class
+    elif isinstance(config, DistillConfig):
+        from .distill import DistillTrainer as trainer_class
+    else:
+        raise WrongTypeError(
+            f"expected a TrainConfig, CaptionerTrainConfig or DistillConfig, got {type(config).__name__}"
+        )
+    config.validate()
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    env, device = distributed.setup(config.device)
+    try:
+        return trainer_class(config, env, device).run()
+    finally:
+        if owns_group:
+            distributed.cleanup()

@@ -30,8 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import generation, preprocess
+from ..backbone import image_tokens
 from ..caption_inputs import CaptionPrompt, build_batch, sequence_positions
 from ..checkpoint import BaseShards
+from ..errors import ArgumentError
 from .model import HubNames, LoraModel, add_lora, require_peft
 
 IGNORE_INDEX = -100
@@ -43,7 +45,7 @@ def answer_ids(tokenizer, caption: str) -> list[int]:
     (tokenized on its own), then ``<|im_end|>``."""
     end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if end is None or end == tokenizer.unk_token_id:
-        raise ValueError(f"the tokenizer has no {END_OF_TURN} token")
+        raise ArgumentError(f"the tokenizer has no {END_OF_TURN} token")
     return list(tokenizer(caption, add_special_tokens=False)["input_ids"]) + [end]
 
 
@@ -78,12 +80,12 @@ def training_batch(
     """
     grids = grids.cpu()
     if len(answers) != grids.shape[0]:
-        raise ValueError(f"{len(answers)} answers for {grids.shape[0]} images")
+        raise ArgumentError(f"{len(answers)} answers for {grids.shape[0]} images")
     rows, row_positions, prompt_lengths = [], [], []
     for grid, answer in zip(grids, answers, strict=True):
         if not answer:
-            raise ValueError("an answer must hold at least one token (the end of turn)")
-        ids = prompt.ids(int(grid.prod()) // preprocess.MERGE_SIZE**2)
+            raise ArgumentError("an answer must hold at least one token (the end of turn)")
+        ids = prompt.ids(image_tokens(grid.tolist()))
         before = sequence_positions(prompt, grid.tolist())
         after = before[:, -1:] + 1 + torch.arange(len(answer))
         rows.append(ids + list(answer))
@@ -176,7 +178,7 @@ def read_lm_head(base_path: Path, body: nn.Module) -> torch.Tensor:
         return shards.tensor("lm_head.weight")
     if getattr(body.config.get_text_config(), "tie_word_embeddings", False):
         return body.language_model.embed_tokens.weight.detach()
-    raise ValueError(f"the base model in {str(base_path)!r} has no lm_head.weight to train a captioner with")
+    raise ArgumentError(f"the base model in {str(base_path)!r} has no lm_head.weight to train a captioner with")
 
 
 def build_captioner_model(
@@ -198,7 +200,7 @@ def build_captioner_model(
     ``dtype`` is the frozen weights' dtype; the LoRA factors are float32 (master weights). Initialisation is a
     function of ``seed`` only.
     """
-    from ..pretrained import load_body, load_tokenizer
+    from ..backbone import load_body, load_tokenizer
 
     require_peft()  # before the base's weights are read
     device = torch.device(device)
@@ -225,3 +227,16 @@ def build_captioner_model(
     model = CaptionerTrainModel(peft_model, chat, int(pad), autocast)
     model.master_weights()
     return model, tokenizer
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "END_OF_TURN",
+    "answer_ids",
+    "TrainingBatch",
+    "training_batch",
+    "CaptionerTrainModel",
+    "greedy_captions",
+    "read_lm_head",
+    "build_captioner_model",
+]

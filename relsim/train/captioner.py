@@ -26,8 +26,9 @@ from torch.utils.data import Dataset
 
 from ..caption_inputs import TRAINING_PROMPT, prepare_image
 from ..checkpoint import write_captioner_checkpoint
+from ..errors import ArgumentError
 from ..generation import base_generation_config
-from ..hub import write_model_card
+from ..publish import write_model_card
 from . import distributed
 from .caption_model import answer_ids, build_captioner_model, greedy_captions
 from .config import CaptionerTrainConfig
@@ -55,7 +56,7 @@ class CaptionerTrainer(Trainer):
     def load_data(self) -> None:
         c = self.config
         if not c.seed_groups:
-            raise ValueError("seed_groups must be set (upstream's seed_group.json or a folder of seed groups)")
+            raise ArgumentError("seed_groups must be set (upstream's seed_group.json or a folder of seed groups)")
         images, self.image_dir = load_seed_groups(c.seed_groups, c.image_dir)
         train_images, held = split_groups(images, c.eval_fraction)
         train_images, missing = present(train_images, self.image_dir)
@@ -220,3 +221,8 @@ class CaptionerTrainer(Trainer):
     def finish_model(self, directory: Path) -> None:
         write_model_card(directory)
         self.log.info(f"load it with relsim.load_captioner({str(directory)!r})")
+
+
+__all__ = [
+    "CaptionerTrainer",
+]

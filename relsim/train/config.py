@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import ArgumentError
 from ..registry import DEFAULT_BASE_MODEL, DEFAULT_TEXT_MODEL
 
 _Config = TypeVar("_Config", bound="BaseConfig")
@@ -118,38 +119,38 @@ class BaseConfig:
                 ok, expected = _is_a(value, scalar), _TYPE_NAMES[scalar]
             if not ok:
                 unset = " or unset (null)" if optional else ""
-                raise ValueError(f"training option {name} must be {expected}{unset}, got {value!r}")
+                raise ArgumentError(f"training option {name} must be {expected}{unset}, got {value!r}")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{f.name} must be a finite number, got {value}")
+                raise ArgumentError(f"{f.name} must be a finite number, got {value}")
         positive = ("lora_r", "batch_size", "eval_batch_size", "log_every", "eval_every")
         for name in positive + ("save_every", "epochs"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_steps", "stop_after_step", "micro_batch_size", "keep_checkpoints"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or unset, got {value}")
+                raise ArgumentError(f"{name} must be >= 1 or unset, got {value}")
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
-            raise ValueError(
+            raise ArgumentError(
                 f"micro_batch_size {self.micro_batch_size} must be <= batch_size {self.batch_size} (it divides a step)"
             )
         if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            raise ArgumentError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ArgumentError(f"lr must be > 0, got {self.lr}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ArgumentError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+            raise ArgumentError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if len(self.adam_betas) != 2 or not all(math.isfinite(b) for b in self.adam_betas):
-            raise ValueError(f"adam_betas must be two numbers, got {self.adam_betas}")
+            raise ArgumentError(f"adam_betas must be two numbers, got {self.adam_betas}")
         if self.warmup_steps < 0 or self.num_workers < 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("warmup_steps, num_workers, grad_clip and weight_decay must be >= 0")
+            raise ArgumentError("warmup_steps, num_workers, grad_clip and weight_decay must be >= 0")
 
     # -- (de)serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -162,7 +163,7 @@ class BaseConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
+            raise ArgumentError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
         return cls(**values)
 
     @classmethod
@@ -179,14 +180,14 @@ class BaseConfig:
             try:
                 values = yaml.safe_load(text) or {}
             except yaml.YAMLError as err:
-                raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+                raise ArgumentError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
         else:
             try:
                 values = json.loads(text)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not valid JSON: {err}") from None
+                raise ArgumentError(f"{path} is not valid JSON: {err}") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of option -> value")
+            raise ArgumentError(f"{path} must hold a mapping of option -> value")
         return cls.from_dict({**values, **overrides})
 
     def save(self, path: str | Path) -> None:
@@ -220,11 +221,11 @@ class TrainConfig(BaseConfig):
         """Raise ``ValueError`` naming the first bad field (the shared ones, then the embedder's)."""
         super().validate()
         if self.projection_dim < 1:
-            raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
+            raise ArgumentError(f"projection_dim must be >= 1, got {self.projection_dim}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ArgumentError(f"temperature must be > 0, got {self.temperature}")
         if self.eval_size < 0:
-            raise ValueError(f"eval_size must be >= 0, got {self.eval_size}")
+            raise ArgumentError(f"eval_size must be >= 0, got {self.eval_size}")
 
 
 @dataclass
@@ -270,11 +271,11 @@ class CaptionerTrainConfig(BaseConfig):
         """Raise ``ValueError`` naming the first bad field (the shared ones, then the captioner's)."""
         super().validate()
         if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+            raise ArgumentError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.eval_captions < 0 or self.max_new_tokens < 1:
-            raise ValueError("eval_captions must be >= 0 and max_new_tokens >= 1")
+            raise ArgumentError("eval_captions must be >= 0 and max_new_tokens >= 1")
         if self.prompt is not None and not self.prompt.strip():
-            raise ValueError("prompt must be a non-empty text or unset (upstream's training prompt)")
+            raise ArgumentError("prompt must be a non-empty text or unset (upstream's training prompt)")
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -326,9 +327,9 @@ class DistillConfig(BaseConfig):
         super().validate()
         for name in ("cosine_weight", "structure_weight", "caption_weight"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ArgumentError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.projection_dim < 1 or self.eval_size < 0:
-            raise ValueError("projection_dim must be >= 1 and eval_size >= 0")
+            raise ArgumentError("projection_dim must be >= 1 and eval_size >= 0")
 
 
 def field_types(cls: type[BaseConfig] = TrainConfig) -> dict[str, tuple[type, bool, bool]]:
@@ -345,3 +346,13 @@ def field_types(cls: type[BaseConfig] = TrainConfig) -> dict[str, tuple[type, bo
         scalar = typing.get_args(hint)[0] if is_list else hint
         out[f.name] = (scalar, optional, is_list)
     return out
+
+
+__all__ = [
+    "PRECISIONS",
+    "LR_SCHEDULES",
+    "BaseConfig",
+    "TrainConfig",
+    "CaptionerTrainConfig",
+    "field_types",
+]

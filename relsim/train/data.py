@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ArgumentError
 from ..preprocess import ImageInputError, prepare
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
@@ -65,13 +66,13 @@ def read_jsonl(path: str | Path, *, require_caption: bool = True) -> list[Record
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 keys = "image_hash and caption" if require_caption else "image_hash"
                 message = f"{path}:{number}: expected a JSON object with {keys} ({err})"
-                raise ValueError(message) from None
+                raise ArgumentError(message) from None
             if not isinstance(image_hash, str) or not _SAFE_NAME.match(image_hash):
-                raise ValueError(f"{path}:{number}: image_hash {image_hash!r} is not a safe file name")
+                raise ArgumentError(f"{path}:{number}: image_hash {image_hash!r} is not a safe file name")
             if not isinstance(caption, str) and (require_caption or caption is not None):
-                raise ValueError(f"{path}:{number}: caption must be a string")
+                raise ArgumentError(f"{path}:{number}: caption must be a string")
             if not isinstance(obj.get("path"), (str, type(None))):
-                raise ValueError(f"{path}:{number}: path must be a string")
+                raise ArgumentError(f"{path}:{number}: path must be a string")
             records.setdefault(image_hash, Record(image_hash, caption, obj.get("url_link"), obj.get("path")))
     return list(records.values())
 
@@ -85,7 +86,7 @@ def split_eval(records: list[Record], eval_size: int) -> tuple[list[Record], lis
     if eval_size <= 0:
         return list(records), []
     if eval_size >= len(records):
-        raise ValueError(
+        raise ArgumentError(
             f"eval_size {eval_size} leaves no training data out of {len(records)} records: lower it "
             f"(--eval-size N, or eval_size in the config) below {len(records)}, or give --eval-jsonl"
         )
@@ -203,7 +204,9 @@ class MicroBatches:
         self, n: int, *, batch_size: int, micro: int, world: int, rank: int, seed: int, epoch: int, start: int = 0
     ) -> None:
         if batch_size % (micro * world):
-            raise ValueError(f"batch_size {batch_size} is not a multiple of micro_batch_size x world = {micro * world}")
+            raise ArgumentError(
+                f"batch_size {batch_size} is not a multiple of micro_batch_size x world = {micro * world}"
+            )
         self.order = epoch_order(n, seed, epoch)
         self.batch_size, self.micro, self.world, self.rank = batch_size, micro, world, rank
         self.accumulation = batch_size // (micro * world)
@@ -219,3 +222,19 @@ class MicroBatches:
             for j in range(self.accumulation):
                 chunk = batch[j * self.micro * self.world : (j + 1) * self.micro * self.world]
                 yield chunk[self.rank * self.micro : (self.rank + 1) * self.micro].tolist()
+
+
+__all__ = [
+    "Record",
+    "read_jsonl",
+    "split_eval",
+    "locate",
+    "present",
+    "fingerprint",
+    "Sample",
+    "Batch",
+    "CaptionImages",
+    "collate",
+    "epoch_order",
+    "MicroBatches",
+]

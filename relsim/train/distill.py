@@ -19,9 +19,9 @@ teacher (:mod:`relsim.agreement`) at every evaluation; the final numbers go into
 checkpoints, exact resume).
 
 Example:
-    >>> from relsim.train.distill import DistillConfig, distill
+    >>> from relsim.train import DistillConfig, train
     >>> config = DistillConfig(teacher="photos.relsim", student="facebook/dinov2-small", output_dir="run")
-    >>> result = distill(config)                                  # doctest: +SKIP
+    >>> result = train(config)                                    # doctest: +SKIP
     >>> relsim.load(result.final)                                 # doctest: +SKIP
 """
 
@@ -37,16 +37,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..agreement import agreement
-from ..errors import CollectionError
+from ..errors import ArgumentError, CollectionError
 from ..hub import write_model_card
 from ..preprocess import ImageInputError
 from ..student import ImagePreparation, StudentModel, build_student, check_backbone, write_student
 from . import distributed
 from .config import DistillConfig
 from .data import Batch, Sample, read_jsonl
-from .loop import Trainer, TrainResult, train
+from .loop import Trainer
 
-__all__ = ["DistillTrainer", "distill", "distill_loss", "freeze_unused", "held_out", "open_teacher"]
+__all__ = ["DistillTrainer", "distill_loss", "freeze_unused", "held_out", "open_teacher"]
 
 
 def distill_loss(
@@ -118,7 +118,7 @@ def held_out(rows: list[TeacherRow], eval_size: int) -> set[str]:
     the split is stable across runs and collections, and copies of one image stay on one side."""
     contents = sorted({r.sha256 for r in rows}, key=lambda h: hashlib.sha1(h.encode()).hexdigest())
     if eval_size >= len(contents) and eval_size > 0:
-        raise ValueError(f"eval_size {eval_size} leaves no training image out of {len(contents)} distinct images")
+        raise ArgumentError(f"eval_size {eval_size} leaves no training image out of {len(contents)} distinct images")
     return set(contents[:eval_size])
 
 
@@ -224,7 +224,7 @@ class DistillTrainer(Trainer):
         if not self.env.main:
             targets = caption_targets(list(matched.values()), **kwargs)
         if targets.shape[1] != c.projection_dim:
-            raise ValueError(f"caption targets are {targets.shape[1]}-d but projection_dim is {c.projection_dim}")
+            raise ArgumentError(f"caption targets are {targets.shape[1]}-d but projection_dim is {c.projection_dim}")
         self.caption_rows = {i: k for k, i in enumerate(matched)}
         self.caption_targets = targets
 
@@ -258,7 +258,7 @@ class DistillTrainer(Trainer):
             try:
                 student.backbone = get_peft_model(student.backbone, lora)
             except ValueError as err:
-                raise ValueError(f"LoRA on {c.student}: {str(err).splitlines()[0]}") from None
+                raise ArgumentError(f"LoRA on {c.student}: {str(err).splitlines()[0]}") from None
         return DistillModel(student, self.autocast)
 
     def batch_note(self) -> str:
@@ -359,7 +359,7 @@ def open_teacher(uri: str, dim: int):
     from ..collection import Collection
 
     if not uri:
-        raise ValueError("the teacher collection must be given (relsim distill TEACHER)")
+        raise ArgumentError("the teacher collection must be given (relsim distill TEACHER)")
     try:
         collection = Collection.open(uri)
     except FileNotFoundError:
@@ -371,11 +371,3 @@ def open_teacher(uri: str, dim: int):
     if len(collection) == 0:
         raise CollectionError(f"the teacher {uri!r} holds no vectors (embed images into it with `relsim embed`)")
     return collection
-
-
-def distill(config: DistillConfig) -> TrainResult:
-    """Run a distillation (single process, or one per GPU under torchrun); see docs/students.md.
-
-    >>> result = distill(DistillConfig(teacher="photos.relsim", student="facebook/dinov2-small"))  # doctest: +SKIP
-    """
-    return train(config)

@@ -103,3 +103,15 @@ def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+__all__ = [
+    "Env",
+    "setup",
+    "env",
+    "barrier",
+    "gather_rows",
+    "gather_objects",
+    "all_reduce_sum",
+    "cleanup",
+]

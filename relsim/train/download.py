@@ -36,6 +36,8 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
+from ..batching import progress_bar
+from ..errors import ArgumentError
 from ..preprocess import ImageInputError, decode
 from .data import Record, read_jsonl
 from .seed_groups import SeedImage, is_seed_group_file, read_seed_group_json
@@ -90,12 +92,12 @@ def to_png(data: bytes, name: str) -> bytes:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format
             if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
-                raise ValueError(f"{img.width}x{img.height} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS")
+                raise ArgumentError(f"{img.width}x{img.height} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS")
             rgb = decode(img.copy() if fmt != "PNG" else _loaded(img), 0)
     except ImageInputError as err:
-        raise ValueError(f"{name}: undecodable image ({err})") from err
+        raise ArgumentError(f"{name}: undecodable image ({err})") from err
     except Exception as err:  # PIL raises many kinds on corrupt data
-        raise ValueError(f"{name}: undecodable image ({type(err).__name__}: {err})") from err
+        raise ArgumentError(f"{name}: undecodable image ({type(err).__name__}: {err})") from err
     if fmt == "PNG":
         return data
     buffer = io.BytesIO()
@@ -194,11 +196,7 @@ def download_images(
             report.present += 1
         else:
             todo.append(r)
-    bar = None
-    if progress or (progress is None and len(todo) >= 100):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), unit="img", desc="relsim data download")
+    bar = progress_bar(len(todo), progress, "relsim data download")
     lock = threading.Lock()
     kwargs = dict(timeout=timeout, retries=retries, backoff=backoff, max_bytes=max_bytes)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -222,3 +220,15 @@ def download_images(
     else:
         failures.unlink(missing_ok=True)
     return report
+
+
+__all__ = [
+    "USER_AGENT",
+    "FAILURES_FILE",
+    "PermanentError",
+    "DownloadReport",
+    "fetch",
+    "to_png",
+    "write_atomic",
+    "download_images",
+]

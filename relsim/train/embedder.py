@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..checkpoint import write_checkpoint
-from ..hub import write_model_card
+from ..errors import ArgumentError
+from ..publish import write_model_card
 from . import distributed
 from .config import TrainConfig
 from .data import Batch, CaptionImages, fingerprint, present, read_jsonl, split_eval
@@ -36,7 +37,7 @@ class EmbedderTrainer(Trainer):
     def load_data(self) -> None:
         c = self.config
         if not c.train_jsonl:
-            raise ValueError("train_jsonl must be set")
+            raise ArgumentError("train_jsonl must be set")
         records = read_jsonl(c.train_jsonl)
         if c.eval_jsonl:
             train_records, eval_records = records, read_jsonl(c.eval_jsonl)
@@ -79,7 +80,7 @@ class EmbedderTrainer(Trainer):
         model, self.tokenizer = build_model(base.path, projection_dim=c.projection_dim, **self.model_options())
         if self.train_targets.shape[1] != c.projection_dim:
             dim = self.train_targets.shape[1]
-            raise ValueError(f"caption targets are {dim}-d but projection_dim is {c.projection_dim}")
+            raise ArgumentError(f"caption targets are {dim}-d but projection_dim is {c.projection_dim}")
         return model
 
     def batch_note(self) -> str:
@@ -154,3 +155,8 @@ class EmbedderTrainer(Trainer):
     def finish_model(self, directory: Path) -> None:
         write_model_card(directory)
         self.log.info(f"load it with relsim.load({str(directory)!r})")
+
+
+__all__ = [
+    "EmbedderTrainer",
+]

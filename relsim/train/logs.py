@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..batching import progress_bar
+
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 
@@ -105,12 +107,10 @@ class Logger:
             self.wandb.log({name: table}, step=step)
 
     def progress(self, *, total: int, initial: int, enabled: bool | None, desc: str = "relsim train"):
-        show = self.enabled and (sys.stderr.isatty() if enabled is None else enabled)
-        if not show:
+        bar = progress_bar(total, enabled, desc, unit="step", initial=initial) if self.enabled else None
+        if bar is None:
             return _NoBar()
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, unit="step", desc=desc, dynamic_ncols=True)
+        self.bar = bar
         return self.bar
 
     def close(self) -> None:
@@ -122,3 +122,10 @@ class Logger:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
+
+
+__all__ = [
+    "METRICS_FILE",
+    "SAMPLES_FILE",
+    "Logger",
+]

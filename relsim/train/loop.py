@@ -35,12 +35,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import ArgumentError
 from ..files import output_folder
 from ..hub import BASE_FILES, resolve
 from ..preprocess import patchify
 from . import distributed
 from . import state as trainer_state
-from .config import BaseConfig, CaptionerTrainConfig, DistillConfig, TrainConfig
+from .config import BaseConfig
 from .data import Batch, MicroBatches, collate
 from .logs import Logger
 
@@ -88,27 +89,6 @@ class Linear:
 
 
 SCHEDULES = {"cosine": Cosine, "linear": Linear}
-
-
-def train(config: BaseConfig) -> TrainResult:
-    """Train the model ``config`` describes: a relsim embedder (:class:`TrainConfig`) or an anonymous captioner
-    (:class:`CaptionerTrainConfig`); see docs/training.md."""
-    if isinstance(config, CaptionerTrainConfig):
-        from .captioner import CaptionerTrainer as trainer_class
-    elif isinstance(config, TrainConfig):
-        from .embedder import EmbedderTrainer as trainer_class
-    elif isinstance(config, DistillConfig):
-        from .distill import DistillTrainer as trainer_class
-    else:
-        raise TypeError(f"expected a TrainConfig, CaptionerTrainConfig or DistillConfig, got {type(config).__name__}")
-    config.validate()
-    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    env, device = distributed.setup(config.device)
-    try:
-        return trainer_class(config, env, device).run()
-    finally:
-        if owns_group:
-            distributed.cleanup()
 
 
 def _seed_everything(seed: int) -> None:
@@ -219,13 +199,13 @@ class Trainer:
         self.load_data()
         if len(self.train_records) < c.batch_size:  # before the model is loaded: fail fast
             count = len(self.train_records)
-            raise ValueError(
+            raise ArgumentError(
                 f"{count} training images with a file, fewer than batch_size {c.batch_size}: "
                 f"lower it (--batch-size N, or batch_size in the config) to at most {count}"
             )
         self.micro = c.micro_batch_size or c.batch_size // self.env.world
         if self.micro < 1 or c.batch_size % (self.micro * self.env.world):
-            raise ValueError(
+            raise ArgumentError(
                 f"batch_size {c.batch_size} must be a multiple of "
                 f"micro_batch_size {self.micro} x {self.env.world} processes (--batch-size, --micro-batch-size)"
             )
@@ -274,11 +254,11 @@ class Trainer:
             source = found[-1]
         state = trainer_state.load_state(source, self.model, self.optimizer, self.scheduler, device=self.device)
         if state["data_fingerprint"] != self.data_fingerprint():
-            raise ValueError(f"{source} was trained on different data (the image list or captions changed)")
+            raise ArgumentError(f"{source} was trained on different data (the image list or captions changed)")
         if state["world"] != self.env.world or not trainer_state.load_rng(source, self.env.rank):
             self.log.info(f"world size changed ({state['world']} -> {self.env.world}): RNG not restored, not bit-exact")
         if state["total_steps"] != self.total:
-            raise ValueError(f"{source} was a {state['total_steps']}-step schedule, this run has {self.total}")
+            raise ArgumentError(f"{source} was a {state['total_steps']}-step schedule, this run has {self.total}")
         self.skipped = state.get("skipped", 0)
         self.log.info(f"resumed from {source} at step {state['step']}")
         return int(state["step"])
@@ -462,3 +442,12 @@ class Trainer:
     def checkpoint_extra(self, step: int, eval_metrics: dict[str, Any]) -> dict[str, Any]:
         """What every checkpoint's config records besides the recipe."""
         return {"step": step, "eval": eval_metrics, "train_images": len(self.train_records)}
+
+
+__all__ = [
+    "TrainResult",
+    "Cosine",
+    "Linear",
+    "SCHEDULES",
+    "Trainer",
+]

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..checkpoint import QUERY_TOKEN
 from ..encoder import Prompt, multimodal_inputs, query_states
+from ..errors import ArgumentError
 
 
 class HubNames(nn.Module):
@@ -43,7 +44,7 @@ class HubNames(nn.Module):
 
 def load_tokenizer(path: str | Path):
     """The base tokenizer plus ``<|query|>`` (id 151665 on the real vocabulary)."""
-    from ..pretrained import load_tokenizer as load_checkpoint_tokenizer
+    from ..backbone import load_tokenizer as load_checkpoint_tokenizer
 
     tokenizer = load_checkpoint_tokenizer(Path(path))
     if QUERY_TOKEN not in tokenizer.get_vocab():
@@ -138,7 +139,7 @@ def build_model(
     ``dtype`` is the frozen base weights' dtype; LoRA and the head are float32 (master weights).
     Initialisation is a function of ``seed`` only (made on the CPU, then moved).
     """
-    from ..pretrained import load_body
+    from ..backbone import load_body
 
     require_peft()  # before the base's weights are read
     device = torch.device(device)
@@ -148,7 +149,7 @@ def build_model(
     query_id = tokenizer.convert_tokens_to_ids(QUERY_TOKEN)
     rows = body.language_model.embed_tokens.num_embeddings
     if query_id >= rows:
-        raise ValueError(f"{QUERY_TOKEN} is token {query_id} but the base model has {rows} embedding rows")
+        raise ArgumentError(f"{QUERY_TOKEN} is token {query_id} but the base model has {rows} embedding rows")
     prompt = Prompt.from_tokenizer(tokenizer, QUERY_TOKEN, body.config.image_token_id)
 
     torch.manual_seed(seed)
@@ -187,7 +188,7 @@ def add_lora(
     wrapped = [n for n, m in body.named_modules() if hasattr(m, "lora_A")]
     outside = [n for n in wrapped if not n.startswith("language_model.")]
     if not wrapped or outside:
-        raise ValueError(f"LoRA target_modules {targets} must match language-model layers only; got {outside[:3]}")
+        raise ArgumentError(f"LoRA target_modules {targets} must match language-model layers only; got {outside[:3]}")
     if gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(body, "activation_checkpointing_enable"):  # the name since transformers 5.x
@@ -204,3 +205,14 @@ def require_peft():
     except ImportError as err:
         raise ImportError('training needs peft: pip install "relsim[train]"', name="peft") from err
     return LoraConfig, get_peft_model
+
+
+__all__ = [
+    "HubNames",
+    "load_tokenizer",
+    "LoraModel",
+    "TrainModel",
+    "build_model",
+    "add_lora",
+    "require_peft",
+]

@@ -55,3 +55,9 @@ def retrieval_metrics(images: torch.Tensor, captions: torch.Tensor, ks: Sequence
     out = {f"recall@{k}": float((rank < k).float().mean()) for k in ks}
     out["positive_cosine"] = float(positive.mean())
     return out
+
+
+__all__ = [
+    "info_nce",
+    "retrieval_metrics",
+]

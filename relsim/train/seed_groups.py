@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
+from ..errors import ArgumentError, MissingFileError
 from .data import Record, fingerprint
 
 #: The caption of a local seed-group folder.
@@ -89,20 +90,20 @@ def read_seed_group_json(path: str | Path) -> list[SeedImage]:
     try:
         groups = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+        raise ArgumentError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(groups, list):
-        raise ValueError(f"{path}: expected a JSON list of seed groups, got a {type(groups).__name__}")
+        raise ArgumentError(f"{path}: expected a JSON list of seed groups, got a {type(groups).__name__}")
     images: list[SeedImage] = []
     owner: dict[str, int] = {}
     for index, entry in enumerate(groups):
         where = f"{path}: seed group {index}"
         if not isinstance(entry, dict):
-            raise ValueError(f"{where} is a {type(entry).__name__}, expected an object")
+            raise ArgumentError(f"{where} is a {type(entry).__name__}, expected an object")
         caption, urls = entry.get("anonymous_caption"), entry.get("image_urls")
         if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(f"{where}: anonymous_caption must be a non-empty string, got {caption!r}")
+            raise ArgumentError(f"{where}: anonymous_caption must be a non-empty string, got {caption!r}")
         if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
-            raise ValueError(f"{where}: image_urls must be a non-empty list of URLs, got {urls!r}")
+            raise ArgumentError(f"{where}: image_urls must be a non-empty list of URLs, got {urls!r}")
         hub = [_hub_part(u) for u in urls]
         if "index_group" in entry:
             group = str(entry["index_group"])
@@ -111,14 +112,14 @@ def read_seed_group_json(path: str | Path) -> list[SeedImage]:
         else:
             group = str(index)
         if not SAFE_NAME.match(group):
-            raise ValueError(f"{where}: group name {group!r} is not a safe folder name")
+            raise ArgumentError(f"{where}: group name {group!r} is not a safe folder name")
         names = [h[1] if h is not None and h[0] == group else None for h in hub]
         if None in names or len(set(names)) != len(names):
             names = [f"{k}.png" for k in range(len(urls))]
         for url, name in zip(urls, names, strict=True):
             file = f"{group}/{name}"
             if file in owner:
-                raise ValueError(f"{where}: image {file} is also an image of seed group {owner[file]}")
+                raise ArgumentError(f"{where}: image {file} is also an image of seed group {owner[file]}")
             owner[file] = index
             images.append(SeedImage(file, caption.strip(), group, url))
     return images
@@ -139,20 +140,20 @@ def read_seed_group_folders(root: str | Path) -> list[SeedImage]:
     for folder in folders:
         caption_file = folder / CAPTION_FILE
         if not caption_file.is_file():
-            raise ValueError(f"{folder} has no {CAPTION_FILE}: every seed-group folder needs its caption")
+            raise ArgumentError(f"{folder} has no {CAPTION_FILE}: every seed-group folder needs its caption")
         caption = caption_file.read_text(encoding="utf-8").strip()
         if not caption:
-            raise ValueError(f"{caption_file} is empty")
+            raise ArgumentError(f"{caption_file} is empty")
         files = sorted(
             f.name
             for f in folder.iterdir()
             if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in endings
         )
         if not files:
-            raise ValueError(f"{folder} holds no image files (endings Pillow reads, e.g. .jpg .png .webp)")
+            raise ArgumentError(f"{folder} holds no image files (endings Pillow reads, e.g. .jpg .png .webp)")
         images += [SeedImage(f"{folder.name}/{name}", caption, folder.name) for name in files]
     if not images:
-        raise ValueError(f"{root} holds no seed-group folders (a folder per group with {CAPTION_FILE} and images)")
+        raise ArgumentError(f"{root} holds no seed-group folders (a folder per group with {CAPTION_FILE} and images)")
     return images
 
 
@@ -165,15 +166,15 @@ def load_seed_groups(source: str | Path, image_dir: str | Path | None = None) ->
     """
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"seed groups {str(source)!r}: no such file or directory")
+        raise MissingFileError(f"seed groups {str(source)!r}: no such file or directory")
     if source.is_dir() and (source / UPSTREAM_FILE).is_file():
         source = source / UPSTREAM_FILE
     if source.is_file():
         if not is_seed_group_file(source):
-            raise ValueError(f"{source} is not a seed-group JSON list ({{anonymous_caption, image_urls}} objects)")
+            raise ArgumentError(f"{source} is not a seed-group JSON list ({{anonymous_caption, image_urls}} objects)")
         return read_seed_group_json(source), Path(image_dir) if image_dir else source.parent / "images"
     if image_dir and Path(image_dir).resolve() != source.resolve():
-        raise ValueError(f"{source} is a folder of seed-group folders: its images are in it, not in {image_dir}")
+        raise ArgumentError(f"{source} is a folder of seed-group folders: its images are in it, not in {image_dir}")
     return read_seed_group_folders(source), source
 
 
@@ -187,11 +188,11 @@ def split_groups(images: list[SeedImage], fraction: float) -> tuple[list[SeedIma
     (16, 4, 2)
     """
     if not 0 <= fraction < 1:
-        raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
+        raise ArgumentError(f"the held-out fraction must be in [0, 1), got {fraction}")
     groups = sorted({i.group for i in images}, key=lambda g: hashlib.sha1(g.encode()).hexdigest())
     count = 0 if fraction == 0 else max(1, round(fraction * len(groups)))
     if count >= len(groups):
-        raise ValueError(f"holding out {count} of {len(groups)} seed groups leaves none to train on")
+        raise ArgumentError(f"holding out {count} of {len(groups)} seed groups leaves none to train on")
     held = set(groups[:count])
     return [i for i in images if i.group not in held], [i for i in images if i.group in held]
 

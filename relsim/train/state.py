@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..checkpoint import TRAINER_STATE_DIR as STATE_DIR
+from ..errors import ArgumentError
 
 
 def save_state(
@@ -93,7 +94,7 @@ def load_trainable(directory: str | Path, model) -> None:
     params = model.trainable()
     if set(saved) != set(params):
         missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
-        raise ValueError(f"{src}: trainable parameters differ (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ArgumentError(f"{src}: trainable parameters differ (missing {missing[:3]}, unexpected {unexpected[:3]})")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(saved[name])
@@ -140,3 +141,15 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
         if suffix.isdigit() and (path / STATE_DIR / "state.json").is_file():
             found.append((int(suffix), path))
     return [p for _, p in sorted(found)]
+
+
+__all__ = [
+    "save_state",
+    "load_state",
+    "save_optimizer",
+    "load_optimizer",
+    "load_trainable",
+    "save_rng",
+    "load_rng",
+    "list_checkpoints",
+]

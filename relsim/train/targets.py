@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..errors import ArgumentError
 from ..hub import download_advice, resolve
 from ..registry import DEFAULT_TEXT_MODEL
 
@@ -61,10 +62,10 @@ def _read_cache(path: Path, model: TextModel) -> tuple[dict[bytes, int], torch.T
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT or meta.get("model_key") != model.key:
-            raise ValueError(f"{path} holds targets of {meta.get('model_key')!r}, not {model.key!r}")
+            raise ArgumentError(f"{path} holds targets of {meta.get('model_key')!r}, not {model.key!r}")
         keys, embeddings = f.get_tensor("keys"), f.get_tensor("embeddings")
     if keys.shape != (embeddings.shape[0], 32):
-        raise ValueError(f"{path} is damaged: keys {tuple(keys.shape)}, embeddings {tuple(embeddings.shape)}")
+        raise ArgumentError(f"{path} is damaged: keys {tuple(keys.shape)}, embeddings {tuple(embeddings.shape)}")
     return {bytes(row.tolist()): i for i, row in enumerate(keys)}, embeddings
 
 
@@ -110,7 +111,7 @@ def caption_targets(
         encode = encoder if encoder is not None else default_encoder(model, device)
         fresh = encode(list(new.values())).float().cpu()
         if fresh.shape[0] != len(new):
-            raise ValueError(f"the text encoder returned {fresh.shape[0]} rows for {len(new)} captions")
+            raise ArgumentError(f"the text encoder returned {fresh.shape[0]} rows for {len(new)} captions")
         keys = [k for k, _ in sorted(index.items(), key=lambda kv: kv[1])] + list(new)
         stored = fresh if stored is None else torch.cat([stored, fresh])
         _write_cache(path, model, keys, stored)
@@ -118,3 +119,14 @@ def caption_targets(
     if stored is None:
         return torch.empty(0, 0)
     return stored[torch.tensor([index[k] for k in wanted], dtype=torch.long)]
+
+
+__all__ = [
+    "FORMAT",
+    "TextModel",
+    "resolve_text_model",
+    "caption_key",
+    "cache_file",
+    "default_encoder",
+    "caption_targets",
+]
