@@ -414,7 +414,7 @@ def write_adapter(path: str | Path, peft_model, *, base_model: str, base_revisio
         base_model_name_or_path=base_model, revision=base_revision, task_type="CAUSAL_LM", auto_mapping=None
     )
     config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
-    (path / "README.md").unlink(missing_ok=True)  # peft's empty template; relsim.hub.write_model_card writes ours
+    (path / "README.md").unlink(missing_ok=True)  # peft's empty template; relsim.publish.write_model_card writes ours
     return path
 
 

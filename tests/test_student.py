@@ -413,7 +413,7 @@ def test_push_to_hub_with_a_student_card(trained, tmp_path, monkeypatch, capsys)
         return SimpleNamespace(commit_url="https://huggingface.co/me/student/commit/1")
 
     api = SimpleNamespace(create_repo=lambda repo_id, **_: calls.update(create=repo_id), upload_folder=upload_folder)
-    monkeypatch.setattr("relsim.hub.HfApi", lambda token=None, **library: api)
+    monkeypatch.setattr("relsim.publish.HfApi", lambda token=None, **library: api)
     copy = shutil.copytree(trained.final, tmp_path / "student")
     code, _, err = run(capsys, "push-to-hub", copy, "me/student")
     assert code == 0, err

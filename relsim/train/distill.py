@@ -38,8 +38,8 @@ from torch.utils.data import Dataset
 
 from ..agreement import agreement
 from ..errors import ArgumentError, CollectionError
-from ..hub import write_model_card
 from ..preprocess import ImageInputError
+from ..publish import write_model_card
 from ..student import ImagePreparation, StudentModel, build_student, check_backbone, write_student
 from . import distributed
 from .config import DistillConfig
