@@ -44,7 +44,7 @@ def test_search_doc_snippets_need_nothing_beyond_their_extra():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = _names(project["dependencies"]) | {"relsim"}
     blocks = _blocks_with_extra((ROOT / "docs" / "search.md").read_text())
-    assert {extra for _, extra in blocks} == {"search", "ray"}
+    assert {extra for _, extra in blocks} == {"search", "ray", "serve"}
     checked = 0
     for code, extra in blocks:
         try:

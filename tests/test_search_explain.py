@@ -336,8 +336,9 @@ def test_stored_captions_with_control_characters_are_escaped(store, images, capt
 
 
 def test_score_explain_escapes_the_captions(model_args, images, captioner_dir, text_model, capsys, monkeypatch):
-    from relsim.caption import Caption, Explanation
+    from relsim.caption import Caption
     from relsim.encoder import RelSimModel
+    from relsim.explain import Explanation
 
     hostile = Explanation(0.5, Caption(HOSTILE, ("Fruit",)), Caption("plain {Planet}", ("Planet",)), 0.25)
     monkeypatch.setattr(RelSimModel, "explain", lambda self, a, b, **kwargs: hostile)
