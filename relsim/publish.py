@@ -130,15 +130,16 @@ def card_front_matter(
     return front
 
 
-def usage_section(code: str) -> list[str]:
-    """``## Usage``: how to install relsim and a Python example (tests run it against a tiny checkpoint)."""
+def usage_section(code: str, *, since: str = "0.2") -> list[str]:
+    """``## Usage``: how to install relsim (``since``: the first version that loads this kind of checkpoint) and
+    a Python example (tests run it against a tiny checkpoint)."""
     return [
         "## Usage",
         "",
-        "Needs relsim 0.2 or later (PyPI's relsim 0.1.0 is the paper's research release, without `relsim.load`):",
+        f"Needs relsim {since} or later (PyPI's relsim 0.1.0 is the paper's research release, without `relsim.load`):",
         "",
         "```bash",
-        'pip install "relsim>=0.2"',
+        f'pip install "relsim>={since}"',
         "```",
         "",
         "```python",
@@ -383,7 +384,7 @@ def student_card(config: dict[str, Any], *, repo_id: str | None = None, license:
         "all-MiniLM-L6-v2 space, so its scores, searches and text queries work as the teacher's, at the cost of "
         "the backbone.",
         "",
-        *usage_section(EMBEDDER_USAGE.format(repo=name)),
+        *usage_section(EMBEDDER_USAGE.format(repo=name), since="0.3"),  # students load from 0.3 on
         "## Agreement with the teacher",
         "",
     ]
