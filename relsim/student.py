@@ -34,8 +34,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +45,8 @@ from PIL import Image
 from torch import nn
 
 from . import preprocess, resample
-from .backbone import quiet_transformers
+from .backbone import ModelCache, quiet_transformers
+from .batching import decode_ahead, progress_bar
 from .checkpoint import RELSIM_CONFIG, STUDENT_KIND, read_json, read_projection, write_projection, write_relsim_config
 from .errors import ArgumentError, CheckpointError, NonFiniteError, RemoteCodeError
 from .preprocess import ImageInput, ImageInputError
@@ -321,11 +320,15 @@ class StudentModel(ImageEmbedder):
         items = preprocess.as_image_list(images)
         needs_grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in items)
         rows: list[torch.Tensor] = []
+        bar = progress_bar(len(items), progress, "relsim embed")
+        workers = 0 if needs_grad else num_workers  # grad mode is per thread: prepare a loss's inputs right here
         with torch.enable_grad() if needs_grad else torch.inference_mode():
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
-                pixels = [self.preparation.prepare(x, start + i) for i, x in enumerate(chunk)]
-                rows.append(self._checked(self(torch.stack(pixels)), start))
+            for indices, pixels in self._prepared(items, batch_size, workers):
+                rows.append(self._checked(self(pixels), indices))
+                if bar is not None:
+                    bar.update(len(indices))
+        if bar is not None:
+            bar.close()
         result = torch.cat(rows) if rows else torch.zeros(0, self.embedding_dim)
         return result if output_device is None else result.to(output_device)
 
@@ -339,25 +342,42 @@ class StudentModel(ImageEmbedder):
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """Embed images batch by batch: yields ``(indices, embeddings)`` (CPU, float32); with ``on_error`` an image
         that cannot be decoded is reported as ``on_error(index, error)`` and left out (as the teacher's)."""
-        items = list(images)
+        if batch_size < 1:
+            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
         with torch.inference_mode():
-            for start in range(0, len(items), batch_size):
-                indices, pixels = [], []
-                for i in range(start, min(start + batch_size, len(items))):
-                    try:
-                        pixels.append(self.preparation.prepare(items[i], i))
-                        indices.append(i)
-                    except ImageInputError as err:
-                        if on_error is None:
-                            raise
-                        on_error(i, err)
-                if indices:
-                    yield indices, self._checked(self(torch.stack(pixels)), start).cpu()
+            for indices, pixels in self._prepared(list(images), batch_size, num_workers, on_error):
+                yield indices, self._checked(self(pixels), indices).cpu()
 
-    def _checked(self, embeddings: torch.Tensor, start: int) -> torch.Tensor:
+    def _prepared(self, items: list, batch_size: int, num_workers: int | None, on_error=None):
+        """``(indices, pixels)`` batches, each image prepared ahead in worker threads (``batching.decode_ahead``);
+        with ``on_error`` an image that cannot be prepared is reported and left out."""
+
+        def prepare(i: int):
+            try:
+                return i, self.preparation.prepare(items[i], i)
+            except ImageInputError as err:
+                if on_error is None:
+                    raise
+                return i, err
+
+        indices: list[int] = []
+        pixels: list[torch.Tensor] = []
+        for i, prepared in decode_ahead(prepare, len(items), num_workers=num_workers, ahead=2 * batch_size):
+            if isinstance(prepared, ImageInputError):
+                on_error(i, prepared)
+                continue
+            indices.append(i)
+            pixels.append(prepared)
+            if len(indices) == batch_size:
+                yield indices, torch.stack(pixels)
+                indices, pixels = [], []
+        if indices:
+            yield indices, torch.stack(pixels)
+
+    def _checked(self, embeddings: torch.Tensor, indices: list[int]) -> torch.Tensor:
         bad = ~torch.isfinite(embeddings).all(dim=-1)
         if bad.any():
-            which = [start + i for i in bad.nonzero().flatten().tolist()]
+            which = [indices[i] for i in bad.nonzero().flatten().tolist()]
             raise NonFiniteError(f"the student produced non-finite embeddings for images at indices {which}")
         return embeddings
 
@@ -448,20 +468,11 @@ def load_student(
     from .hub import resolve
 
     repo = resolve(model, revision=revision, allow_patterns=STUDENT_FILES, **hub)
-    device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = dtype or torch.float32
-    key = (repo.path, repo.revision, str(device), dtype)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None and cached.device == device:  # someone may have moved a shared instance
-            return cached
-        student = _read_student(repo, device, dtype)
-        _CACHE[key] = student
-        return student
+    return _CACHE.get((repo.path, repo.revision, dtype), device, lambda device: _read_student(repo, device, dtype))
 
 
-_CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_CACHE_LOCK = threading.Lock()
+_CACHE = ModelCache()  # the one model-cache rule (relsim.backbone): normalised device, weak references
 
 
 def _read_student(repo, device: torch.device, dtype: torch.dtype) -> StudentModel:
