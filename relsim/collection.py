@@ -49,6 +49,7 @@ from .errors import (
     CollectionWriteError,
     DestinationExistsError,
     MissingFileError,
+    RowNotFoundError,
 )
 from .files import FileRecord, path_resolver, stale_paths
 
@@ -427,7 +428,7 @@ class Collection:
             index = {p: i for i, p in enumerate(t.column("path").to_pylist())}
             missing = [p for p in wanted if p not in index]
             if missing:
-                raise KeyError(f"{len(missing)} path(s) not in {self.uri!r}, e.g. {missing[0]!r}")
+                raise RowNotFoundError(f"{len(missing)} path(s) not in {self.uri!r}, e.g. {missing[0]!r}")
             out = out[torch.tensor([index[p] for p in wanted], dtype=torch.long)]
         return out.to(dtype)
 
@@ -590,7 +591,7 @@ class Collection:
         present = set(self.rows(resolved, ["path"]).column("path").to_pylist())
         missing = [p for p in resolved if p not in present]
         if missing:
-            raise KeyError(f"{len(missing)} path(s) not in {self.uri!r}, e.g. {missing[0]!r}")
+            raise RowNotFoundError(f"{len(missing)} path(s) not in {self.uri!r}, e.g. {missing[0]!r}")
         if not resolved:
             return 0
         latest = dict(zip(resolved, captions, strict=True))

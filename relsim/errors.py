@@ -46,7 +46,7 @@ class CollectionWriteError(CollectionError):
 
 
 class RowNotFoundError(RelSimError, KeyError):
-    """A row id that names no row of a collection, or a row whose file cannot be read any more."""
+    """A row id or path that names no row of a collection, or a row whose file cannot be read any more."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
