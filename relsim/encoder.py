@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +24,7 @@ from torch import nn
 
 from . import preprocess
 from .backbone import image_tokens, rope_positions, weights_lock
-from .batching import decode_ahead, progress_bar
+from .batching import decode_ahead
 from .errors import ArgumentError, NonFiniteError
 from .preprocess import ImageInput, ImageInputError
 from .similarity import ImageEmbedder, project
@@ -173,41 +172,10 @@ class RelSimModel(ImageEmbedder):
         return project(states, self.projection)
 
     # -- public API -----------------------------------------------------------------------------------
-    def embed(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        batch_size: int = 32,
-        *,
-        num_workers: int | None = None,
-        progress: bool | None = None,
-        output_device: str | torch.device | None = "cpu",
-    ) -> torch.Tensor:
-        """Embed images: a (N, 384) float32 tensor of L2-normalised rows, on ``output_device`` (None: the model's).
-
-        Decoding runs in ``num_workers`` threads (default: up to 8, one per core). Gradients flow to float
-        tensor inputs that require grad (when autograd is on); everything else runs under
-        ``torch.inference_mode()``.
-
-        >>> model.embed(["a.jpg", "b.jpg"]).shape                  # doctest: +SKIP
-        torch.Size([2, 384])
-        """
-        if batch_size < 1:
-            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
-        items = preprocess.as_image_list(images)
-        needs_grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in items)
-        out: list[torch.Tensor | None] = [None] * len(items)
-        bar = progress_bar(len(items), progress, "relsim embed")
-        with contextlib.nullcontext() if needs_grad else torch.inference_mode():
-            for indices, pixels in self._batches(items, batch_size, num_workers):
-                embeddings = self._embed_batch(indices, pixels)
-                for i, e in zip(indices, embeddings, strict=False):
-                    out[i] = e
-                if bar is not None:
-                    bar.update(len(indices))
-        if bar is not None:
-            bar.close()
-        result = torch.stack(out)  # type: ignore[arg-type]
-        return result if output_device is None else result.to(output_device)
+    def _embedded_batches(self, items: list, batch_size: int, num_workers: int | None, needs_grad: bool):
+        """The input scheduler's batches (token-length groups, decoded ahead), embedded: :meth:`embed`'s work."""
+        for indices, pixels in self._batches(items, batch_size, num_workers):
+            yield indices, self._embed_batch(indices, pixels)
 
     def embed_stream(
         self,

@@ -16,21 +16,24 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import preprocess
-from .batching import deduplicate, is_single
+from .batching import deduplicate, is_single, progress_bar
 from .errors import ArgumentError
+from .preprocess import ImageInput
 
 __all__ = ["ImageEmbedder", "project"]
 
 
 class ImageEmbedder(nn.Module):
-    """Base of relsim's image embedders: ``score`` / ``pairwise`` / ``embed_text`` on top of a subclass's ``embed``.
+    """Base of relsim's image embedders: ``embed`` / ``score`` / ``pairwise`` / ``embed_text`` on top of a
+    subclass's ``_embedded_batches``.
 
     A subclass holds its head as ``self.projection`` (an ``nn.Linear`` to the embedding width)."""
 
@@ -46,8 +49,45 @@ class ImageEmbedder(nn.Module):
         """Dimensions of an embedding (384 for relsim's models)."""
         return self.projection.out_features
 
-    def embed(self, images, batch_size: int = 32, **kwargs) -> torch.Tensor:  # pragma: no cover - abstract
-        """(N, D) L2-normalised float32 embeddings of ``images``."""
+    def embed(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int = 32,
+        *,
+        num_workers: int | None = None,
+        progress: bool | None = None,
+        output_device: str | torch.device | None = "cpu",
+    ) -> torch.Tensor:
+        """Embed images: a (N, D) float32 tensor of L2-normalised rows, on ``output_device`` (None: the model's).
+
+        Decoding runs in ``num_workers`` threads (default: up to 8, one per core). Gradients flow to float
+        tensor inputs that require grad (when autograd is on); everything else runs under
+        ``torch.inference_mode()``.
+
+        >>> model.embed(["a.jpg", "b.jpg"]).shape                  # doctest: +SKIP
+        torch.Size([2, 384])
+        """
+        if batch_size < 1:
+            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
+        items = preprocess.as_image_list(images)
+        needs_grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in items)
+        out: list[torch.Tensor | None] = [None] * len(items)
+        bar = progress_bar(len(items), progress, "relsim embed")
+        with contextlib.nullcontext() if needs_grad else torch.inference_mode():
+            for indices, embeddings in self._embedded_batches(items, batch_size, num_workers, needs_grad):
+                for i, e in zip(indices, embeddings, strict=False):
+                    out[i] = e
+                if bar is not None:
+                    bar.update(len(indices))
+        if bar is not None:
+            bar.close()
+        result = torch.stack(out)  # type: ignore[arg-type]
+        return result if output_device is None else result.to(output_device)
+
+    def _embedded_batches(
+        self, items: list, batch_size: int, num_workers: int | None, needs_grad: bool
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:  # pragma: no cover - abstract
+        """``(indices, embeddings)`` batches of ``items`` in any order: what a subclass computes."""
         raise NotImplementedError
 
     def score(self, a, b, *, batch_size: int = 32) -> float | torch.Tensor:

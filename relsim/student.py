@@ -46,7 +46,7 @@ from torch import nn
 
 from . import preprocess, resample
 from .backbone import ModelCache, quiet_transformers
-from .batching import decode_ahead, progress_bar
+from .batching import decode_ahead
 from .checkpoint import RELSIM_CONFIG, STUDENT_KIND, read_json, read_projection, write_projection, write_relsim_config
 from .errors import ArgumentError, CheckpointError, NonFiniteError, RemoteCodeError
 from .preprocess import ImageInput, ImageInputError
@@ -301,36 +301,11 @@ class StudentModel(ImageEmbedder):
         output = self.backbone(pixel_values=pixel_values.to(self.device, self.dtype))
         return project(pool(output), self.projection)
 
-    def embed(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        batch_size: int = 32,
-        *,
-        num_workers: int | None = None,
-        progress: bool | None = None,
-        output_device: str | torch.device | None = "cpu",
-    ) -> torch.Tensor:
-        """Embed images: a (N, 384) float32 tensor of L2-normalised rows (see :meth:`relsim.RelSimModel.embed`).
-
-        >>> student.embed(["a.jpg", "b.jpg"]).shape              # doctest: +SKIP
-        torch.Size([2, 384])
-        """
-        if batch_size < 1:
-            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
-        items = preprocess.as_image_list(images)
-        needs_grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in items)
-        rows: list[torch.Tensor] = []
-        bar = progress_bar(len(items), progress, "relsim embed")
+    def _embedded_batches(self, items: list, batch_size: int, num_workers: int | None, needs_grad: bool):
+        """Batches in order, prepared ahead in threads: :meth:`embed`'s work."""
         workers = 0 if needs_grad else num_workers  # grad mode is per thread: prepare a loss's inputs right here
-        with torch.enable_grad() if needs_grad else torch.inference_mode():
-            for indices, pixels in self._prepared(items, batch_size, workers):
-                rows.append(self._checked(self(pixels), indices))
-                if bar is not None:
-                    bar.update(len(indices))
-        if bar is not None:
-            bar.close()
-        result = torch.cat(rows) if rows else torch.zeros(0, self.embedding_dim)
-        return result if output_device is None else result.to(output_device)
+        for indices, pixels in self._prepared(items, batch_size, workers):
+            yield indices, self._checked(self(pixels), indices)
 
     def embed_stream(
         self,
